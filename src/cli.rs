@@ -1,0 +1,33 @@
+//! Command line: one binary, one subcommand per role.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "notebook-operator", version, about = "Jupyter kernels on Kubernetes, for agents and people")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator (controllers for NotebookSession and AssetLease).
+    Run,
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run => {
+            eprintln!("the operator is not built yet");
+            ExitCode::FAILURE
+        }
+        Command::Crd => {
+            eprintln!("the CRDs are not built yet");
+            ExitCode::FAILURE
+        }
+    }
+}
