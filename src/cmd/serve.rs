@@ -1,0 +1,139 @@
+//! Starting a sidecar: storage, event bus, kernel actor and HTTP, and a
+//! graceful stop on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::middleware;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::events::Bus;
+use crate::http::{self, auth};
+use crate::jupyter::ConnectionInfo;
+use crate::kernel::process::KernelProcess;
+use crate::sidecar::executor::{Command, Executor};
+use crate::sidecar::service::KernelStatus;
+use crate::sidecar::{Config, Service};
+use crate::store::{schema, Reader, Writer};
+
+/// Sequence numbers are reserved on disk in blocks, so the numbers continue
+/// across restarts without a write per event.
+const SEQ_BLOCK: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Running {
+    pub svc: Arc<Service>,
+    pub addr: SocketAddr,
+}
+
+/// Runs until SIGTERM/SIGINT; returns after a graceful stop.
+pub async fn run(
+    cfg: Config,
+    listen: SocketAddr,
+    token: String,
+    info: ConnectionInfo,
+    process: Option<KernelProcess>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    std::fs::create_dir_all(&cfg.workspace)?;
+    let db = schema::db_path(&cfg.data_dir);
+    let (writer, writer_thread) = Writer::open(&db)?;
+    let reader = Reader::new(&db);
+
+    let base: u64 = reader.meta("seq_reserved").await?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    writer.set_meta("seq_reserved", (base + SEQ_BLOCK).to_string()).await?;
+    let reserved = Arc::new(AtomicU64::new(base + SEQ_BLOCK));
+    let bus = {
+        let writer = writer.clone();
+        let reserved = reserved.clone();
+        Bus::new(
+            cfg.bus.clone(),
+            base + 1,
+            Box::new(move |seq| {
+                let r = reserved.load(Ordering::Relaxed);
+                if seq + SEQ_BLOCK / 2 >= r && reserved.compare_exchange(r, r + SEQ_BLOCK, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+                    let w = writer.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = w.set_meta("seq_reserved", (r + SEQ_BLOCK).to_string()).await {
+                            tracing::warn!(error = %e, "reserving sequence numbers");
+                        }
+                    });
+                }
+            }),
+        )
+    };
+
+    let identity = match reader.meta("kernel_identity").await? {
+        Some(id) => id,
+        None => {
+            let id = crate::util::random_hex(16);
+            writer.set_meta("kernel_identity", id.clone()).await?;
+            id
+        }
+    };
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (status_tx, status_rx) = watch::channel(KernelStatus::default());
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let svc = Arc::new(Service::new(cfg, writer.clone(), reader, bus, cmd_tx.clone(), status_rx, ready_rx));
+    let executor = Executor::new(svc.clone(), cmd_rx, status_tx, ready_tx, info, identity.into_bytes(), process);
+    let executor = tokio::spawn(executor.run());
+
+    let token = auth::Token(Arc::new(token));
+    let app = http::open_routes(svc.clone())
+        .merge(http::api_routes(svc.clone()).layer(middleware::from_fn_with_state(token, auth::require_token)));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    on_listening(listener.local_addr()?);
+
+    let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(listener, app, async move {
+        let _ = stop_http_rx.await;
+    }));
+
+    shutdown_signal().await;
+    tracing::info!("stopping: no new executions; the running one gets the grace period");
+    svc.begin_shutdown();
+    let (done_tx, done_rx) = oneshot::channel();
+    let _ = cmd_tx.send(Command::Shutdown(done_tx)).await;
+    let grace = svc.cfg.shutdown_grace + svc.cfg.interrupt_grace + Duration::from_secs(5);
+    let _ = tokio::time::timeout(grace, done_rx).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), executor).await;
+    let _ = stop_http_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    drop(svc);
+    drop(cmd_tx);
+    writer.close().await;
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    tracing::info!("stopped; the database is closed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,62 @@
+//! `notebook-operator sidecar`: the in-pod form. Writes the connection file
+//! (fixed ports, key from the session Secret) before the kernel container
+//! starts, then waits for the kernel.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::local::anyhow_like;
+use super::{serve, SidecarOpts};
+use crate::jupyter::ConnectionInfo;
+use crate::sidecar::{Config, KernelSource};
+
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    #[arg(long, default_value = "0.0.0.0:8888")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "/var/lib/notebook")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "/home/jovyan/work")]
+    pub workspace: PathBuf,
+    /// Where to write the kernel's connection file.
+    #[arg(long, default_value = "/run/notebook/kernel.json")]
+    pub connection_file: PathBuf,
+    #[arg(long, env = "NOTEBOOK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// HMAC key the kernel signs messages with.
+    #[arg(long, env = "NOTEBOOK_KERNEL_KEY", hide_env_values = true)]
+    pub kernel_key: Option<String>,
+    #[arg(long)]
+    pub kernel_key_file: Option<PathBuf>,
+    /// Address the kernel listens on (the pod's loopback).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub kernel_ip: String,
+    /// First of five consecutive kernel ports: shell, iopub, stdin, control, hb.
+    #[arg(long, default_value_t = 5555)]
+    pub kernel_base_port: u16,
+    /// Host names MCP clients may use (the Service's names, the pod IP).
+    #[arg(long = "allowed-host")]
+    pub allowed_hosts: Vec<String>,
+    #[command(flatten)]
+    pub opts: SidecarOpts,
+}
+
+pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
+    let token = super::read_secret(args.token.clone(), args.token_file.as_ref())?
+        .ok_or("a client token is required: --token, --token-file or NOTEBOOK_TOKEN")?;
+    let key = super::read_secret(args.kernel_key.clone(), args.kernel_key_file.as_ref())?
+        .ok_or("a kernel key is required: --kernel-key, --kernel-key-file or NOTEBOOK_KERNEL_KEY")?;
+    let info = ConnectionInfo::with_base_port(&args.kernel_ip, args.kernel_base_port, key);
+    info.write(&args.connection_file)?;
+    let mut cfg = Config::new(args.data_dir, args.workspace, args.connection_file, KernelSource::External);
+    args.opts.apply(&mut cfg);
+    serve::run(cfg, args.listen, token, info, None, |addr| {
+        tracing::info!(%addr, "sidecar serving");
+    })
+    .await?;
+    Ok(())
+}

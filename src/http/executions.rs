@@ -1,0 +1,143 @@
+//! Execution and kernel routes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::ApiError;
+use crate::sidecar::{Service, SubmitRequest};
+use crate::store;
+
+type Svc = State<Arc<Service>>;
+
+/// Longest `?wait=`: a long poll longer than this should be repeated.
+const MAX_WAIT_S: f64 = 3600.0;
+
+fn opt_string(body: &serde_json::Map<String, Value>, field: &'static str) -> Result<Option<String>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_field(field, "must be a string")),
+    }
+}
+
+/// Parses the submit body by hand, so every error names its field.
+pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_field("body", format!("not valid JSON: {e}")))?;
+    let Value::Object(obj) = v else {
+        return Err(ApiError::bad_field("body", "must be a JSON object"));
+    };
+    let code = match obj.get("code") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::bad_field("code", "must be a string")),
+        None => return Err(ApiError::bad_field("code", "is required")),
+    };
+    let timeout_s = match obj.get("timeout_s") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(_) => return Err(ApiError::bad_field("timeout_s", "must be a number of seconds")),
+    };
+    Ok(SubmitRequest {
+        code,
+        key: opt_string(&obj, "key")?,
+        notebook: opt_string(&obj, "notebook")?,
+        cell_id: opt_string(&obj, "cell_id")?,
+        timeout_s,
+    })
+}
+
+pub async fn submit(State(svc): Svc, body: Bytes) -> Result<Response, ApiError> {
+    let req = parse_submit(&body)?;
+    let (exec, created) = svc.submit(req).await?;
+    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((status, Json(exec)).into_response())
+}
+
+pub async fn get(State(svc): Svc, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+    let wait = match q.get("wait") {
+        None => 0.0,
+        Some(w) => match w.parse::<f64>() {
+            Ok(w) if w.is_finite() && w >= 0.0 => w.min(MAX_WAIT_S),
+            _ => return Err(ApiError::bad_field("wait", "must be a number of seconds")),
+        },
+    };
+    let exec = svc.wait(&id, Duration::from_secs_f64(wait)).await?;
+    match exec {
+        Some(e) => Ok(Json(e).into_response()),
+        None => Err(ApiError::not_found(format!("no execution {id}"))),
+    }
+}
+
+pub async fn list(State(svc): Svc, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+    let state = match q.get("state").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(store::State::parse(s).ok_or_else(|| {
+            ApiError::bad_field("state", "must be one of queued, running, completed, failed, cancelled")
+        })?),
+    };
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::bad_field("limit", "must be an integer from 1 to 1000"))?,
+    };
+    let items = svc.list(state, limit).await?;
+    Ok(Json(json!({"executions": items})).into_response())
+}
+
+pub async fn cancel(State(svc): Svc, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let out = svc.cancel(&id).await?;
+    Ok(Json(out).into_response())
+}
+
+pub async fn kernel(State(svc): Svc) -> Json<Value> {
+    Json(serde_json::to_value(svc.kernel_status()).unwrap_or_default())
+}
+
+pub async fn interrupt(State(svc): Svc) -> Result<Response, ApiError> {
+    svc.interrupt().await?;
+    Ok(Json(json!({"interrupted": true})).into_response())
+}
+
+pub async fn restart(State(svc): Svc) -> Result<Response, ApiError> {
+    svc.restart().await?;
+    Ok(Json(serde_json::to_value(svc.kernel_status()).unwrap_or_default()).into_response())
+}
+
+pub async fn status(State(svc): Svc) -> Result<Json<Value>, ApiError> {
+    Ok(Json(svc.status().await?))
+}
+
+pub async fn readyz(State(svc): Svc) -> Response {
+    if svc.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submit_errors_name_the_field() {
+        assert_eq!(parse_submit(b"{").unwrap_err().field, Some("body"));
+        assert_eq!(parse_submit(b"[]").unwrap_err().field, Some("body"));
+        assert_eq!(parse_submit(b"{}").unwrap_err().field, Some("code"));
+        assert_eq!(parse_submit(br#"{"code": 1}"#).unwrap_err().field, Some("code"));
+        assert_eq!(parse_submit(br#"{"code": "x", "key": 2}"#).unwrap_err().field, Some("key"));
+        assert_eq!(parse_submit(br#"{"code": "x", "timeout_s": "5"}"#).unwrap_err().field, Some("timeout_s"));
+        let ok = parse_submit(br#"{"code": "1+1", "key": "k", "timeout_s": 2.5}"#).unwrap();
+        assert_eq!((ok.code.as_str(), ok.key.as_deref(), ok.timeout_s), ("1+1", Some("k"), Some(2.5)));
+    }
+}

@@ -1,0 +1,61 @@
+//! The sidecar's HTTP API (see the route table in DESIGN.md).
+
+pub mod auth;
+pub mod error;
+pub mod events;
+pub mod executions;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::sidecar::Service;
+
+pub use error::ApiError;
+
+/// The routes that need the bearer token.
+pub fn api_routes(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/executions", post(executions::submit).get(executions::list))
+        .route("/v1/executions/{id}", get(executions::get))
+        .route("/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/v1/kernel", get(executions::kernel))
+        .route("/v1/kernel/interrupt", post(executions::interrupt))
+        .route("/v1/kernel/restart", post(executions::restart))
+        .route("/v1/status", get(executions::status))
+        .route("/v1/events", get(events::sse))
+        .route("/v1/events/ws", get(events::ws))
+        .layer(DefaultBodyLimit::max(svc.cfg.max_code_bytes.saturating_mul(6).saturating_add(1 << 20)))
+        .with_state(svc)
+}
+
+/// Routes without a token: liveness, readiness and metrics.
+pub fn open_routes(svc: Arc<Service>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(executions::readyz))
+        .route("/metrics", get(metrics::render))
+        .with_state(svc)
+}
+
+/// Binds and serves until `shutdown` resolves. Accepted connections get
+/// TCP_NODELAY: without it Nagle's algorithm adds ~40 ms to small replies.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

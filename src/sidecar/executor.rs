@@ -1,0 +1,773 @@
+//! The kernel actor: the one task that talks to the kernel. It runs queued
+//! executions one at a time in submission order, follows the kernel's replies
+//! and iopub output, supervises the kernel (heartbeat, death, restart) and
+//! answers control commands. It waits on events only: the work notification,
+//! kernel messages, commands, and deadlines it set itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, info_span, warn, Instrument};
+
+use super::outputs::{Change, Outputs};
+use super::service::{CancelOutcome, ControlError, KernelState, KernelStatus, Service};
+use super::KernelSource;
+use crate::jupyter::client::Heartbeat;
+use crate::jupyter::{Channel, ConnectionInfo, KernelClient, KernelMessage};
+use crate::kernel::process::KernelProcess;
+use crate::store::{Execution, FinalRecord, State};
+
+pub enum Command {
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<Result<CancelOutcome, ControlError>>,
+    },
+    Interrupt(oneshot::Sender<Result<(), ControlError>>),
+    Restart(oneshot::Sender<Result<(), ControlError>>),
+    /// Finish the running execution within the grace, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The execution the kernel is working on.
+struct Current {
+    exec: Execution,
+    msg_id: String,
+    started: bool,
+    reply: Option<Value>,
+    idle: bool,
+    outputs: Outputs,
+    /// Stream text not yet published, coalesced: (name, text, flush at).
+    pending_stream: Option<(String, String, Instant)>,
+    deadline: Option<Instant>,
+    /// Why the kernel was interrupted, if it was: decides the final state.
+    interrupted_for: Option<&'static str>,
+    /// Recovered from a previous sidecar process: `probe` is a kernel_info
+    /// request; if its reply comes before ours, the kernel no longer runs it.
+    probe: Option<String>,
+    /// After the reply, how long to wait for the idle status.
+    idle_deadline: Option<Instant>,
+}
+
+struct Conn {
+    client: KernelClient,
+    rx: mpsc::Receiver<KernelMessage>,
+    heartbeat: JoinHandle<()>,
+    dead: mpsc::Receiver<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+pub struct Executor {
+    svc: Arc<Service>,
+    commands: mpsc::Receiver<Command>,
+    status: watch::Sender<KernelStatus>,
+    ready: watch::Sender<bool>,
+    info: ConnectionInfo,
+    identity: Vec<u8>,
+    session: String,
+    process: Option<KernelProcess>,
+    conn: Option<Conn>,
+    current: Option<Current>,
+    shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    last_prune: Option<Instant>,
+}
+
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+const IDLE_AFTER_REPLY: Duration = Duration::from_secs(2);
+const STREAM_FLUSH_BYTES: usize = 64 * 1024;
+
+impl Executor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        svc: Arc<Service>,
+        commands: mpsc::Receiver<Command>,
+        status: watch::Sender<KernelStatus>,
+        ready: watch::Sender<bool>,
+        info: ConnectionInfo,
+        identity: Vec<u8>,
+        process: Option<KernelProcess>,
+    ) -> Self {
+        let session = hex::encode(&identity);
+        Executor {
+            svc,
+            commands,
+            status,
+            ready,
+            info,
+            identity,
+            session,
+            process,
+            conn: None,
+            current: None,
+            shutdown: None,
+            last_prune: None,
+        }
+    }
+
+    fn set_kernel(&self, state: KernelState) {
+        let changed = self.status.send_if_modified(|s| {
+            let changed = s.state != state;
+            s.state = state;
+            s.pid = self.process.as_ref().map(|p| p.pid);
+            changed
+        });
+        if changed && !matches!(state, KernelState::Busy | KernelState::Idle) {
+            let restarts = self.status.borrow().restarts;
+            self.svc.bus.publish("kernel", None, json!({"state": state, "restarts": restarts}));
+        }
+    }
+
+    /// Connects to the kernel and waits until it answers kernel_info and its
+    /// iopub messages reach us (so no output of the first execution is lost).
+    async fn connect(&mut self) -> Result<(), String> {
+        self.conn = None;
+        self.set_kernel(KernelState::Starting);
+        let deadline = Instant::now() + self.svc.cfg.kernel_start_timeout;
+        let mut hb = Heartbeat::new(&self.info);
+        while !hb.ping(Duration::from_secs(1)).await {
+            if Instant::now() > deadline {
+                return Err("the kernel's heartbeat never answered".into());
+            }
+            if let Some(p) = &self.process {
+                if *p.exited.borrow() {
+                    return Err("the kernel process exited at start; see kernel.log in the data dir".into());
+                }
+            }
+        }
+        let (tx, mut rx) = mpsc::channel(4096);
+        let client = KernelClient::connect(&self.info, &self.identity, &self.session, tx, self.svc.dropped.clone(), Duration::from_secs(10))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut info_content = None;
+        'attempts: for _ in 0..20 {
+            let req = client.request("kernel_info_request", json!({}));
+            client.send(Channel::Shell, &req).await.map_err(|e| e.to_string())?;
+            let until = Instant::now() + Duration::from_millis(1000);
+            let mut iopub_seen = false;
+            while let Ok(Some(m)) = tokio::time::timeout_at(until, rx.recv()).await {
+                if m.msg.parent_msg_id() != Some(req.header.msg_id.as_str()) {
+                    continue;
+                }
+                match m.channel {
+                    Channel::Iopub => iopub_seen = true,
+                    Channel::Shell if m.msg.msg_type() == "kernel_info_reply" => info_content = Some(m.msg.content.clone()),
+                    _ => {}
+                }
+                if iopub_seen && info_content.is_some() {
+                    break 'attempts;
+                }
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+        }
+        let Some(info) = info_content else {
+            return Err("the kernel did not answer kernel_info".into());
+        };
+        let (dead_tx, dead) = mpsc::channel(1);
+        let hb_info = self.info.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut hb = Heartbeat::new(&hb_info);
+            loop {
+                tokio::time::sleep(HEARTBEAT_EVERY).await;
+                if !hb.ping(HEARTBEAT_TIMEOUT).await && !hb.ping(Duration::from_millis(500)).await {
+                    let _ = dead_tx.send(()).await;
+                    return;
+                }
+            }
+        });
+        self.status.send_modify(|s| {
+            s.info = info;
+        });
+        self.conn = Some(Conn {
+            client,
+            rx,
+            heartbeat,
+            dead,
+        });
+        self.set_kernel(KernelState::Idle);
+        Ok(())
+    }
+
+    /// Starts a new kernel process (local mode), or in a pod asks the kernel
+    /// to shut down so its container restarts; then reconnects.
+    async fn restart_kernel(&mut self, reason: &str) -> Result<(), String> {
+        info!(reason, "restarting the kernel");
+        self.set_kernel(KernelState::Restarting);
+        match &self.svc.cfg.kernel {
+            KernelSource::Spawn(launcher) => {
+                if let Some(mut p) = self.process.take() {
+                    p.kill().await;
+                }
+                self.conn = None;
+                self.process = Some(launcher.spawn().map_err(|e| format!("starting the kernel: {e}"))?);
+            }
+            KernelSource::External => {
+                if let Some(c) = &self.conn {
+                    let req = c.client.request("shutdown_request", json!({"restart": true}));
+                    let _ = c.client.send(Channel::Control, &req).await;
+                }
+                self.conn = None;
+            }
+        }
+        self.status.send_modify(|s| s.restarts += 1);
+        let mut result = self.connect().await;
+        // A kernel that cannot come back in local mode gets one more fresh start.
+        if result.is_err() {
+            if let KernelSource::Spawn(launcher) = &self.svc.cfg.kernel {
+                if let Some(mut p) = self.process.take() {
+                    p.kill().await;
+                }
+                self.process = Some(launcher.spawn().map_err(|e| format!("starting the kernel: {e}"))?);
+                result = self.connect().await;
+            }
+        }
+        if let Err(e) = &result {
+            warn!(error = %e, "the kernel did not come back");
+            self.set_kernel(KernelState::Dead);
+        }
+        result
+    }
+
+    async fn interrupt_kernel(&mut self) -> Result<(), String> {
+        if let (KernelSource::Spawn(_), Some(p)) = (&self.svc.cfg.kernel, &self.process) {
+            let mode = self.status.borrow().info.get("interrupt_mode").and_then(Value::as_str).map(String::from);
+            if mode.as_deref() != Some("message") {
+                if p.signal(nix::sys::signal::Signal::SIGINT) {
+                    return Ok(());
+                }
+            }
+        }
+        let Some(c) = &self.conn else {
+            return Err("the kernel is not connected".into());
+        };
+        let req = c.client.request("interrupt_request", json!({}));
+        c.client.send(Channel::Control, &req).await.map_err(|e| e.to_string())
+    }
+
+    pub async fn run(mut self) {
+        let span = info_span!("executor");
+        async move {
+            if let Err(e) = self.connect().await {
+                warn!(error = %e, "the kernel is not reachable at start");
+                self.set_kernel(KernelState::Dead);
+                if matches!(self.svc.cfg.kernel, KernelSource::Spawn(_)) {
+                    let _ = self.restart_kernel("not reachable at start").await;
+                }
+            }
+            self.recover().await;
+            let _ = self.ready.send(true);
+            self.main_loop().await;
+            let _ = self.ready.send(false);
+            if let (KernelSource::Spawn(_), Some(mut p)) = (&self.svc.cfg.kernel, self.process.take()) {
+                p.kill().await;
+                let _ = std::fs::remove_file(crate::kernel::process::pid_file(&self.svc.cfg.data_dir));
+            }
+            if let Some((_, waiters)) = self.shutdown.take() {
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Executions that were dispatched or running when the previous sidecar
+    /// stopped are never re-sent. The first is followed: if the kernel still
+    /// runs it, its reply completes it; a kernel_info probe answered first
+    /// means the kernel no longer runs it (`interrupted`).
+    async fn recover(&mut self) {
+        let in_flight = match self.svc.reader.in_flight().await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = %e, "reading in-flight executions");
+                return;
+            }
+        };
+        for f in in_flight {
+            let probe = match (&self.conn, &self.current, &f.msg_id) {
+                (Some(c), None, Some(_)) => {
+                    let req = c.client.request("kernel_info_request", json!({}));
+                    c.client.send(Channel::Shell, &req).await.ok().map(|_| req.header.msg_id)
+                }
+                _ => None,
+            };
+            match (probe, f.msg_id) {
+                (Some(probe), Some(msg_id)) => {
+                    info!(execution = %f.execution.id, "following an execution the previous sidecar started");
+                    self.current = Some(Current {
+                        started: f.execution.state == State::Running,
+                        exec: f.execution,
+                        msg_id,
+                        reply: None,
+                        idle: false,
+                        outputs: Outputs::default(),
+                        pending_stream: None,
+                        deadline: None,
+                        interrupted_for: None,
+                        probe: Some(probe),
+                        idle_deadline: None,
+                    });
+                }
+                _ => {
+                    let e = f.execution;
+                    self.finish_row(&e, State::Failed, "interrupted", Outputs::default(), None, None).await;
+                }
+            }
+        }
+    }
+
+    async fn main_loop(&mut self) {
+        loop {
+            if self.current.is_none() {
+                if self.shutdown.is_some() {
+                    return;
+                }
+                if self.conn.is_some() {
+                    self.start_next().await;
+                }
+            }
+            let work = self.svc.clone();
+            let cur_deadline = self.current.as_ref().and_then(|c| match (c.deadline, c.idle_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            });
+            let flush_at = self.current.as_ref().and_then(|c| c.pending_stream.as_ref().map(|p| p.2));
+            let shutdown_at = self.shutdown.as_ref().map(|s| s.0);
+            let idle = self.current.is_none();
+            let process_exit = self.process.as_ref().map(|p| p.exited.clone());
+            tokio::select! {
+                _ = work.work.notified(), if idle => {}
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => {
+                        if self.shutdown.is_none() {
+                            self.shutdown = Some((Instant::now() + self.svc.cfg.shutdown_grace, Vec::new()));
+                        }
+                    }
+                },
+                ev = kernel_event(&mut self.conn) => match ev {
+                    KernelEvent::Message(m) => self.on_kernel_message(m).await,
+                    KernelEvent::Closed => self.on_kernel_death("the kernel connection closed").await,
+                    KernelEvent::Dead => self.on_kernel_death("the kernel stopped answering its heartbeat").await,
+                },
+                _ = exited(process_exit) => self.on_kernel_death("the kernel process exited").await,
+                _ = sleep_until(cur_deadline) => self.on_deadline().await,
+                _ = sleep_until(flush_at) => self.flush_stream(),
+                _ = sleep_until(shutdown_at) => self.on_shutdown_deadline().await,
+            }
+        }
+    }
+
+    async fn start_next(&mut self) {
+        let next = match self.svc.reader.next_queued().await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "reading the queue");
+                return;
+            }
+        };
+        let Some(exec) = next else {
+            self.prune_when_idle().await;
+            return;
+        };
+        let Some(conn) = &self.conn else { return };
+        let allow_stdin = self.svc.cfg.input_reply.is_some();
+        let req = conn.client.request(
+            "execute_request",
+            json!({
+                "code": exec.code, "silent": false, "store_history": true,
+                "user_expressions": {}, "allow_stdin": allow_stdin, "stop_on_error": false,
+            }),
+        );
+        // Durable before it is sent: a restarted sidecar never sends it again.
+        if let Err(e) = self.svc.writer.dispatch(&exec.id, &req.header.msg_id).await {
+            warn!(execution = %exec.id, error = %e, "could not record the dispatch; not sending");
+            return;
+        }
+        if let Err(e) = conn.client.send(Channel::Shell, &req).await {
+            warn!(execution = %exec.id, error = %e, "sending execute_request");
+            self.finish_row(&exec, State::Failed, "kernel_died", Outputs::default(), None, None).await;
+            return;
+        }
+        tracing::debug!(execution = %exec.id, "dispatched");
+        let timeout = exec.timeout_s.map(Duration::from_secs_f64);
+        self.current = Some(Current {
+            msg_id: req.header.msg_id,
+            started: false,
+            reply: None,
+            idle: false,
+            outputs: Outputs::default(),
+            pending_stream: None,
+            deadline: timeout.map(|t| Instant::now() + t),
+            interrupted_for: None,
+            probe: None,
+            idle_deadline: None,
+            exec,
+        });
+    }
+
+    async fn prune_when_idle(&mut self) {
+        if self.last_prune.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let cutoff = time::OffsetDateTime::now_utc() - self.svc.cfg.retention;
+        match self.svc.writer.prune(crate::util::format_rfc3339(cutoff)).await {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "pruned finished executions past retention"),
+            Err(e) => warn!(error = %e, "pruning"),
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Interrupt(reply) => {
+                let r = self.interrupt_kernel().await.map_err(ControlError::Failed);
+                if r.is_ok() {
+                    if let Some(c) = &mut self.current {
+                        c.interrupted_for.get_or_insert("interrupted");
+                    }
+                }
+                let _ = reply.send(r);
+            }
+            Command::Restart(reply) => {
+                if let Some(c) = self.current.take() {
+                    self.finish_current(c, State::Failed, Some("kernel_restarted")).await;
+                }
+                let r = self.restart_kernel("requested").await.map_err(ControlError::Failed);
+                let _ = reply.send(r);
+            }
+            Command::Cancel { id, reply } => {
+                let r = self.cancel(&id).await;
+                let _ = reply.send(r);
+            }
+            Command::Shutdown(done) => {
+                let deadline = Instant::now() + self.svc.cfg.shutdown_grace;
+                match &mut self.shutdown {
+                    Some((_, waiters)) => waiters.push(done),
+                    None => self.shutdown = Some((deadline, vec![done])),
+                }
+            }
+        }
+    }
+
+    async fn cancel(&mut self, id: &str) -> Result<CancelOutcome, ControlError> {
+        if self.current.as_ref().is_some_and(|c| c.exec.id == id) {
+            self.interrupt_kernel().await.map_err(ControlError::Failed)?;
+            if let Some(c) = &mut self.current {
+                c.interrupted_for = Some("cancelled");
+                c.deadline = Some(Instant::now() + self.svc.cfg.interrupt_grace);
+            }
+            return Ok(CancelOutcome {
+                id: id.to_string(),
+                result: "interrupting".into(),
+            });
+        }
+        let exec = self.svc.reader.get(id).await?.ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        if exec.state.is_final() {
+            return Ok(CancelOutcome {
+                id: id.to_string(),
+                result: exec.state.to_string(),
+            });
+        }
+        self.finish_row(&exec, State::Cancelled, "cancelled", Outputs::default(), None, None).await;
+        Ok(CancelOutcome {
+            id: id.to_string(),
+            result: "cancelled".into(),
+        })
+    }
+
+    async fn on_kernel_message(&mut self, m: KernelMessage) {
+        let msg_type = m.msg.msg_type().to_string();
+        let parent = m.msg.parent_msg_id().map(String::from);
+        if m.channel == Channel::Iopub && msg_type == "status" {
+            match m.msg.content.get("execution_state").and_then(Value::as_str) {
+                Some("busy") => self.set_kernel(KernelState::Busy),
+                Some("idle") => self.set_kernel(KernelState::Idle),
+                _ => {}
+            }
+        }
+        let Some(cur) = &mut self.current else { return };
+        // A recovered execution: the probe answered first, so the kernel no
+        // longer runs ours.
+        if cur.probe.is_some() && parent == cur.probe && msg_type == "kernel_info_reply" && cur.reply.is_none() {
+            if let Some(c) = self.current.take() {
+                self.finish_current(c, State::Failed, Some("interrupted")).await;
+            }
+            return;
+        }
+        if parent.as_deref() != Some(cur.msg_id.as_str()) {
+            return;
+        }
+        match (m.channel, msg_type.as_str()) {
+            (Channel::Iopub, "status") => {
+                let state = m.msg.content.get("execution_state").and_then(Value::as_str);
+                if state == Some("busy") {
+                    self.mark_started().await;
+                } else if state == Some("idle") {
+                    cur.idle = true;
+                }
+            }
+            (Channel::Iopub, "execute_input") => self.mark_started().await,
+            (Channel::Iopub, _) => {
+                self.mark_started().await;
+                self.on_output(&msg_type, &m.msg.content);
+            }
+            (Channel::Shell, "execute_reply") => {
+                cur.reply = Some(m.msg.content.clone());
+                cur.idle_deadline = Some(Instant::now() + IDLE_AFTER_REPLY);
+            }
+            (Channel::Stdin, "input_request") => {
+                let value = self.svc.cfg.input_reply.clone().unwrap_or_default();
+                if let Some(conn) = &self.conn {
+                    let mut reply = conn.client.request("input_reply", json!({"value": value}));
+                    reply.parent_header = serde_json::to_value(&m.msg.header).unwrap_or_default();
+                    let _ = conn.client.send(Channel::Stdin, &reply).await;
+                }
+            }
+            _ => {}
+        }
+        let done = self.current.as_ref().is_some_and(|c| c.reply.is_some() && (c.idle || c.probe.is_some()));
+        if done {
+            if let Some(c) = self.current.take() {
+                self.finish_from_reply(c).await;
+            }
+        }
+    }
+
+    async fn mark_started(&mut self) {
+        let Some(cur) = &mut self.current else { return };
+        if cur.started {
+            return;
+        }
+        cur.started = true;
+        let id = cur.exec.id.clone();
+        match self.svc.writer.start(&id, crate::util::now_rfc3339()).await {
+            Ok(_) => {
+                let seq = self.svc.bus.publish("started", Some(&id), json!({}));
+                self.svc.writer.set_last_seq(&id, seq);
+            }
+            Err(e) => warn!(execution = %id, error = %e, "recording the start"),
+        }
+    }
+
+    fn on_output(&mut self, msg_type: &str, content: &Value) {
+        let window = self.svc.cfg.coalesce_window;
+        let Some(cur) = &mut self.current else { return };
+        let change = cur.outputs.apply(msg_type, content);
+        match change {
+            Change::None => {}
+            Change::Output(o) if o["output_type"] == "stream" => {
+                let name = o["name"].as_str().unwrap_or("stdout").to_string();
+                let text = o["text"].as_str().unwrap_or("");
+                let same = cur.pending_stream.as_ref().is_some_and(|p| p.0 == name);
+                if !same {
+                    self.flush_stream();
+                }
+                let Some(cur) = &mut self.current else { return };
+                let p = cur
+                    .pending_stream
+                    .get_or_insert_with(|| (name, String::new(), Instant::now() + window));
+                p.1.push_str(text);
+                if p.1.len() >= STREAM_FLUSH_BYTES {
+                    self.flush_stream();
+                }
+            }
+            other => {
+                self.flush_stream();
+                let Some(cur) = &self.current else { return };
+                let id = cur.exec.id.clone();
+                let fields = match other {
+                    Change::Output(o) => json!({"output": o}),
+                    Change::Update { display_id, output } => json!({"output": output, "update_display_id": display_id}),
+                    Change::Cleared => json!({"clear_output": true}),
+                    Change::None => return,
+                };
+                self.svc.bus.publish("output", Some(&id), fields);
+            }
+        }
+    }
+
+    fn flush_stream(&mut self) {
+        let Some(cur) = &mut self.current else { return };
+        if let Some((name, text, _)) = cur.pending_stream.take() {
+            let id = cur.exec.id.clone();
+            self.svc.bus.publish(
+                "output",
+                Some(&id),
+                json!({"output": {"output_type": "stream", "name": name, "text": text}}),
+            );
+        }
+    }
+
+    async fn finish_from_reply(&mut self, cur: Current) {
+        let reply = cur.reply.clone().unwrap_or_default();
+        let status = reply.get("status").and_then(Value::as_str).unwrap_or("error");
+        match (status, cur.interrupted_for) {
+            ("ok", _) => self.finish_current(cur, State::Completed, None).await,
+            (_, Some("cancelled")) => self.finish_current(cur, State::Cancelled, Some("cancelled")).await,
+            (_, Some(why)) => self.finish_current(cur, State::Failed, Some(why)).await,
+            ("aborted", None) => self.finish_current(cur, State::Failed, Some("aborted")).await,
+            _ => self.finish_current(cur, State::Failed, Some("error")).await,
+        }
+    }
+
+    async fn finish_current(&mut self, mut cur: Current, state: State, reason: Option<&str>) {
+        if let Some((name, text, _)) = cur.pending_stream.take() {
+            self.svc.bus.publish(
+                "output",
+                Some(&cur.exec.id),
+                json!({"output": {"output_type": "stream", "name": name, "text": text}}),
+            );
+        }
+        let reply = cur.reply.take().unwrap_or_default();
+        let count = reply.get("execution_count").and_then(Value::as_i64);
+        let error = (reply.get("status").and_then(Value::as_str) == Some("error")).then(|| {
+            json!({
+                "ename": reply.get("ename").cloned().unwrap_or(json!("")),
+                "evalue": reply.get("evalue").cloned().unwrap_or(json!("")),
+                "traceback": reply.get("traceback").cloned().unwrap_or(json!([])),
+            })
+        });
+        let reason = reason.unwrap_or_default();
+        self.finish_row(&cur.exec, state, reason, cur.outputs, count, error).await;
+    }
+
+    /// Commits the final state, then announces it and wakes waiters.
+    async fn finish_row(
+        &self,
+        exec: &Execution,
+        state: State,
+        reason: &str,
+        outputs: Outputs,
+        count: Option<i64>,
+        error: Option<Value>,
+    ) {
+        let reason = (!reason.is_empty()).then(|| reason.to_string());
+        let error = error.or_else(|| {
+            reason
+                .as_ref()
+                .filter(|r| r.as_str() != "cancelled" || state != State::Cancelled)
+                .filter(|_| state == State::Failed)
+                .map(|r| json!({"ename": "ExecutionFailed", "evalue": r, "traceback": []}))
+        });
+        let record = FinalRecord {
+            state,
+            reason: reason.clone(),
+            outputs: outputs.into_vec(),
+            execution_count: count,
+            error: error.clone(),
+            finished_at: crate::util::now_rfc3339(),
+        };
+        match self.svc.writer.finish(&exec.id, record).await {
+            Ok(true) => {
+                let seq = self.svc.bus.publish(
+                    "finished",
+                    Some(&exec.id),
+                    json!({"state": state, "reason": reason, "execution_count": count, "error": error}),
+                );
+                self.svc.writer.set_last_seq(&exec.id, seq);
+                info!(execution = %exec.id, %state, reason = reason.as_deref().unwrap_or(""), "finished");
+            }
+            Ok(false) => {}
+            Err(e) => warn!(execution = %exec.id, error = %e, "recording the final state"),
+        }
+        self.svc.touch();
+        self.svc.completions.finished(&exec.id);
+    }
+
+    async fn on_kernel_death(&mut self, why: &str) {
+        warn!(why, "kernel died");
+        self.set_kernel(KernelState::Dead);
+        if let Some(c) = self.current.take() {
+            self.finish_current(c, State::Failed, Some("kernel_died")).await;
+        }
+        if let Err(e) = self.restart_kernel(why).await {
+            warn!(error = %e, "kernel restart failed");
+        }
+    }
+
+    async fn on_deadline(&mut self) {
+        let Some(cur) = &mut self.current else { return };
+        let now = Instant::now();
+        if cur.idle_deadline.is_some_and(|d| d <= now) && cur.reply.is_some() {
+            // The reply came but the idle status never did: finish anyway.
+            if let Some(c) = self.current.take() {
+                self.finish_from_reply(c).await;
+            }
+            return;
+        }
+        if !cur.deadline.is_some_and(|d| d <= now) {
+            return;
+        }
+        if cur.interrupted_for.is_none() {
+            cur.interrupted_for = Some("timeout");
+            cur.deadline = Some(now + self.svc.cfg.interrupt_grace);
+            if let Err(e) = self.interrupt_kernel().await {
+                warn!(error = %e, "interrupt for timeout failed");
+            }
+            return;
+        }
+        // Interrupted and still not done: the kernel is stuck; restart it.
+        let why = cur.interrupted_for.unwrap_or("interrupted");
+        if let Some(c) = self.current.take() {
+            let state = if why == "cancelled" { State::Cancelled } else { State::Failed };
+            self.finish_current(c, state, Some(why)).await;
+        }
+        let _ = self.restart_kernel("did not answer an interrupt").await;
+    }
+
+    async fn on_shutdown_deadline(&mut self) {
+        if self.current.is_some() {
+            let _ = self.interrupt_kernel().await;
+            if let Some(c) = self.current.take() {
+                self.finish_current(c, State::Failed, Some("interrupted")).await;
+            }
+        }
+    }
+}
+
+enum KernelEvent {
+    Message(KernelMessage),
+    Closed,
+    Dead,
+}
+
+async fn kernel_event(conn: &mut Option<Conn>) -> KernelEvent {
+    let Some(c) = conn else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        m = c.rx.recv() => m.map(KernelEvent::Message).unwrap_or(KernelEvent::Closed),
+        _ = c.dead.recv() => KernelEvent::Dead,
+    }
+}
+
+async fn exited(rx: Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(mut rx) => {
+            if rx.wait_for(|e| *e).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,286 @@
+//! The sidecar's operations, shared by the HTTP routes and the MCP tools.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use super::completion::Completions;
+use super::executor::Command;
+use super::Config;
+use crate::events::Bus;
+use crate::store::{EnqueueOutcome, Execution, NewExecution, Reader, State, StoreError, Writer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelState {
+    Starting,
+    Idle,
+    Busy,
+    Restarting,
+    Dead,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelStatus {
+    pub state: KernelState,
+    pub restarts: u64,
+    pub pid: Option<i32>,
+    /// Frames dropped because they failed signature checks or decoding.
+    pub dropped_messages: u64,
+    /// The kernel's `kernel_info_reply` content.
+    pub info: Value,
+}
+
+impl Default for KernelStatus {
+    fn default() -> Self {
+        KernelStatus {
+            state: KernelState::Starting,
+            restarts: 0,
+            pid: None,
+            dropped_messages: 0,
+            info: json!({}),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SubmitRequest {
+    pub code: String,
+    pub key: Option<String>,
+    pub notebook: Option<String>,
+    pub cell_id: Option<String>,
+    pub timeout_s: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("the sidecar is shutting down and accepts no new executions")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no execution {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("the kernel actor has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CancelOutcome {
+    pub id: String,
+    /// `cancelled` for a queued execution, `interrupting` for the running one,
+    /// or the final state it already had.
+    pub result: String,
+}
+
+pub struct Service {
+    pub cfg: Config,
+    pub writer: Writer,
+    pub reader: Reader,
+    pub bus: Arc<Bus>,
+    pub completions: Completions,
+    /// Woken after each enqueue commit.
+    pub work: Notify,
+    pub commands: mpsc::Sender<Command>,
+    pub kernel: watch::Receiver<KernelStatus>,
+    pub ready: watch::Receiver<bool>,
+    /// Kernel frames dropped for bad signatures or framing.
+    pub dropped: Arc<AtomicU64>,
+    shutting_down: AtomicBool,
+    last_activity: Mutex<String>,
+}
+
+impl Service {
+    pub fn new(
+        cfg: Config,
+        writer: Writer,
+        reader: Reader,
+        bus: Arc<Bus>,
+        commands: mpsc::Sender<Command>,
+        kernel: watch::Receiver<KernelStatus>,
+        ready: watch::Receiver<bool>,
+    ) -> Self {
+        Service {
+            cfg,
+            writer,
+            reader,
+            bus,
+            completions: Completions::default(),
+            work: Notify::new(),
+            commands,
+            kernel,
+            ready,
+            dropped: Arc::new(AtomicU64::new(0)),
+            shutting_down: AtomicBool::new(false),
+            last_activity: Mutex::new(crate::util::now_rfc3339()),
+        }
+    }
+
+    pub fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = crate::util::now_rfc3339();
+    }
+
+    pub fn last_activity(&self) -> String {
+        self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn validate(&self, req: &SubmitRequest) -> Result<(), SubmitError> {
+        if req.code.len() > self.cfg.max_code_bytes {
+            return Err(SubmitError::Invalid {
+                field: "code",
+                message: format!("{} bytes, over the limit of {}", req.code.len(), self.cfg.max_code_bytes),
+            });
+        }
+        if let Some(k) = &req.key {
+            if k.is_empty() || k.len() > 256 {
+                return Err(SubmitError::Invalid {
+                    field: "key",
+                    message: "must be 1 to 256 characters".into(),
+                });
+            }
+        }
+        if let Some(t) = req.timeout_s {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(SubmitError::Invalid {
+                    field: "timeout_s",
+                    message: "must be a positive number of seconds".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues durably. Returns the execution and whether it is new (false:
+    /// the key was used before and this is the first execution with it).
+    pub async fn submit(&self, req: SubmitRequest) -> Result<(Execution, bool), SubmitError> {
+        self.validate(&req)?;
+        if self.is_shutting_down() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let max = self.cfg.max_timeout.as_secs_f64();
+        let timeout_s = req
+            .timeout_s
+            .or(self.cfg.default_timeout.map(|d| d.as_secs_f64()))
+            .map(|t| t.min(max));
+        let new = NewExecution {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            key: req.key,
+            code: req.code,
+            notebook: req.notebook,
+            cell_id: req.cell_id,
+            timeout_s,
+            created_at: crate::util::now_rfc3339(),
+        };
+        self.touch();
+        match self.writer.enqueue(new).await? {
+            EnqueueOutcome::Created(e) => {
+                let seq = self.bus.publish(
+                    "queued",
+                    Some(&e.id),
+                    json!({"key": e.key, "notebook": e.notebook, "cell_id": e.cell_id}),
+                );
+                self.writer.set_last_seq(&e.id, seq);
+                self.work.notify_one();
+                Ok((e, true))
+            }
+            EnqueueOutcome::Existing(e) => Ok((e, false)),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Execution>, StoreError> {
+        self.reader.get(id).await
+    }
+
+    /// The execution once final, or as it is after `wait`.
+    pub async fn wait(&self, id: &str, wait: Duration) -> Result<Option<Execution>, StoreError> {
+        let mut rx = self.completions.watch(id);
+        let first = self.reader.get(id).await?;
+        match &first {
+            None => {
+                self.completions.forget_unwatched();
+                return Ok(None);
+            }
+            Some(e) if e.state.is_final() || wait.is_zero() => return Ok(first),
+            Some(_) => {}
+        }
+        let _ = tokio::time::timeout(wait, rx.wait_for(|done| *done)).await;
+        drop(rx);
+        self.completions.forget_unwatched();
+        self.reader.get(id).await
+    }
+
+    pub async fn list(&self, state: Option<State>, limit: u32) -> Result<Vec<Execution>, StoreError> {
+        self.reader.list(state, limit).await
+    }
+
+    async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, ControlError> {
+        let id = id.to_string();
+        self.touch();
+        self.command(|reply| Command::Cancel { id, reply }).await?
+    }
+
+    pub async fn interrupt(&self) -> Result<(), ControlError> {
+        self.touch();
+        self.command(Command::Interrupt).await?
+    }
+
+    pub async fn restart(&self) -> Result<(), ControlError> {
+        self.touch();
+        self.command(Command::Restart).await?
+    }
+
+    pub fn kernel_status(&self) -> KernelStatus {
+        let mut k = self.kernel.borrow().clone();
+        k.dropped_messages = self.dropped.load(Ordering::Relaxed);
+        k
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() && !self.is_shutting_down()
+    }
+
+    /// What the operator copies into the session status.
+    pub async fn status(&self) -> Result<Value, StoreError> {
+        let counts = self.reader.counts().await?;
+        let k = self.kernel_status();
+        let queue: serde_json::Map<String, Value> =
+            counts.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect();
+        let busy = counts.get(&State::Queued).copied().unwrap_or(0) + counts.get(&State::Running).copied().unwrap_or(0) > 0;
+        Ok(json!({
+            "kernel": {"state": k.state, "restarts": k.restarts},
+            "queue": queue,
+            "busy": busy,
+            "last_activity": self.last_activity(),
+            "clients": self.bus.clients(),
+            "ready": self.is_ready(),
+            "events": {"newest_seq": self.bus.newest()},
+        }))
+    }
+}

@@ -1,0 +1,243 @@
+//! Read-only connections, used from blocking tasks so that readers never wait
+//! for the writer (WAL lets them read the last commit).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::model::{Execution, State};
+use super::{schema, StoreError};
+
+pub(crate) const COLUMNS: &str = "id, key, state, reason, code, notebook, cell_id, outputs, execution_count, error, timeout_s, created_at, started_at, finished_at";
+
+pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
+    let state: String = r.get(2)?;
+    let outputs: String = r.get(7)?;
+    let error: Option<String> = r.get(9)?;
+    Ok(Execution {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        state: State::parse(&state).unwrap_or(State::Failed),
+        reason: r.get(3)?,
+        code: r.get(4)?,
+        notebook: r.get(5)?,
+        cell_id: r.get(6)?,
+        outputs: serde_json::from_str(&outputs).unwrap_or_default(),
+        execution_count: r.get(8)?,
+        error: error.and_then(|e| serde_json::from_str(&e).ok()),
+        timeout_s: r.get(10)?,
+        created_at: r.get(11)?,
+        started_at: r.get(12)?,
+        finished_at: r.get(13)?,
+    })
+}
+
+/// A small pool of read-only connections.
+#[derive(Clone)]
+pub struct Reader {
+    path: PathBuf,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// An execution the kernel may have received: dispatched or running.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub execution: Execution,
+    pub msg_id: Option<String>,
+}
+
+impl Reader {
+    pub fn new(path: &Path) -> Reader {
+        Reader {
+            path: path.to_path_buf(),
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> {
+        let this = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = this.pool.lock().ok().and_then(|mut p| p.pop());
+                let conn = match conn {
+                    Some(c) => c,
+                    None => schema::open_reader(&this.path)?,
+                };
+                let out = f(&conn);
+                if let Ok(mut p) = this.pool.lock() {
+                    if p.len() < 8 {
+                        p.push(conn);
+                    }
+                }
+                out
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Execution>, StoreError> {
+        let id = id.to_string();
+        self.with(move |c| {
+            Ok(c.query_row(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"), [id], row_to_execution)
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Newest first.
+    pub async fn list(&self, state: Option<State>, limit: u32) -> Result<Vec<Execution>, StoreError> {
+        self.with(move |c| {
+            let mut out = Vec::new();
+            match state {
+                Some(s) => {
+                    let mut st = c.prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM executions WHERE state = ?1 ORDER BY n DESC LIMIT ?2"
+                    ))?;
+                    for r in st.query_map(params![s.as_str(), limit], row_to_execution)? {
+                        out.push(r?);
+                    }
+                }
+                None => {
+                    let mut st =
+                        c.prepare_cached(&format!("SELECT {COLUMNS} FROM executions ORDER BY n DESC LIMIT ?1"))?;
+                    for r in st.query_map(params![limit], row_to_execution)? {
+                        out.push(r?);
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The oldest queued execution that was never sent to the kernel.
+    pub async fn next_queued(&self) -> Result<Option<Execution>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM executions WHERE state = 'queued' AND msg_id IS NULL ORDER BY n LIMIT 1"
+                ),
+                [],
+                row_to_execution,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Executions the kernel may have received before the last stop, in order.
+    pub async fn in_flight(&self) -> Result<Vec<InFlight>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS}, msg_id FROM executions
+                 WHERE state = 'running' OR (state = 'queued' AND msg_id IS NOT NULL) ORDER BY n"
+            ))?;
+            let rows = st.query_map([], |r| {
+                Ok(InFlight {
+                    execution: row_to_execution(r)?,
+                    msg_id: r.get(14)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn counts(&self) -> Result<HashMap<State, u64>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached("SELECT state, COUNT(*) FROM executions GROUP BY state")?;
+            let mut out: HashMap<State, u64> = State::ALL.into_iter().map(|s| (s, 0)).collect();
+            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (s, n) = r?;
+                if let Some(s) = State::parse(&s) {
+                    out.insert(s, n as u64);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let name = name.to_string();
+        self.with(move |c| {
+            Ok(c.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Executions that may have had events after `since`: everything not
+    /// final, and everything whose last event is newer (or unknown). Newest
+    /// first, at most `limit`.
+    pub async fn touched_since(&self, since: u64, limit: u32) -> Result<Vec<String>, StoreError> {
+        self.with(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT id FROM executions WHERE state IN ('queued','running')
+                 OR last_seq IS NULL OR last_seq > ?1 ORDER BY n DESC LIMIT ?2",
+            )?;
+            let ids = st.query_map(params![since as i64, limit], |r| r.get(0))?;
+            Ok(ids.collect::<Result<Vec<String>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::{FinalRecord, NewExecution};
+    use super::super::writer::{EnqueueOutcome, Writer};
+    use super::*;
+
+    fn new_exec(id: &str, key: Option<&str>) -> NewExecution {
+        NewExecution {
+            id: id.into(),
+            key: key.map(String::from),
+            code: "1+1".into(),
+            created_at: crate::util::now_rfc3339(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn enqueue_is_idempotent_by_key_and_fifo() {
+        let dir = std::env::temp_dir().join(format!("nbo-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = schema::db_path(&dir);
+        let (w, _h) = Writer::open(&path).unwrap();
+        let r = Reader::new(&path);
+        assert!(matches!(w.enqueue(new_exec("a", Some("k1"))).await.unwrap(), EnqueueOutcome::Created(_)));
+        assert!(matches!(w.enqueue(new_exec("b", None)).await.unwrap(), EnqueueOutcome::Created(_)));
+        match w.enqueue(new_exec("c", Some("k1"))).await.unwrap() {
+            EnqueueOutcome::Existing(e) => assert_eq!(e.id, "a"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.next_queued().await.unwrap().unwrap().id, "a");
+        w.dispatch("a", "m1").await.unwrap();
+        assert_eq!(r.next_queued().await.unwrap().unwrap().id, "b");
+        assert!(w.start("a", crate::util::now_rfc3339()).await.unwrap());
+        let fin = FinalRecord {
+            state: State::Completed,
+            reason: None,
+            outputs: vec![serde_json::json!({"output_type": "stream", "name": "stdout", "text": "x"})],
+            execution_count: Some(1),
+            error: None,
+            finished_at: crate::util::now_rfc3339(),
+        };
+        assert!(w.finish("a", fin.clone()).await.unwrap());
+        // A final row stays final.
+        assert!(!w.finish("a", fin).await.unwrap());
+        let a = r.get("a").await.unwrap().unwrap();
+        assert_eq!(a.state, State::Completed);
+        assert_eq!(a.outputs.len(), 1);
+        assert_eq!(r.counts().await.unwrap()[&State::Queued], 1);
+        assert_eq!(r.list(None, 10).await.unwrap()[0].id, "b", "newest first");
+    }
+}
