@@ -10,4 +10,6 @@ pub mod events;
 pub mod kernel;
 pub mod sidecar;
 pub mod http;
+pub mod notebook;
+pub mod mcp;
 pub mod cmd;

@@ -63,7 +63,10 @@ fn fresh_id(taken: &HashSet<String>) -> String {
 }
 
 fn valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Checks the parts of the v4 shape this module relies on, so that a file
@@ -94,7 +97,12 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
 /// already valid and unique are kept. Returns whether anything changed.
 pub fn ensure_ids(nb: &mut Value) -> bool {
     let mut changed = false;
-    if nb.get("nbformat_minor").and_then(Value::as_i64).unwrap_or(0) < 5 {
+    if nb
+        .get("nbformat_minor")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+        < 5
+    {
         nb["nbformat_minor"] = json!(5);
         changed = true;
     }
@@ -124,11 +132,18 @@ pub fn ensure_ids(nb: &mut Value) -> bool {
 
 /// A new empty notebook for a kernel whose `kernel_info_reply` is `info`.
 pub fn new_notebook(info: &Value) -> Value {
-    let mut language_info = info.get("language_info").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    let mut language_info = info
+        .get("language_info")
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
     if language_info.get("name").and_then(Value::as_str).is_none() {
         language_info["name"] = json!("python");
     }
-    let lang = language_info["name"].as_str().unwrap_or("python").to_string();
+    let lang = language_info["name"]
+        .as_str()
+        .unwrap_or("python")
+        .to_string();
     let kernelspec = if lang == "python" {
         json!({"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"})
     } else {
@@ -143,7 +158,10 @@ pub fn new_notebook(info: &Value) -> Value {
 }
 
 fn cells(nb: &Value) -> &[Value] {
-    nb.get("cells").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    nb.get("cells")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn cells_mut(nb: &mut Value) -> Result<&mut Vec<Value>, EditError> {
@@ -183,15 +201,26 @@ pub fn multiline(v: Option<&Value>) -> String {
 }
 
 /// Inserts a new cell; returns its id and index.
-pub fn insert(nb: &mut Value, at: Position, kind: CellType, src: &str) -> Result<(String, usize), EditError> {
+pub fn insert(
+    nb: &mut Value,
+    at: Position,
+    kind: CellType,
+    src: &str,
+) -> Result<(String, usize), EditError> {
     ensure_ids(nb);
-    let taken: HashSet<String> = cells(nb).iter().filter_map(cell_id).map(String::from).collect();
+    let taken: HashSet<String> = cells(nb)
+        .iter()
+        .filter_map(cell_id)
+        .map(String::from)
+        .collect();
     let id = fresh_id(&taken);
     let len = cells(nb).len();
     let index = match at {
         Position::Index(i) if i <= len => i,
         Position::Index(i) => {
-            return Err(EditError::Invalid(format!("index {i} is past the end: the notebook has {len} cells")))
+            return Err(EditError::Invalid(format!(
+                "index {i} is past the end: the notebook has {len} cells"
+            )))
         }
         Position::After(after) => index_of(nb, &after).ok_or(EditError::UnknownCell(after))? + 1,
         Position::End => len,
@@ -266,11 +295,19 @@ pub fn clean_outputs(outputs: &[Value]) -> Vec<Value> {
 }
 
 /// Writes an execution's outputs and count into a code cell.
-pub fn set_outputs(nb: &mut Value, id: &str, outputs: &[Value], count: Option<i64>) -> Result<(), EditError> {
+pub fn set_outputs(
+    nb: &mut Value,
+    id: &str,
+    outputs: &[Value],
+    count: Option<i64>,
+) -> Result<(), EditError> {
     let i = index_of(nb, id).ok_or_else(|| EditError::UnknownCell(id.to_string()))?;
     let cell = &mut cells_mut(nb)?[i];
     if cell_type(cell) != "code" {
-        return Err(EditError::Invalid(format!("cell {id} is a {} cell, not code", cell_type(cell))));
+        return Err(EditError::Invalid(format!(
+            "cell {id} is a {} cell, not code",
+            cell_type(cell)
+        )));
     }
     cell["outputs"] = Value::Array(clean_outputs(outputs));
     cell["execution_count"] = count.map(|c| json!(c)).unwrap_or(Value::Null);
@@ -284,7 +321,11 @@ pub fn check(nb: &Value) -> Result<(), String> {
     if obj.get("nbformat").and_then(Value::as_i64) != Some(4) {
         return Err("nbformat must be 4".into());
     }
-    if obj.get("nbformat_minor").and_then(Value::as_i64).is_none_or(|m| m < 5) {
+    if obj
+        .get("nbformat_minor")
+        .and_then(Value::as_i64)
+        .is_none_or(|m| m < 5)
+    {
         return Err("nbformat_minor must be at least 5 (cell ids)".into());
     }
     if !obj.get("metadata").is_some_and(Value::is_object) {
@@ -307,7 +348,10 @@ pub fn check(nb: &Value) -> Result<(), String> {
                 if !c.get("outputs").is_some_and(Value::is_array) {
                     return Err(format!("code cell {id} has no outputs list"));
                 }
-                if !matches!(c.get("execution_count"), Some(Value::Null | Value::Number(_))) {
+                if !matches!(
+                    c.get("execution_count"),
+                    Some(Value::Null | Value::Number(_))
+                ) {
                     return Err(format!("code cell {id} has no execution_count"));
                 }
             }
@@ -364,8 +408,14 @@ mod tests {
         assert_eq!(ids, vec![z.as_str(), a.as_str(), b.as_str(), c.as_str()]);
         check(&n).unwrap();
         assert!(cell(&n, &c).unwrap().get("outputs").is_none());
-        assert_eq!(insert(&mut n, Position::Index(9), CellType::Code, "").unwrap_err(), EditError::Invalid("index 9 is past the end: the notebook has 4 cells".into()));
-        assert_eq!(insert(&mut n, Position::After("nope".into()), CellType::Code, "").unwrap_err(), EditError::UnknownCell("nope".into()));
+        assert_eq!(
+            insert(&mut n, Position::Index(9), CellType::Code, "").unwrap_err(),
+            EditError::Invalid("index 9 is past the end: the notebook has 4 cells".into())
+        );
+        assert_eq!(
+            insert(&mut n, Position::After("nope".into()), CellType::Code, "").unwrap_err(),
+            EditError::UnknownCell("nope".into())
+        );
     }
 
     #[test]

@@ -25,15 +25,21 @@ pub fn relative(input: &str) -> Result<PathBuf, NotebookError> {
         return Err(bad("contains a NUL byte"));
     }
     if input.starts_with('/') || input.starts_with('\\') || Path::new(input).is_absolute() {
-        return Err(bad("absolute paths are refused; give a path relative to the workspace"));
+        return Err(bad(
+            "absolute paths are refused; give a path relative to the workspace",
+        ));
     }
     let mut out = PathBuf::new();
     for c in Path::new(input).components() {
         match c {
             Component::Normal(part) => out.push(part),
             Component::CurDir => {}
-            Component::ParentDir => return Err(bad("`..` is refused; paths stay inside the workspace")),
-            Component::RootDir | Component::Prefix(_) => return Err(bad("absolute paths are refused")),
+            Component::ParentDir => {
+                return Err(bad("`..` is refused; paths stay inside the workspace"))
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(bad("absolute paths are refused"))
+            }
         }
     }
     if out.as_os_str().is_empty() {
@@ -71,14 +77,27 @@ mod tests {
 
     #[test]
     fn refuses_parent_dirs_absolute_paths_and_empty_names() {
-        for p in ["", " ", "/etc/passwd", "../x.ipynb", "a/../../x.ipynb", "a/..", "\\x", ".", "a\0b"] {
+        for p in [
+            "",
+            " ",
+            "/etc/passwd",
+            "../x.ipynb",
+            "a/../../x.ipynb",
+            "a/..",
+            "\\x",
+            ".",
+            "a\0b",
+        ] {
             assert!(relative(p).is_err(), "{p:?} should be refused");
         }
     }
 
     #[test]
     fn normalises_current_dir_components() {
-        assert_eq!(relative("./a/./b.ipynb").unwrap(), PathBuf::from("a/b.ipynb"));
+        assert_eq!(
+            relative("./a/./b.ipynb").unwrap(),
+            PathBuf::from("a/b.ipynb")
+        );
         assert_eq!(display(&relative("a//b.ipynb").unwrap()), "a/b.ipynb");
     }
 

@@ -56,7 +56,11 @@ impl NotebookSync {
         for state in [State::Running, State::Queued] {
             match self.svc.list(Some(state), 1000).await {
                 Ok(list) => {
-                    for e in list.into_iter().rev().filter(|e| e.notebook.is_some() && e.cell_id.is_some()) {
+                    for e in list
+                        .into_iter()
+                        .rev()
+                        .filter(|e| e.notebook.is_some() && e.cell_id.is_some())
+                    {
                         self.track(&e.id);
                     }
                 }
@@ -83,7 +87,10 @@ impl NotebookSync {
                 tracing::warn!(execution = %id, error = %e, "writing outputs into the notebook");
             }
             let _ = tx.send(Some(result));
-            this.tracked.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            this.tracked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
         });
         rx
     }
@@ -106,7 +113,10 @@ impl NotebookSync {
         };
         {
             let newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
-            if newest.get(&(nb.clone(), cell.clone())).is_some_and(|n| n.as_str() > e.created_at.as_str()) {
+            if newest
+                .get(&(nb.clone(), cell.clone()))
+                .is_some_and(|n| n.as_str() > e.created_at.as_str())
+            {
                 return Ok(());
             }
         }

@@ -67,7 +67,9 @@ impl Workspace {
         let full = self.root.join(&rel);
         let real = match fs::canonicalize(&full) {
             Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NotebookError::NotFound(input.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(NotebookError::NotFound(input.to_string()))
+            }
             Err(e) => return Err(NotebookError::io(input, e)),
         };
         if !self.inside(&real) {
@@ -118,7 +120,10 @@ impl Workspace {
         if meta.len() > MAX_NOTEBOOK_BYTES {
             return Err(NotebookError::NotANotebook {
                 path: input.to_string(),
-                reason: format!("{} bytes, over the limit of {MAX_NOTEBOOK_BYTES}", meta.len()),
+                reason: format!(
+                    "{} bytes, over the limit of {MAX_NOTEBOOK_BYTES}",
+                    meta.len()
+                ),
             });
         }
         let bytes = fs::read(real).map_err(|e| NotebookError::io(input, e))?;
@@ -142,7 +147,8 @@ impl Workspace {
         model::check(nb).map_err(NotebookError::BadRequest)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let target = self.fresh(input)?;
-        write_atomic(&target, &model::to_bytes(nb), true).map_err(|e| NotebookError::io(input, e))?;
+        write_atomic(&target, &model::to_bytes(nb), true)
+            .map_err(|e| NotebookError::io(input, e))?;
         Ok(path::display(&path::notebook(input)?))
     }
 
@@ -168,7 +174,8 @@ impl Workspace {
             path: input.to_string(),
             reason: format!("the edit would leave it invalid: {reason}"),
         })?;
-        write_atomic(&real, &model::to_bytes(&nb), false).map_err(|e| NotebookError::io(input, e))?;
+        write_atomic(&real, &model::to_bytes(&nb), false)
+            .map_err(|e| NotebookError::io(input, e))?;
         Ok(out)
     }
 
@@ -191,7 +198,9 @@ impl Workspace {
                 if ft.is_dir() {
                     stack.push(p);
                 } else if name.ends_with(".ipynb") && (ft.is_file() || ft.is_symlink()) {
-                    let Ok(real) = fs::canonicalize(&p) else { continue };
+                    let Ok(real) = fs::canonicalize(&p) else {
+                        continue;
+                    };
                     if !self.inside(&real) || !real.is_file() {
                         continue;
                     }
@@ -200,7 +209,10 @@ impl Workspace {
                         break;
                     }
                     let meta = fs::metadata(&real).ok();
-                    let rel = p.strip_prefix(&self.root).map(path::display).unwrap_or_default();
+                    let rel = p
+                        .strip_prefix(&self.root)
+                        .map(path::display)
+                        .unwrap_or_default();
                     out.push(Entry {
                         path: rel,
                         bytes: meta.as_ref().map(|m| m.len()).unwrap_or(0),
@@ -220,11 +232,19 @@ impl Workspace {
 /// `new`: the target must not exist (checked again by the rename's caller
 /// holding the lock; the temp file itself is created exclusively).
 fn write_atomic(target: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
-    let dir = target.parent().ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = target
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::random_hex(6)));
     let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         if !new {
             if let Ok(m) = fs::metadata(target) {
@@ -234,7 +254,10 @@ fn write_atomic(target: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
         f.sync_all()?;
         drop(f);
         if new && fs::symlink_metadata(target).is_ok() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the file appeared meanwhile"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the file appeared meanwhile",
+            ));
         }
         fs::rename(&tmp, target)?;
         fs::File::open(dir)?.sync_all()
@@ -262,14 +285,29 @@ mod tests {
         let (w, dir) = ws();
         let nb = model::new_notebook(&json!({}));
         assert_eq!(w.create("sub/dir/a.ipynb", &nb).unwrap(), "sub/dir/a.ipynb");
-        assert_eq!(w.create("sub/dir/a.ipynb", &nb).unwrap_err(), NotebookError::Exists("sub/dir/a.ipynb".into()));
-        let id = w.update("sub/dir/a.ipynb", |nb| model::insert(nb, Position::End, CellType::Code, "1+1")).unwrap().0;
+        assert_eq!(
+            w.create("sub/dir/a.ipynb", &nb).unwrap_err(),
+            NotebookError::Exists("sub/dir/a.ipynb".into())
+        );
+        let id = w
+            .update("sub/dir/a.ipynb", |nb| {
+                model::insert(nb, Position::End, CellType::Code, "1+1")
+            })
+            .unwrap()
+            .0;
         let back = w.read("./sub/dir/a.ipynb").unwrap();
         assert_eq!(model::source(model::cell(&back, &id).unwrap()), "1+1");
-        let leftovers: Vec<_> = fs::read_dir(dir.join("sub/dir")).unwrap().flatten().map(|e| e.file_name()).collect();
+        let leftovers: Vec<_> = fs::read_dir(dir.join("sub/dir"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(leftovers.len(), 1, "no temp files left: {leftovers:?}");
         let (list, truncated) = w.list().unwrap();
-        assert_eq!(list.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), vec!["sub/dir/a.ipynb"]);
+        assert_eq!(
+            list.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            vec!["sub/dir/a.ipynb"]
+        );
         assert!(!truncated);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -277,10 +315,19 @@ mod tests {
     #[test]
     fn a_failed_edit_leaves_the_file_as_it_was() {
         let (w, dir) = ws();
-        w.create("a.ipynb", &model::new_notebook(&json!({}))).unwrap();
+        w.create("a.ipynb", &model::new_notebook(&json!({})))
+            .unwrap();
         let before = fs::read(dir.join("a.ipynb")).unwrap();
-        let e = w.update("a.ipynb", |nb| model::edit(nb, "nope", "x")).unwrap_err();
-        assert_eq!(e, NotebookError::UnknownCell { path: "a.ipynb".into(), id: "nope".into() });
+        let e = w
+            .update("a.ipynb", |nb| model::edit(nb, "nope", "x"))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            NotebookError::UnknownCell {
+                path: "a.ipynb".into(),
+                id: "nope".into()
+            }
+        );
         assert_eq!(fs::read(dir.join("a.ipynb")).unwrap(), before);
         fs::remove_dir_all(dir).unwrap();
     }
@@ -290,14 +337,30 @@ mod tests {
         let (w, dir) = ws();
         let outside = std::env::temp_dir().join(format!("nbo-out-{}", crate::util::random_hex(6)));
         fs::create_dir_all(&outside).unwrap();
-        fs::write(outside.join("x.ipynb"), model::to_bytes(&model::new_notebook(&json!({})))).unwrap();
+        fs::write(
+            outside.join("x.ipynb"),
+            model::to_bytes(&model::new_notebook(&json!({}))),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(outside.join("x.ipynb"), dir.join("link.ipynb")).unwrap();
         std::os::unix::fs::symlink(&outside, dir.join("out")).unwrap();
-        assert_eq!(w.read("link.ipynb").unwrap_err(), NotebookError::Escapes("link.ipynb".into()));
-        assert_eq!(w.read("out/x.ipynb").unwrap_err(), NotebookError::Escapes("out/x.ipynb".into()));
+        assert_eq!(
+            w.read("link.ipynb").unwrap_err(),
+            NotebookError::Escapes("link.ipynb".into())
+        );
+        assert_eq!(
+            w.read("out/x.ipynb").unwrap_err(),
+            NotebookError::Escapes("out/x.ipynb".into())
+        );
         let nb = model::new_notebook(&json!({}));
-        assert_eq!(w.create("out/new.ipynb", &nb).unwrap_err(), NotebookError::Escapes("out/new.ipynb".into()));
-        assert_eq!(w.create("out/deeper/new.ipynb", &nb).unwrap_err(), NotebookError::Escapes("out/deeper/new.ipynb".into()));
+        assert_eq!(
+            w.create("out/new.ipynb", &nb).unwrap_err(),
+            NotebookError::Escapes("out/new.ipynb".into())
+        );
+        assert_eq!(
+            w.create("out/deeper/new.ipynb", &nb).unwrap_err(),
+            NotebookError::Escapes("out/deeper/new.ipynb".into())
+        );
         assert!(!outside.join("deeper").exists());
         assert!(w.list().unwrap().0.is_empty(), "links out are not listed");
         fs::remove_dir_all(dir).unwrap();
@@ -308,10 +371,16 @@ mod tests {
     fn files_that_are_not_notebooks_are_not_rewritten() {
         let (w, dir) = ws();
         fs::write(dir.join("bad.ipynb"), b"not json").unwrap();
-        assert!(matches!(w.read("bad.ipynb"), Err(NotebookError::NotANotebook { .. })));
+        assert!(matches!(
+            w.read("bad.ipynb"),
+            Err(NotebookError::NotANotebook { .. })
+        ));
         assert!(w.update("bad.ipynb", |_| Ok(())).is_err());
         assert_eq!(fs::read(dir.join("bad.ipynb")).unwrap(), b"not json");
-        assert_eq!(w.read("missing.ipynb").unwrap_err(), NotebookError::NotFound("missing.ipynb".into()));
+        assert_eq!(
+            w.read("missing.ipynb").unwrap_err(),
+            NotebookError::NotFound("missing.ipynb".into())
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }
