@@ -78,7 +78,9 @@ pub fn frames(mut sub: Subscription, reader: Reader, since: u64) -> impl Stream<
                     Some(_) => continue,
                     None => st.phase = Phase::Live,
                 },
-                Phase::Live => match st.sub.rx.recv().await {
+                Phase::Live => match st.sub.rx.recv().await.inspect(|ev| {
+                    st.sub.queued_bytes.fetch_sub(ev.bytes(), Ordering::AcqRel);
+                }) {
                     Some(ev) if ev.seq > st.last => {
                         st.last = ev.seq;
                         return Some((Frame::of(&ev), (st, pending_replay)));
