@@ -3,11 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod jupyter;
-pub mod util;
-pub mod store;
+pub mod cmd;
 pub mod events;
+pub mod http;
+pub mod jupyter;
 pub mod kernel;
 pub mod sidecar;
-pub mod http;
-pub mod cmd;
+pub mod store;
+pub mod util;

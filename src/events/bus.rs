@@ -168,7 +168,9 @@ impl Bus {
         });
         inner.ring_bytes += ev.bytes();
         inner.ring.push_back(ev.clone());
-        while inner.ring.len() > self.cfg.ring_events || (inner.ring_bytes > self.cfg.ring_bytes && inner.ring.len() > 1) {
+        while inner.ring.len() > self.cfg.ring_events
+            || (inner.ring_bytes > self.cfg.ring_bytes && inner.ring.len() > 1)
+        {
             if let Some(old) = inner.ring.pop_front() {
                 inner.ring_bytes -= old.bytes();
             }
@@ -197,7 +199,11 @@ impl Bus {
     }
 
     /// Registers a client that has seen everything up to `since`.
-    pub fn subscribe(self: &Arc<Self>, since: Option<u64>, execution: Option<String>) -> Result<Subscription, SubscribeError> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        since: Option<u64>,
+        execution: Option<String>,
+    ) -> Result<Subscription, SubscribeError> {
         let mut inner = self.lock();
         let newest = inner.next_seq - 1;
         let since = since.unwrap_or(newest);
@@ -210,7 +216,11 @@ impl Bus {
             .ring
             .iter()
             .filter(|e| e.seq > since)
-            .filter(|e| execution.as_deref().is_none_or(|x| e.execution_id.as_deref() == Some(x)))
+            .filter(|e| {
+                execution
+                    .as_deref()
+                    .is_none_or(|x| e.execution_id.as_deref() == Some(x))
+            })
             .cloned()
             .collect();
         let (tx, rx) = mpsc::channel(self.cfg.client_queue.max(1));

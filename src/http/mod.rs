@@ -29,7 +29,9 @@ pub fn api_routes(svc: Arc<Service>) -> Router {
         .route("/v1/status", get(executions::status))
         .route("/v1/events", get(events::sse))
         .route("/v1/events/ws", get(events::ws))
-        .layer(DefaultBodyLimit::max(svc.cfg.max_code_bytes.saturating_mul(6).saturating_add(1 << 20)))
+        .layer(DefaultBodyLimit::max(
+            svc.cfg.max_code_bytes.saturating_mul(6).saturating_add(1 << 20),
+        ))
         .with_state(svc)
 }
 

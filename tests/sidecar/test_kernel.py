@@ -6,7 +6,7 @@ import time
 
 import requests
 
-from conftest import Sidecar, text_of
+from harness import Sidecar, text_of
 
 PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import Sidecar, text_of
+from harness import Sidecar, text_of
 
 HERE = os.path.dirname(__file__)
 

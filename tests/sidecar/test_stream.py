@@ -7,7 +7,7 @@ import psutil
 import requests
 import websocket
 
-from conftest import Sidecar
+from harness import Sidecar
 from sse import SseClient
 
 
