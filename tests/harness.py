@@ -38,6 +38,7 @@ class Sidecar:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.starts = 0
+        self.popen_kw = {}
 
     # -- process ---------------------------------------------------------
     def start(self, timeout: float = 90.0) -> "Sidecar":
@@ -46,7 +47,8 @@ class Sidecar:
         args = [str(BIN), "local", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
                 "--workspace", str(self.workspace), "--token", self.token, *self.extra,
                 "--kernel-cmd", *KERNEL_CMD]
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     **self.popen_kw)
         self.wait_ready(timeout)
         return self
 
