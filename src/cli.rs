@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::cmd::{local::LocalArgs, sidecar::SidecarArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "notebook-operator", version, about = "Jupyter kernels on Kubernetes, for agents and people")]
+#[command(
+    name = "notebook-operator",
+    version,
+    about = "Jupyter kernels on Kubernetes, for agents and people"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,7 +32,10 @@ pub enum Command {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn block_on<F: std::future::Future<Output = crate::cmd::local::anyhow_like::Result>>(f: F) -> ExitCode {

@@ -3,13 +3,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod jupyter;
-pub mod util;
-pub mod store;
-pub mod events;
-pub mod kernel;
-pub mod sidecar;
-pub mod http;
-pub mod notebook;
-pub mod mcp;
 pub mod cmd;
+pub mod events;
+pub mod http;
+pub mod jupyter;
+pub mod kernel;
+pub mod mcp;
+pub mod notebook;
+pub mod sidecar;
+pub mod store;
+pub mod util;

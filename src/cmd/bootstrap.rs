@@ -41,7 +41,10 @@ pub async fn python_with_ipykernel() -> std::io::Result<PathBuf> {
     if can_import_ipykernel(&python).await {
         return Ok(python);
     }
-    eprintln!("no Python with ipykernel found; creating {} with {PINNED_IPYKERNEL} (once)", venv.display());
+    eprintln!(
+        "no Python with ipykernel found; creating {} with {PINNED_IPYKERNEL} (once)",
+        venv.display()
+    );
     std::fs::create_dir_all(cache_dir())?;
     let ok = tokio::process::Command::new("python3")
         .args(["-m", "venv"])
@@ -50,7 +53,12 @@ pub async fn python_with_ipykernel() -> std::io::Result<PathBuf> {
         .await?
         .success()
         && tokio::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", PINNED_IPYKERNEL])
+            .args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                PINNED_IPYKERNEL,
+            ])
             .status()
             .await?
             .success();

@@ -77,7 +77,12 @@ pub async fn run(args: LocalArgs) -> anyhow_like::Result {
     };
     let (info, process) = reattach_or_spawn(&launcher).await?;
 
-    let mut cfg = Config::new(data_dir, workspace, connection_file, KernelSource::Spawn(launcher));
+    let mut cfg = Config::new(
+        data_dir,
+        workspace,
+        connection_file,
+        KernelSource::Spawn(launcher),
+    );
     args.opts.apply(&mut cfg);
     serve::run(cfg, args.listen, token.clone(), info, Some(process), crate::mcp::McpOptions::new(args.allowed_hosts), |addr| {
         println!("notebook-operator local: serving http://{addr}");
@@ -92,7 +97,10 @@ pub async fn run(args: LocalArgs) -> anyhow_like::Result {
 /// alive, is the kernel of this connection file, and answers its heartbeat;
 /// otherwise starts a new one on fresh ports and a fresh key.
 async fn reattach_or_spawn(launcher: &Launcher) -> std::io::Result<(ConnectionInfo, KernelProcess)> {
-    if let (Ok(info), Some(p)) = (ConnectionInfo::read(&launcher.connection_file), launcher.recorded()) {
+    if let (Ok(info), Some(p)) = (
+        ConnectionInfo::read(&launcher.connection_file),
+        launcher.recorded(),
+    ) {
         let ours = std::fs::read(format!("/proc/{}/cmdline", p.pid))
             .map(|c| String::from_utf8_lossy(&c).contains(&launcher.connection_file.display().to_string()))
             .unwrap_or(false);

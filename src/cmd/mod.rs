@@ -42,6 +42,9 @@ pub struct SidecarOpts {
     /// Events queued per stream client before it is cut off.
     #[arg(long, default_value_t = 1024)]
     pub client_queue: usize,
+    /// Bytes of events queued per stream client before it is cut off.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub client_queue_bytes: usize,
     /// Seconds to wait for the kernel at start and after a restart.
     #[arg(long, default_value_t = 120.0)]
     pub kernel_start_timeout_s: f64,
@@ -59,6 +62,7 @@ impl SidecarOpts {
         cfg.bus.ring_events = self.ring_events.max(1);
         cfg.bus.ring_bytes = self.ring_bytes.max(1024);
         cfg.bus.client_queue = self.client_queue.max(1);
+        cfg.bus.client_queue_bytes = self.client_queue_bytes.max(1024);
         cfg.kernel_start_timeout = secs(self.kernel_start_timeout_s);
     }
 }

@@ -51,8 +51,14 @@ pub async fn run(
     let (writer, writer_thread) = Writer::open(&db)?;
     let reader = Reader::new(&db);
 
-    let base: u64 = reader.meta("seq_reserved").await?.and_then(|v| v.parse().ok()).unwrap_or(0);
-    writer.set_meta("seq_reserved", (base + SEQ_BLOCK).to_string()).await?;
+    let base: u64 = reader
+        .meta("seq_reserved")
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    writer
+        .set_meta("seq_reserved", (base + SEQ_BLOCK).to_string())
+        .await?;
     let reserved = Arc::new(AtomicU64::new(base + SEQ_BLOCK));
     let bus = {
         let writer = writer.clone();
@@ -62,7 +68,11 @@ pub async fn run(
             base + 1,
             Box::new(move |seq| {
                 let r = reserved.load(Ordering::Relaxed);
-                if seq + SEQ_BLOCK / 2 >= r && reserved.compare_exchange(r, r + SEQ_BLOCK, Ordering::SeqCst, Ordering::Relaxed).is_ok() {
+                if seq + SEQ_BLOCK / 2 >= r
+                    && reserved
+                        .compare_exchange(r, r + SEQ_BLOCK, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                {
                     let w = writer.clone();
                     tokio::spawn(async move {
                         if let Err(e) = w.set_meta("seq_reserved", (r + SEQ_BLOCK).to_string()).await {
@@ -86,8 +96,24 @@ pub async fn run(
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (status_tx, status_rx) = watch::channel(KernelStatus::default());
     let (ready_tx, ready_rx) = watch::channel(false);
-    let svc = Arc::new(Service::new(cfg, writer.clone(), reader, bus, cmd_tx.clone(), status_rx, ready_rx));
-    let executor = Executor::new(svc.clone(), cmd_rx, status_tx, ready_tx, info, identity.into_bytes(), process);
+    let svc = Arc::new(Service::new(
+        cfg,
+        writer.clone(),
+        reader,
+        bus,
+        cmd_tx.clone(),
+        status_rx,
+        ready_rx,
+    ));
+    let executor = Executor::new(
+        svc.clone(),
+        cmd_rx,
+        status_tx,
+        ready_tx,
+        info,
+        identity.into_bytes(),
+        process,
+    );
     let executor = tokio::spawn(executor.run());
     let workspace = Arc::new(crate::notebook::Workspace::new(&svc.cfg.workspace)?);
     let notebooks = crate::notebook::NotebookSync::new(svc.clone(), workspace);
@@ -95,12 +121,11 @@ pub async fn run(
     let stop_mcp = tokio_util::sync::CancellationToken::new();
 
     let token = auth::Token(Arc::new(token));
-    let app = http::open_routes(svc.clone())
-        .merge(
-            http::api_routes(svc.clone())
-                .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
-                .layer(middleware::from_fn_with_state(token, auth::require_token)),
-        );
+    let app = http::open_routes(svc.clone()).merge(
+        http::api_routes(svc.clone())
+            .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
+            .layer(middleware::from_fn_with_state(token, auth::require_token)),
+    );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     on_listening(listener.local_addr()?);
 

@@ -52,11 +52,24 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
         .ok_or("a kernel key is required: --kernel-key, --kernel-key-file or NOTEBOOK_KERNEL_KEY")?;
     let info = ConnectionInfo::with_base_port(&args.kernel_ip, args.kernel_base_port, key);
     info.write(&args.connection_file)?;
-    let mut cfg = Config::new(args.data_dir, args.workspace, args.connection_file, KernelSource::External);
+    let mut cfg = Config::new(
+        args.data_dir,
+        args.workspace,
+        args.connection_file,
+        KernelSource::External,
+    );
     args.opts.apply(&mut cfg);
-    serve::run(cfg, args.listen, token, info, None, crate::mcp::McpOptions::new(args.allowed_hosts), |addr| {
-        tracing::info!(%addr, "sidecar serving");
-    })
+    serve::run(
+        cfg,
+        args.listen,
+        token,
+        info,
+        None,
+        crate::mcp::McpOptions::new(args.allowed_hosts),
+        |addr| {
+            tracing::info!(%addr, "sidecar serving");
+        },
+    )
     .await?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! full is cut off (its sender dropped) and learns so from a final `gap`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
@@ -29,6 +29,8 @@ pub struct BusConfig {
     pub ring_events: usize,
     pub ring_bytes: usize,
     pub client_queue: usize,
+    /// Bytes of events queued per client before it is cut off.
+    pub client_queue_bytes: usize,
 }
 
 impl Default for BusConfig {
@@ -37,6 +39,7 @@ impl Default for BusConfig {
             ring_events: 1000,
             ring_bytes: 16 << 20,
             client_queue: 1024,
+            client_queue_bytes: 16 << 20,
         }
     }
 }
@@ -51,6 +54,7 @@ struct Client {
     tx: mpsc::Sender<Arc<Event>>,
     execution: Option<String>,
     cut: Arc<AtomicBool>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 struct Inner {
@@ -85,6 +89,8 @@ pub struct Subscription {
     pub rx: mpsc::Receiver<Arc<Event>>,
     /// Set when the bus cut this client off for falling behind.
     pub cut: Arc<AtomicBool>,
+    /// Bytes sent to `rx` and not yet taken; the reader subtracts what it takes.
+    pub queued_bytes: Arc<AtomicUsize>,
     id: u64,
     bus: Arc<Bus>,
 }
@@ -162,7 +168,9 @@ impl Bus {
         });
         inner.ring_bytes += ev.bytes();
         inner.ring.push_back(ev.clone());
-        while inner.ring.len() > self.cfg.ring_events || (inner.ring_bytes > self.cfg.ring_bytes && inner.ring.len() > 1) {
+        while inner.ring.len() > self.cfg.ring_events
+            || (inner.ring_bytes > self.cfg.ring_bytes && inner.ring.len() > 1)
+        {
             if let Some(old) = inner.ring.pop_front() {
                 inner.ring_bytes -= old.bytes();
             }
@@ -172,7 +180,9 @@ impl Bus {
             if c.execution.as_deref().is_some_and(|x| Some(x) != execution_id) {
                 continue;
             }
-            if c.tx.try_send(ev.clone()).is_err() {
+            let size = ev.bytes();
+            let queued = c.queued_bytes.fetch_add(size, Ordering::AcqRel) + size;
+            if queued > self.cfg.client_queue_bytes || c.tx.try_send(ev.clone()).is_err() {
                 cut.push(*id);
             }
         }
@@ -189,7 +199,11 @@ impl Bus {
     }
 
     /// Registers a client that has seen everything up to `since`.
-    pub fn subscribe(self: &Arc<Self>, since: Option<u64>, execution: Option<String>) -> Result<Subscription, SubscribeError> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        since: Option<u64>,
+        execution: Option<String>,
+    ) -> Result<Subscription, SubscribeError> {
         let mut inner = self.lock();
         let newest = inner.next_seq - 1;
         let since = since.unwrap_or(newest);
@@ -202,11 +216,16 @@ impl Bus {
             .ring
             .iter()
             .filter(|e| e.seq > since)
-            .filter(|e| execution.as_deref().is_none_or(|x| e.execution_id.as_deref() == Some(x)))
+            .filter(|e| {
+                execution
+                    .as_deref()
+                    .is_none_or(|x| e.execution_id.as_deref() == Some(x))
+            })
             .cloned()
             .collect();
         let (tx, rx) = mpsc::channel(self.cfg.client_queue.max(1));
         let cut = Arc::new(AtomicBool::new(false));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let id = inner.next_client;
         inner.next_client += 1;
         inner.clients.insert(
@@ -215,6 +234,7 @@ impl Bus {
                 tx,
                 execution,
                 cut: cut.clone(),
+                queued_bytes: queued_bytes.clone(),
             },
         );
         Ok(Subscription {
@@ -222,6 +242,7 @@ impl Bus {
             gap,
             rx,
             cut,
+            queued_bytes,
             id,
             bus: self.clone(),
         })
@@ -238,6 +259,7 @@ mod tests {
                 ring_events: ring,
                 ring_bytes: 1 << 20,
                 client_queue: queue,
+                client_queue_bytes: 1 << 20,
             },
             1,
             Box::new(|_| {}),

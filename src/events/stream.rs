@@ -49,55 +49,80 @@ struct St {
 pub fn frames(mut sub: Subscription, reader: Reader, since: u64) -> impl Stream<Item = Frame> + Send {
     let replay = std::mem::take(&mut sub.replay);
     let st = St {
-        phase: if sub.gap.is_some() { Phase::Gap } else { Phase::Replay(replay.clone().into_iter()) },
+        phase: if sub.gap.is_some() {
+            Phase::Gap
+        } else {
+            Phase::Replay(replay.clone().into_iter())
+        },
         sub,
         reader,
         last: since,
     };
     let replay_after_gap = replay;
-    futures::stream::unfold((st, Some(replay_after_gap)), |(mut st, mut pending_replay)| async move {
-        loop {
-            match &mut st.phase {
-                Phase::Gap => {
-                    let (from, to) = st.sub.gap.unwrap_or((st.last + 1, st.last));
-                    let executions = st.reader.touched_since(from.saturating_sub(1), GAP_LIST_LIMIT).await.unwrap_or_default();
-                    let truncated = executions.len() as u32 >= GAP_LIST_LIMIT;
-                    st.last = to;
-                    st.phase = Phase::Replay(pending_replay.take().unwrap_or_default().into_iter());
-                    let json = json!({
-                        "seq": to, "type": "gap", "from_seq": from, "to_seq": to,
-                        "reason": "dropped_from_ring", "executions": executions, "truncated": truncated,
-                    });
-                    return Some((Frame { id: Some(to), json: json.to_string() }, (st, pending_replay)));
-                }
-                Phase::Replay(it) => match it.next() {
-                    Some(ev) if ev.seq > st.last => {
-                        st.last = ev.seq;
-                        return Some((Frame::of(&ev), (st, pending_replay)));
+    futures::stream::unfold(
+        (st, Some(replay_after_gap)),
+        |(mut st, mut pending_replay)| async move {
+            loop {
+                match &mut st.phase {
+                    Phase::Gap => {
+                        let (from, to) = st.sub.gap.unwrap_or((st.last + 1, st.last));
+                        let executions = st
+                            .reader
+                            .touched_since(from.saturating_sub(1), GAP_LIST_LIMIT)
+                            .await
+                            .unwrap_or_default();
+                        let truncated = executions.len() as u32 >= GAP_LIST_LIMIT;
+                        st.last = to;
+                        st.phase = Phase::Replay(pending_replay.take().unwrap_or_default().into_iter());
+                        let json = json!({
+                            "seq": to, "type": "gap", "from_seq": from, "to_seq": to,
+                            "reason": "dropped_from_ring", "executions": executions, "truncated": truncated,
+                        });
+                        return Some((
+                            Frame {
+                                id: Some(to),
+                                json: json.to_string(),
+                            },
+                            (st, pending_replay),
+                        ));
                     }
-                    Some(_) => continue,
-                    None => st.phase = Phase::Live,
-                },
-                Phase::Live => match st.sub.rx.recv().await {
-                    Some(ev) if ev.seq > st.last => {
-                        st.last = ev.seq;
-                        return Some((Frame::of(&ev), (st, pending_replay)));
-                    }
-                    Some(_) => continue,
-                    None => {
-                        st.phase = Phase::Done;
-                        if st.sub.cut.load(Ordering::Acquire) {
-                            let json = json!({
-                                "type": "gap", "reason": "slow_client", "from_seq": st.last + 1,
-                                "resume": format!("reconnect with since={}", st.last),
-                            });
-                            return Some((Frame { id: None, json: json.to_string() }, (st, pending_replay)));
+                    Phase::Replay(it) => match it.next() {
+                        Some(ev) if ev.seq > st.last => {
+                            st.last = ev.seq;
+                            return Some((Frame::of(&ev), (st, pending_replay)));
                         }
-                        return None;
-                    }
-                },
-                Phase::Done => return None,
+                        Some(_) => continue,
+                        None => st.phase = Phase::Live,
+                    },
+                    Phase::Live => match st.sub.rx.recv().await.inspect(|ev| {
+                        st.sub.queued_bytes.fetch_sub(ev.bytes(), Ordering::AcqRel);
+                    }) {
+                        Some(ev) if ev.seq > st.last => {
+                            st.last = ev.seq;
+                            return Some((Frame::of(&ev), (st, pending_replay)));
+                        }
+                        Some(_) => continue,
+                        None => {
+                            st.phase = Phase::Done;
+                            if st.sub.cut.load(Ordering::Acquire) {
+                                let json = json!({
+                                    "type": "gap", "reason": "slow_client", "from_seq": st.last + 1,
+                                    "resume": format!("reconnect with since={}", st.last),
+                                });
+                                return Some((
+                                    Frame {
+                                        id: None,
+                                        json: json.to_string(),
+                                    },
+                                    (st, pending_replay),
+                                ));
+                            }
+                            return None;
+                        }
+                    },
+                    Phase::Done => return None,
+                }
             }
-        }
-    })
+        },
+    )
 }

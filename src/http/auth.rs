@@ -22,10 +22,16 @@ pub async fn require_token(State(token): State<Token>, req: Request, next: Next)
     match presented {
         Some(p) if crate::util::constant_time_eq(p.as_bytes(), token.0.as_bytes()) => next.run(req).await,
         _ => {
-            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
-                .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             r
         }
     }

@@ -18,10 +18,12 @@ use crate::sidecar::Service;
 
 /// `since` from the query, else `Last-Event-ID`; absent: live events only.
 pub fn parse_since(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let raw = q
-        .get("since")
-        .cloned()
-        .or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(String::from));
+    let raw = q.get("since").cloned().or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    });
     match raw {
         None => Ok(None),
         Some(s) => s
@@ -47,7 +49,11 @@ fn subscribe(
     Ok(frames(sub, svc.reader.clone(), start))
 }
 
-pub async fn sse(State(svc): State<Arc<Service>>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn sse(
+    State(svc): State<Arc<Service>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let stream = subscribe(&svc, &q, &headers)?.map(|f| {
         let ev = SseEvent::default().data(f.json);
         Ok::<_, Infallible>(match f.id {

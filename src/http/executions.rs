@@ -20,7 +20,10 @@ type Svc = State<Arc<Service>>;
 /// Longest `?wait=`: a long poll longer than this should be repeated.
 const MAX_WAIT_S: f64 = 3600.0;
 
-fn opt_string(body: &serde_json::Map<String, Value>, field: &'static str) -> Result<Option<String>, ApiError> {
+fn opt_string(
+    body: &serde_json::Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -30,7 +33,8 @@ fn opt_string(body: &serde_json::Map<String, Value>, field: &'static str) -> Res
 
 /// Parses the submit body by hand, so every error names its field.
 pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_field("body", format!("not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_field("body", format!("not valid JSON: {e}")))?;
     let Value::Object(obj) = v else {
         return Err(ApiError::bad_field("body", "must be a JSON object"));
     };
@@ -56,11 +60,19 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
 pub async fn submit(State(svc): Svc, body: Bytes) -> Result<Response, ApiError> {
     let req = parse_submit(&body)?;
     let (exec, created) = svc.submit(req).await?;
-    let status = if created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(exec)).into_response())
 }
 
-pub async fn get(State(svc): Svc, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
+pub async fn get(
+    State(svc): Svc,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let wait = match q.get("wait") {
         None => 0.0,
         Some(w) => match w.parse::<f64>() {
@@ -79,7 +91,10 @@ pub async fn list(State(svc): Svc, Query(q): Query<HashMap<String, String>>) -> 
     let state = match q.get("state").filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(store::State::parse(s).ok_or_else(|| {
-            ApiError::bad_field("state", "must be one of queued, running, completed, failed, cancelled")
+            ApiError::bad_field(
+                "state",
+                "must be one of queued, running, completed, failed, cancelled",
+            )
         })?),
     };
     let limit = match q.get("limit") {
@@ -135,9 +150,20 @@ mod tests {
         assert_eq!(parse_submit(b"[]").unwrap_err().field, Some("body"));
         assert_eq!(parse_submit(b"{}").unwrap_err().field, Some("code"));
         assert_eq!(parse_submit(br#"{"code": 1}"#).unwrap_err().field, Some("code"));
-        assert_eq!(parse_submit(br#"{"code": "x", "key": 2}"#).unwrap_err().field, Some("key"));
-        assert_eq!(parse_submit(br#"{"code": "x", "timeout_s": "5"}"#).unwrap_err().field, Some("timeout_s"));
+        assert_eq!(
+            parse_submit(br#"{"code": "x", "key": 2}"#).unwrap_err().field,
+            Some("key")
+        );
+        assert_eq!(
+            parse_submit(br#"{"code": "x", "timeout_s": "5"}"#)
+                .unwrap_err()
+                .field,
+            Some("timeout_s")
+        );
         let ok = parse_submit(br#"{"code": "1+1", "key": "k", "timeout_s": 2.5}"#).unwrap();
-        assert_eq!((ok.code.as_str(), ok.key.as_deref(), ok.timeout_s), ("1+1", Some("k"), Some(2.5)));
+        assert_eq!(
+            (ok.code.as_str(), ok.key.as_deref(), ok.timeout_s),
+            ("1+1", Some("k"), Some(2.5))
+        );
     }
 }

@@ -18,15 +18,53 @@ pub async fn render(State(svc): State<Arc<Service>>) -> impl IntoResponse {
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
-    metric("notebook_events_published_total", "counter", "Events published on the session stream.", bus.metrics.published.load(Ordering::Relaxed) as f64);
-    metric("notebook_event_clients", "gauge", "Clients connected to the event stream.", bus.clients() as f64);
-    metric("notebook_event_clients_cut_off_total", "counter", "Clients cut off for falling behind.", bus.metrics.cut_off.load(Ordering::Relaxed) as f64);
-    metric("notebook_event_ring_events", "gauge", "Events held in the replay ring.", ring_len as f64);
-    metric("notebook_event_ring_bytes", "gauge", "Bytes held in the replay ring.", ring_bytes as f64);
-    metric("notebook_kernel_restarts_total", "counter", "Kernel restarts.", k.restarts as f64);
-    metric("notebook_kernel_dropped_messages_total", "counter", "Kernel messages dropped for bad signatures or framing.", k.dropped_messages as f64);
+    metric(
+        "notebook_events_published_total",
+        "counter",
+        "Events published on the session stream.",
+        bus.metrics.published.load(Ordering::Relaxed) as f64,
+    );
+    metric(
+        "notebook_event_clients",
+        "gauge",
+        "Clients connected to the event stream.",
+        bus.clients() as f64,
+    );
+    metric(
+        "notebook_event_clients_cut_off_total",
+        "counter",
+        "Clients cut off for falling behind.",
+        bus.metrics.cut_off.load(Ordering::Relaxed) as f64,
+    );
+    metric(
+        "notebook_event_ring_events",
+        "gauge",
+        "Events held in the replay ring.",
+        ring_len as f64,
+    );
+    metric(
+        "notebook_event_ring_bytes",
+        "gauge",
+        "Bytes held in the replay ring.",
+        ring_bytes as f64,
+    );
+    metric(
+        "notebook_kernel_restarts_total",
+        "counter",
+        "Kernel restarts.",
+        k.restarts as f64,
+    );
+    metric(
+        "notebook_kernel_dropped_messages_total",
+        "counter",
+        "Kernel messages dropped for bad signatures or framing.",
+        k.dropped_messages as f64,
+    );
     if let Ok(counts) = svc.reader.counts().await {
-        let _ = writeln!(out, "# HELP notebook_executions Executions by state.\n# TYPE notebook_executions gauge");
+        let _ = writeln!(
+            out,
+            "# HELP notebook_executions Executions by state.\n# TYPE notebook_executions gauge"
+        );
         for (state, n) in counts {
             let _ = writeln!(out, "notebook_executions{{state=\"{state}\"}} {n}");
         }

@@ -29,7 +29,9 @@ pub fn api_routes(svc: Arc<Service>) -> Router {
         .route("/v1/status", get(executions::status))
         .route("/v1/events", get(events::sse))
         .route("/v1/events/ws", get(events::ws))
-        .layer(DefaultBodyLimit::max(svc.cfg.max_code_bytes.saturating_mul(6).saturating_add(1 << 20)))
+        .layer(DefaultBodyLimit::max(
+            svc.cfg.max_code_bytes.saturating_mul(6).saturating_add(1 << 20),
+        ))
         .with_state(svc)
 }
 
@@ -42,6 +44,11 @@ pub fn open_routes(svc: Arc<Service>) -> Router {
         .with_state(svc)
 }
 
+/// Kernel send buffer per connection. Fixed rather than autotuned (up to 4 MiB
+/// on Linux), so that a client that stops reading holds little memory in the
+/// kernel and falls behind its event queue, where the bus cuts it off.
+const SEND_BUFFER: usize = 256 * 1024;
+
 /// Binds and serves until `shutdown` resolves. Accepted connections get
 /// TCP_NODELAY: without it Nagle's algorithm adds ~40 ms to small replies.
 pub async fn serve(
@@ -53,6 +60,9 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+        if let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER) {
+            tracing::debug!(error = %e, "SO_SNDBUF");
         }
     });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

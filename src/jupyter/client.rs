@@ -70,11 +70,17 @@ impl Drop for KernelClient {
 
 impl std::fmt::Debug for KernelClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelClient").field("session", &self.session).finish()
+        f.debug_struct("KernelClient")
+            .field("session", &self.session)
+            .finish()
     }
 }
 
-async fn connect_socket<S: Socket>(sock: &mut S, endpoint: &str, timeout: Duration) -> Result<(), ClientError> {
+async fn connect_socket<S: Socket>(
+    sock: &mut S,
+    endpoint: &str,
+    timeout: Duration,
+) -> Result<(), ClientError> {
     match tokio::time::timeout(timeout, sock.connect(endpoint)).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(ClientError::ConnectTimeout(endpoint.to_string())),
@@ -119,10 +125,34 @@ impl KernelClient {
         let (stdin_tx, stdin_rx) = stdin.split();
         let (control_tx, control_rx) = control.split();
         let readers = vec![
-            spawn_reader(iopub, Channel::Iopub, signer.clone(), sink.clone(), dropped.clone()),
-            spawn_reader(shell_rx, Channel::Shell, signer.clone(), sink.clone(), dropped.clone()),
-            spawn_reader(stdin_rx, Channel::Stdin, signer.clone(), sink.clone(), dropped.clone()),
-            spawn_reader(control_rx, Channel::Control, signer.clone(), sink, dropped.clone()),
+            spawn_reader(
+                iopub,
+                Channel::Iopub,
+                signer.clone(),
+                sink.clone(),
+                dropped.clone(),
+            ),
+            spawn_reader(
+                shell_rx,
+                Channel::Shell,
+                signer.clone(),
+                sink.clone(),
+                dropped.clone(),
+            ),
+            spawn_reader(
+                stdin_rx,
+                Channel::Stdin,
+                signer.clone(),
+                sink.clone(),
+                dropped.clone(),
+            ),
+            spawn_reader(
+                control_rx,
+                Channel::Control,
+                signer.clone(),
+                sink,
+                dropped.clone(),
+            ),
         ];
         Ok(KernelClient {
             session: session.to_string(),

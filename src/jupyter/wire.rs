@@ -36,7 +36,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("signed", &self.key.is_some()).finish()
+        f.debug_struct("Signer")
+            .field("signed", &self.key.is_some())
+            .finish()
     }
 }
 
@@ -106,8 +108,10 @@ pub fn decode(zmsg: ZmqMessage, signer: &Signer) -> Result<Message, WireError> {
     let json = |part: &'static str, b: &Bytes| {
         serde_json::from_slice::<serde_json::Value>(b).map_err(|source| WireError::BadJson { part, source })
     };
-    let header: Header =
-        serde_json::from_slice(&rest[1]).map_err(|source| WireError::BadJson { part: "header", source })?;
+    let header: Header = serde_json::from_slice(&rest[1]).map_err(|source| WireError::BadJson {
+        part: "header",
+        source,
+    })?;
     Ok(Message {
         identities: frames[..delim].to_vec(),
         header,
@@ -141,7 +145,10 @@ mod tests {
     fn forged_signature_is_rejected() {
         let m = sample();
         let z = encode(&m, &Signer::new("other key"));
-        assert!(matches!(decode(z, &Signer::new("secret")), Err(WireError::BadSignature)));
+        assert!(matches!(
+            decode(z, &Signer::new("secret")),
+            Err(WireError::BadSignature)
+        ));
     }
 
     #[test]

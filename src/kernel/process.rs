@@ -35,7 +35,10 @@ pub fn pid_file(data_dir: &Path) -> PathBuf {
 impl Launcher {
     pub fn argv(&self) -> Vec<String> {
         let conn = self.connection_file.display().to_string();
-        self.argv.iter().map(|a| a.replace("{connection_file}", &conn)).collect()
+        self.argv
+            .iter()
+            .map(|a| a.replace("{connection_file}", &conn))
+            .collect()
     }
 
     pub fn spawn(&self) -> std::io::Result<KernelProcess> {
@@ -58,7 +61,9 @@ impl Launcher {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = cmd.spawn()?;
-        let pid = child.id().ok_or_else(|| std::io::Error::other("kernel exited at once"))? as i32;
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("kernel exited at once"))? as i32;
         std::fs::write(pid_file(&self.data_dir), pid.to_string())?;
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -72,7 +77,11 @@ impl Launcher {
 
     /// The kernel recorded by a previous run, if its process still exists.
     pub fn recorded(&self) -> Option<KernelProcess> {
-        let pid: i32 = std::fs::read_to_string(pid_file(&self.data_dir)).ok()?.trim().parse().ok()?;
+        let pid: i32 = std::fs::read_to_string(pid_file(&self.data_dir))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         if pid <= 1 || !alive(pid) {
             return None;
         }

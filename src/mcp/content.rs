@@ -338,10 +338,7 @@ mod tests {
 
     #[test]
     fn strips_terminal_colours() {
-        assert_eq!(
-            strip_ansi("\u{1b}[0;31mNameError\u{1b}[0m: x"),
-            "NameError: x"
-        );
+        assert_eq!(strip_ansi("\u{1b}[0;31mNameError\u{1b}[0m: x"), "NameError: x");
         assert_eq!(strip_ansi("a\u{1b}]8;;http://x\u{7}b"), "ab");
         assert_eq!(strip_ansi("plain"), "plain");
     }
@@ -376,11 +373,7 @@ mod tests {
     #[test]
     fn small_images_inline_and_large_ones_are_referenced() {
         let png = json!({"output_type": "display_data", "data": {"image/png": "iVBORw0K\nGgo=", "text/plain": "<Image>"}, "metadata": {}});
-        let r = execution_result(
-            &exec(State::Completed, vec![png.clone()]),
-            0.0,
-            &Caps::default(),
-        );
+        let r = execution_result(&exec(State::Completed, vec![png.clone()]), 0.0, &Caps::default());
         let img = r.content[1].as_image().expect("an image block");
         assert_eq!(
             (img.data.as_str(), img.mime_type.as_str()),
@@ -404,10 +397,7 @@ mod tests {
 
     #[test]
     fn text_and_totals_are_capped() {
-        assert_eq!(
-            cap_text("héllo", 2, "x"),
-            "h\n… [x: 5 more bytes not shown]"
-        );
+        assert_eq!(cap_text("héllo", 2, "x"), "h\n… [x: 5 more bytes not shown]");
         let big = json!({"output_type": "stream", "name": "stdout", "text": "x".repeat(100)});
         let caps = Caps {
             text_bytes: 1000,
@@ -415,9 +405,6 @@ mod tests {
             total_bytes: 150,
         };
         let r = execution_result(&exec(State::Completed, vec![big.clone(), big]), 0.0, &caps);
-        assert!(texts(&r)
-            .last()
-            .unwrap()
-            .contains("outputs from #1 on not shown"));
+        assert!(texts(&r).last().unwrap().contains("outputs from #1 on not shown"));
     }
 }

@@ -55,9 +55,7 @@ impl McpOptions {
                 Ok(_) => format!("[{h}]"),
                 Err(_) => match h.rsplit_once(':') {
                     // `host:port` entries: the origin names the host alone.
-                    Some((name, port))
-                        if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') =>
-                    {
+                    Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => {
                         name.to_string()
                     }
                     _ => h.clone(),
@@ -80,11 +78,7 @@ pub fn router(
     opts: &McpOptions,
     shutdown: CancellationToken,
 ) -> Router {
-    let body_limit = svc
-        .cfg
-        .max_code_bytes
-        .saturating_mul(6)
-        .saturating_add(1 << 20);
+    let body_limit = svc.cfg.max_code_bytes.saturating_mul(6).saturating_add(1 << 20);
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(opts.allowed_hosts.clone())
         .with_allowed_origins(opts.allowed_origins())

@@ -66,8 +66,7 @@ impl Seen {
                     .as_deref()
                     .and_then(|t| t.lines().rev().find(|l| !l.trim().is_empty()))
                 {
-                    self.last_line =
-                        Some(super::content::cap_text(line.trim(), MESSAGE_BYTES, "line"));
+                    self.last_line = Some(super::content::cap_text(line.trim(), MESSAGE_BYTES, "line"));
                 }
             }
             Some("finished") => self.state = "finished",

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, RequestMetaObject, ServerCapabilities,
-    ServerConfig,
+    CallToolResult, ContentBlock, Implementation, RequestMetaObject, ServerCapabilities, ServerConfig,
 };
 use rmcp::{tool, tool_handler, tool_router, ErrorData, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
@@ -63,8 +62,7 @@ fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration,
 }
 
 fn progress_of(meta: &RequestMetaObject, peer: Peer<RoleServer>) -> Option<Progress> {
-    meta.get_progress_token()
-        .map(|token| Progress { peer, token })
+    meta.get_progress_token().map(|token| Progress { peer, token })
 }
 
 fn summary(e: &Execution) -> Value {
@@ -262,11 +260,7 @@ impl Tools {
     }
 
     /// The code cell `cell_id` of `path`: its normalised path and source.
-    async fn code_cell(
-        &self,
-        path_in: &str,
-        cell_id: &str,
-    ) -> Result<(String, String), NotebookError> {
+    async fn code_cell(&self, path_in: &str, cell_id: &str) -> Result<(String, String), NotebookError> {
         let rel = path::display(&path::notebook(path_in)?);
         let (p, id) = (path_in.to_string(), cell_id.to_string());
         let source = self
@@ -318,10 +312,7 @@ impl Tools {
             Err(r) => return Ok(r),
         };
         Ok(
-            match self
-                .wait_result(&e.id, wait, progress_of(&meta, peer))
-                .await
-            {
+            match self.wait_result(&e.id, wait, progress_of(&meta, peer)).await {
                 Ok((r, _)) | Err(r) => r,
             },
         )
@@ -340,9 +331,7 @@ impl Tools {
                 })
                 .await
             {
-                Ok(e) => {
-                    json_result(json!({"id": e.id, "state": e.state, "created_at": e.created_at}))
-                }
+                Ok(e) => json_result(json!({"id": e.id, "state": e.state, "created_at": e.created_at})),
                 Err(r) => r,
             },
         )
@@ -381,16 +370,12 @@ impl Tools {
             return Ok(tool_error("limit must be from 1 to 1000"));
         }
         Ok(match self.svc.list(state, limit).await {
-            Ok(list) => {
-                json_result(json!({"executions": list.iter().map(summary).collect::<Vec<_>>()}))
-            }
+            Ok(list) => json_result(json!({"executions": list.iter().map(summary).collect::<Vec<_>>()})),
             Err(e) => tool_error(format!("listing executions: {e}")),
         })
     }
 
-    #[tool(
-        description = "Cancel an execution: a queued one is cancelled, the running one is interrupted."
-    )]
+    #[tool(description = "Cancel an execution: a queued one is cancelled, the running one is interrupted.")]
     async fn cancel_execution(&self, Parameters(p): Parameters<IdParams>) -> ToolResult {
         Ok(match self.svc.cancel(&p.id).await {
             Ok(out) => json_result(json!({"id": out.id, "result": out.result})),
@@ -430,14 +415,10 @@ impl Tools {
         Ok(json_result(v))
     }
 
-    #[tool(
-        description = "The notebooks (.ipynb) in the workspace, with size and modification time."
-    )]
+    #[tool(description = "The notebooks (.ipynb) in the workspace, with size and modification time.")]
     async fn list_notebooks(&self) -> ToolResult {
         Ok(match self.ws().run(|ws| ws.list()).await {
-            Ok((list, truncated)) => {
-                json_result(json!({"notebooks": list, "truncated": truncated}))
-            }
+            Ok((list, truncated)) => json_result(json!({"notebooks": list, "truncated": truncated})),
             Err(e) => tool_error(e.to_string()),
         })
     }
@@ -447,12 +428,10 @@ impl Tools {
     )]
     async fn create_notebook(&self, Parameters(p): Parameters<PathParams>) -> ToolResult {
         let nb = model::new_notebook(&self.svc.kernel_status().info);
-        Ok(
-            match self.ws().run(move |ws| ws.create(&p.path, &nb)).await {
-                Ok(path) => json_result(json!({"path": path, "cells": 0})),
-                Err(e) => tool_error(e.to_string()),
-            },
-        )
+        Ok(match self.ws().run(move |ws| ws.create(&p.path, &nb)).await {
+            Ok(path) => json_result(json!({"path": path, "cells": 0})),
+            Err(e) => tool_error(e.to_string()),
+        })
     }
 
     #[tool(
@@ -553,10 +532,7 @@ impl Tools {
             Err(r) => return Ok(r),
         };
         let written = self.sync.track(&e.id);
-        let (mut result, exec) = match self
-            .wait_result(&e.id, wait, progress_of(&meta, peer))
-            .await
-        {
+        let (mut result, exec) = match self.wait_result(&e.id, wait, progress_of(&meta, peer)).await {
             Ok(x) => x,
             Err(r) => return Ok(r),
         };
@@ -593,9 +569,7 @@ impl Tools {
                 .map(|cells| {
                     cells
                         .iter()
-                        .filter(|c| {
-                            model::cell_type(c) == "code" && !model::source(c).trim().is_empty()
-                        })
+                        .filter(|c| model::cell_type(c) == "code" && !model::source(c).trim().is_empty())
                         .filter_map(|c| Some((model::cell_id(c)?.to_string(), model::source(c))))
                         .collect()
                 })
@@ -699,7 +673,10 @@ fn notebook_summary(path: &str, nb: &Value) -> Value {
 impl ServerHandler for Tools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("notebook-operator", env!("CARGO_PKG_VERSION")))
+            .with_server_info(Implementation::new(
+                "notebook-operator",
+                env!("CARGO_PKG_VERSION"),
+            ))
             .with_instructions(
                 "A Jupyter kernel with a durable execution queue and the notebooks of its workspace. \
                  Use execute to run code and get its outputs; long work returns an execution id that \

@@ -97,12 +97,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, String> {
 /// already valid and unique are kept. Returns whether anything changed.
 pub fn ensure_ids(nb: &mut Value) -> bool {
     let mut changed = false;
-    if nb
-        .get("nbformat_minor")
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
-        < 5
-    {
+    if nb.get("nbformat_minor").and_then(Value::as_i64).unwrap_or(0) < 5 {
         nb["nbformat_minor"] = json!(5);
         changed = true;
     }
@@ -140,10 +135,7 @@ pub fn new_notebook(info: &Value) -> Value {
     if language_info.get("name").and_then(Value::as_str).is_none() {
         language_info["name"] = json!("python");
     }
-    let lang = language_info["name"]
-        .as_str()
-        .unwrap_or("python")
-        .to_string();
+    let lang = language_info["name"].as_str().unwrap_or("python").to_string();
     let kernelspec = if lang == "python" {
         json!({"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"})
     } else {
@@ -201,18 +193,9 @@ pub fn multiline(v: Option<&Value>) -> String {
 }
 
 /// Inserts a new cell; returns its id and index.
-pub fn insert(
-    nb: &mut Value,
-    at: Position,
-    kind: CellType,
-    src: &str,
-) -> Result<(String, usize), EditError> {
+pub fn insert(nb: &mut Value, at: Position, kind: CellType, src: &str) -> Result<(String, usize), EditError> {
     ensure_ids(nb);
-    let taken: HashSet<String> = cells(nb)
-        .iter()
-        .filter_map(cell_id)
-        .map(String::from)
-        .collect();
+    let taken: HashSet<String> = cells(nb).iter().filter_map(cell_id).map(String::from).collect();
     let id = fresh_id(&taken);
     let len = cells(nb).len();
     let index = match at {
@@ -295,12 +278,7 @@ pub fn clean_outputs(outputs: &[Value]) -> Vec<Value> {
 }
 
 /// Writes an execution's outputs and count into a code cell.
-pub fn set_outputs(
-    nb: &mut Value,
-    id: &str,
-    outputs: &[Value],
-    count: Option<i64>,
-) -> Result<(), EditError> {
+pub fn set_outputs(nb: &mut Value, id: &str, outputs: &[Value], count: Option<i64>) -> Result<(), EditError> {
     let i = index_of(nb, id).ok_or_else(|| EditError::UnknownCell(id.to_string()))?;
     let cell = &mut cells_mut(nb)?[i];
     if cell_type(cell) != "code" {
@@ -348,10 +326,7 @@ pub fn check(nb: &Value) -> Result<(), String> {
                 if !c.get("outputs").is_some_and(Value::is_array) {
                     return Err(format!("code cell {id} has no outputs list"));
                 }
-                if !matches!(
-                    c.get("execution_count"),
-                    Some(Value::Null | Value::Number(_))
-                ) {
+                if !matches!(c.get("execution_count"), Some(Value::Null | Value::Number(_))) {
                     return Err(format!("code cell {id} has no execution_count"));
                 }
             }

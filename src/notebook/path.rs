@@ -34,12 +34,8 @@ pub fn relative(input: &str) -> Result<PathBuf, NotebookError> {
         match c {
             Component::Normal(part) => out.push(part),
             Component::CurDir => {}
-            Component::ParentDir => {
-                return Err(bad("`..` is refused; paths stay inside the workspace"))
-            }
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(bad("absolute paths are refused"))
-            }
+            Component::ParentDir => return Err(bad("`..` is refused; paths stay inside the workspace")),
+            Component::RootDir | Component::Prefix(_) => return Err(bad("absolute paths are refused")),
         }
     }
     if out.as_os_str().is_empty() {
@@ -94,10 +90,7 @@ mod tests {
 
     #[test]
     fn normalises_current_dir_components() {
-        assert_eq!(
-            relative("./a/./b.ipynb").unwrap(),
-            PathBuf::from("a/b.ipynb")
-        );
+        assert_eq!(relative("./a/./b.ipynb").unwrap(), PathBuf::from("a/b.ipynb"));
         assert_eq!(display(&relative("a//b.ipynb").unwrap()), "a/b.ipynb");
     }
 

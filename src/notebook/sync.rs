@@ -87,10 +87,7 @@ impl NotebookSync {
                 tracing::warn!(execution = %id, error = %e, "writing outputs into the notebook");
             }
             let _ = tx.send(Some(result));
-            this.tracked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            this.tracked.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
         rx
     }

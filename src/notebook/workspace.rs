@@ -120,10 +120,7 @@ impl Workspace {
         if meta.len() > MAX_NOTEBOOK_BYTES {
             return Err(NotebookError::NotANotebook {
                 path: input.to_string(),
-                reason: format!(
-                    "{} bytes, over the limit of {MAX_NOTEBOOK_BYTES}",
-                    meta.len()
-                ),
+                reason: format!("{} bytes, over the limit of {MAX_NOTEBOOK_BYTES}", meta.len()),
             });
         }
         let bytes = fs::read(real).map_err(|e| NotebookError::io(input, e))?;
@@ -147,8 +144,7 @@ impl Workspace {
         model::check(nb).map_err(NotebookError::BadRequest)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let target = self.fresh(input)?;
-        write_atomic(&target, &model::to_bytes(nb), true)
-            .map_err(|e| NotebookError::io(input, e))?;
+        write_atomic(&target, &model::to_bytes(nb), true).map_err(|e| NotebookError::io(input, e))?;
         Ok(path::display(&path::notebook(input)?))
     }
 
@@ -174,8 +170,7 @@ impl Workspace {
             path: input.to_string(),
             reason: format!("the edit would leave it invalid: {reason}"),
         })?;
-        write_atomic(&real, &model::to_bytes(&nb), false)
-            .map_err(|e| NotebookError::io(input, e))?;
+        write_atomic(&real, &model::to_bytes(&nb), false).map_err(|e| NotebookError::io(input, e))?;
         Ok(out)
     }
 
@@ -209,10 +204,7 @@ impl Workspace {
                         break;
                     }
                     let meta = fs::metadata(&real).ok();
-                    let rel = p
-                        .strip_prefix(&self.root)
-                        .map(path::display)
-                        .unwrap_or_default();
+                    let rel = p.strip_prefix(&self.root).map(path::display).unwrap_or_default();
                     out.push(Entry {
                         path: rel,
                         bytes: meta.as_ref().map(|m| m.len()).unwrap_or(0),
@@ -241,10 +233,7 @@ fn write_atomic(target: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::random_hex(6)));
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         if !new {
             if let Ok(m) = fs::metadata(target) {
@@ -315,8 +304,7 @@ mod tests {
     #[test]
     fn a_failed_edit_leaves_the_file_as_it_was() {
         let (w, dir) = ws();
-        w.create("a.ipynb", &model::new_notebook(&json!({})))
-            .unwrap();
+        w.create("a.ipynb", &model::new_notebook(&json!({}))).unwrap();
         let before = fs::read(dir.join("a.ipynb")).unwrap();
         let e = w
             .update("a.ipynb", |nb| model::edit(nb, "nope", "x"))

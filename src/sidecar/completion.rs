@@ -17,7 +17,9 @@ impl Completions {
     /// the row, so a finish between the read and the wait is not missed.
     pub fn watch(&self, id: &str) -> watch::Receiver<bool> {
         let mut w = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        w.entry(id.to_string()).or_insert_with(|| watch::channel(false).0).subscribe()
+        w.entry(id.to_string())
+            .or_insert_with(|| watch::channel(false).0)
+            .subscribe()
     }
 
     pub fn finished(&self, id: &str) {

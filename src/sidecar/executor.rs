@@ -122,7 +122,9 @@ impl Executor {
         });
         if changed && !matches!(state, KernelState::Busy | KernelState::Idle) {
             let restarts = self.status.borrow().restarts;
-            self.svc.bus.publish("kernel", None, json!({"state": state, "restarts": restarts}));
+            self.svc
+                .bus
+                .publish("kernel", None, json!({"state": state, "restarts": restarts}));
         }
     }
 
@@ -144,13 +146,23 @@ impl Executor {
             }
         }
         let (tx, mut rx) = mpsc::channel(4096);
-        let client = KernelClient::connect(&self.info, &self.identity, &self.session, tx, self.svc.dropped.clone(), Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = KernelClient::connect(
+            &self.info,
+            &self.identity,
+            &self.session,
+            tx,
+            self.svc.dropped.clone(),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut info_content = None;
         'attempts: for _ in 0..20 {
             let req = client.request("kernel_info_request", json!({}));
-            client.send(Channel::Shell, &req).await.map_err(|e| e.to_string())?;
+            client
+                .send(Channel::Shell, &req)
+                .await
+                .map_err(|e| e.to_string())?;
             let until = Instant::now() + Duration::from_millis(1000);
             let mut iopub_seen = false;
             while let Ok(Some(m)) = tokio::time::timeout_at(until, rx.recv()).await {
@@ -159,7 +171,9 @@ impl Executor {
                 }
                 match m.channel {
                     Channel::Iopub => iopub_seen = true,
-                    Channel::Shell if m.msg.msg_type() == "kernel_info_reply" => info_content = Some(m.msg.content.clone()),
+                    Channel::Shell if m.msg.msg_type() == "kernel_info_reply" => {
+                        info_content = Some(m.msg.content.clone())
+                    }
                     _ => {}
                 }
                 if iopub_seen && info_content.is_some() {
@@ -209,7 +223,11 @@ impl Executor {
                     p.kill().await;
                 }
                 self.conn = None;
-                self.process = Some(launcher.spawn().map_err(|e| format!("starting the kernel: {e}"))?);
+                self.process = Some(
+                    launcher
+                        .spawn()
+                        .map_err(|e| format!("starting the kernel: {e}"))?,
+                );
             }
             KernelSource::External => {
                 if let Some(c) = &self.conn {
@@ -227,7 +245,11 @@ impl Executor {
                 if let Some(mut p) = self.process.take() {
                     p.kill().await;
                 }
-                self.process = Some(launcher.spawn().map_err(|e| format!("starting the kernel: {e}"))?);
+                self.process = Some(
+                    launcher
+                        .spawn()
+                        .map_err(|e| format!("starting the kernel: {e}"))?,
+                );
                 result = self.connect().await;
             }
         }
@@ -240,18 +262,25 @@ impl Executor {
 
     async fn interrupt_kernel(&mut self) -> Result<(), String> {
         if let (KernelSource::Spawn(_), Some(p)) = (&self.svc.cfg.kernel, &self.process) {
-            let mode = self.status.borrow().info.get("interrupt_mode").and_then(Value::as_str).map(String::from);
-            if mode.as_deref() != Some("message") {
-                if p.signal(nix::sys::signal::Signal::SIGINT) {
-                    return Ok(());
-                }
+            let mode = self
+                .status
+                .borrow()
+                .info
+                .get("interrupt_mode")
+                .and_then(Value::as_str)
+                .map(String::from);
+            if mode.as_deref() != Some("message") && p.signal(nix::sys::signal::Signal::SIGINT) {
+                return Ok(());
             }
         }
         let Some(c) = &self.conn else {
             return Err("the kernel is not connected".into());
         };
         let req = c.client.request("interrupt_request", json!({}));
-        c.client.send(Channel::Control, &req).await.map_err(|e| e.to_string())
+        c.client
+            .send(Channel::Control, &req)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     pub async fn run(mut self) {
@@ -298,7 +327,11 @@ impl Executor {
             let probe = match (&self.conn, &self.current, &f.msg_id) {
                 (Some(c), None, Some(_)) => {
                     let req = c.client.request("kernel_info_request", json!({}));
-                    c.client.send(Channel::Shell, &req).await.ok().map(|_| req.header.msg_id)
+                    c.client
+                        .send(Channel::Shell, &req)
+                        .await
+                        .ok()
+                        .map(|_| req.header.msg_id)
                 }
                 _ => None,
             };
@@ -321,7 +354,8 @@ impl Executor {
                 }
                 _ => {
                     let e = f.execution;
-                    self.finish_row(&e, State::Failed, "interrupted", Outputs::default(), None, None).await;
+                    self.finish_row(&e, State::Failed, "interrupted", Outputs::default(), None, None)
+                        .await;
                 }
             }
         }
@@ -338,11 +372,17 @@ impl Executor {
                 }
             }
             let work = self.svc.clone();
-            let cur_deadline = self.current.as_ref().and_then(|c| match (c.deadline, c.idle_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            });
-            let flush_at = self.current.as_ref().and_then(|c| c.pending_stream.as_ref().map(|p| p.2));
+            let cur_deadline = self
+                .current
+                .as_ref()
+                .and_then(|c| match (c.deadline, c.idle_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                });
+            let flush_at = self
+                .current
+                .as_ref()
+                .and_then(|c| c.pending_stream.as_ref().map(|p| p.2));
             let shutdown_at = self.shutdown.as_ref().map(|s| s.0);
             let idle = self.current.is_none();
             let process_exit = self.process.as_ref().map(|p| p.exited.clone());
@@ -357,7 +397,7 @@ impl Executor {
                     }
                 },
                 ev = kernel_event(&mut self.conn) => match ev {
-                    KernelEvent::Message(m) => self.on_kernel_message(m).await,
+                    KernelEvent::Message(m) => self.on_kernel_message(*m).await,
                     KernelEvent::Closed => self.on_kernel_death("the kernel connection closed").await,
                     KernelEvent::Dead => self.on_kernel_death("the kernel stopped answering its heartbeat").await,
                 },
@@ -397,7 +437,15 @@ impl Executor {
         }
         if let Err(e) = conn.client.send(Channel::Shell, &req).await {
             warn!(execution = %exec.id, error = %e, "sending execute_request");
-            self.finish_row(&exec, State::Failed, "kernel_died", Outputs::default(), None, None).await;
+            self.finish_row(
+                &exec,
+                State::Failed,
+                "kernel_died",
+                Outputs::default(),
+                None,
+                None,
+            )
+            .await;
             return;
         }
         tracing::debug!(execution = %exec.id, "dispatched");
@@ -418,7 +466,10 @@ impl Executor {
     }
 
     async fn prune_when_idle(&mut self) {
-        if self.last_prune.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
             return;
         }
         self.last_prune = Some(Instant::now());
@@ -443,9 +494,13 @@ impl Executor {
             }
             Command::Restart(reply) => {
                 if let Some(c) = self.current.take() {
-                    self.finish_current(c, State::Failed, Some("kernel_restarted")).await;
+                    self.finish_current(c, State::Failed, Some("kernel_restarted"))
+                        .await;
                 }
-                let r = self.restart_kernel("requested").await.map_err(ControlError::Failed);
+                let r = self
+                    .restart_kernel("requested")
+                    .await
+                    .map_err(ControlError::Failed);
                 let _ = reply.send(r);
             }
             Command::Cancel { id, reply } => {
@@ -474,14 +529,27 @@ impl Executor {
                 result: "interrupting".into(),
             });
         }
-        let exec = self.svc.reader.get(id).await?.ok_or_else(|| ControlError::NotFound(id.to_string()))?;
+        let exec = self
+            .svc
+            .reader
+            .get(id)
+            .await?
+            .ok_or_else(|| ControlError::NotFound(id.to_string()))?;
         if exec.state.is_final() {
             return Ok(CancelOutcome {
                 id: id.to_string(),
                 result: exec.state.to_string(),
             });
         }
-        self.finish_row(&exec, State::Cancelled, "cancelled", Outputs::default(), None, None).await;
+        self.finish_row(
+            &exec,
+            State::Cancelled,
+            "cancelled",
+            Outputs::default(),
+            None,
+            None,
+        )
+        .await;
         Ok(CancelOutcome {
             id: id.to_string(),
             result: "cancelled".into(),
@@ -501,7 +569,11 @@ impl Executor {
         let Some(cur) = &mut self.current else { return };
         // A recovered execution: the probe answered first, so the kernel no
         // longer runs ours.
-        if cur.probe.is_some() && parent == cur.probe && msg_type == "kernel_info_reply" && cur.reply.is_none() {
+        if cur.probe.is_some()
+            && parent == cur.probe
+            && msg_type == "kernel_info_reply"
+            && cur.reply.is_none()
+        {
             if let Some(c) = self.current.take() {
                 self.finish_current(c, State::Failed, Some("interrupted")).await;
             }
@@ -538,7 +610,10 @@ impl Executor {
             }
             _ => {}
         }
-        let done = self.current.as_ref().is_some_and(|c| c.reply.is_some() && (c.idle || c.probe.is_some()));
+        let done = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.reply.is_some() && (c.idle || c.probe.is_some()));
         if done {
             if let Some(c) = self.current.take() {
                 self.finish_from_reply(c).await;
@@ -590,7 +665,9 @@ impl Executor {
                 let id = cur.exec.id.clone();
                 let fields = match other {
                     Change::Output(o) => json!({"output": o}),
-                    Change::Update { display_id, output } => json!({"output": output, "update_display_id": display_id}),
+                    Change::Update { display_id, output } => {
+                        json!({"output": output, "update_display_id": display_id})
+                    }
                     Change::Cleared => json!({"clear_output": true}),
                     Change::None => return,
                 };
@@ -616,7 +693,10 @@ impl Executor {
         let status = reply.get("status").and_then(Value::as_str).unwrap_or("error");
         match (status, cur.interrupted_for) {
             ("ok", _) => self.finish_current(cur, State::Completed, None).await,
-            (_, Some("cancelled")) => self.finish_current(cur, State::Cancelled, Some("cancelled")).await,
+            (_, Some("cancelled")) => {
+                self.finish_current(cur, State::Cancelled, Some("cancelled"))
+                    .await
+            }
             (_, Some(why)) => self.finish_current(cur, State::Failed, Some(why)).await,
             ("aborted", None) => self.finish_current(cur, State::Failed, Some("aborted")).await,
             _ => self.finish_current(cur, State::Failed, Some("error")).await,
@@ -641,7 +721,8 @@ impl Executor {
             })
         });
         let reason = reason.unwrap_or_default();
-        self.finish_row(&cur.exec, state, reason, cur.outputs, count, error).await;
+        self.finish_row(&cur.exec, state, reason, cur.outputs, count, error)
+            .await;
     }
 
     /// Commits the final state, then announces it and wakes waiters.
@@ -708,7 +789,7 @@ impl Executor {
             }
             return;
         }
-        if !cur.deadline.is_some_and(|d| d <= now) {
+        if cur.deadline.is_none_or(|d| d > now) {
             return;
         }
         if cur.interrupted_for.is_none() {
@@ -722,7 +803,11 @@ impl Executor {
         // Interrupted and still not done: the kernel is stuck; restart it.
         let why = cur.interrupted_for.unwrap_or("interrupted");
         if let Some(c) = self.current.take() {
-            let state = if why == "cancelled" { State::Cancelled } else { State::Failed };
+            let state = if why == "cancelled" {
+                State::Cancelled
+            } else {
+                State::Failed
+            };
             self.finish_current(c, state, Some(why)).await;
         }
         let _ = self.restart_kernel("did not answer an interrupt").await;
@@ -739,7 +824,7 @@ impl Executor {
 }
 
 enum KernelEvent {
-    Message(KernelMessage),
+    Message(Box<KernelMessage>),
     Closed,
     Dead,
 }
@@ -749,7 +834,7 @@ async fn kernel_event(conn: &mut Option<Conn>) -> KernelEvent {
         return std::future::pending().await;
     };
     tokio::select! {
-        m = c.rx.recv() => m.map(KernelEvent::Message).unwrap_or(KernelEvent::Closed),
+        m = c.rx.recv() => m.map(|m| KernelEvent::Message(Box::new(m))).unwrap_or(KernelEvent::Closed),
         _ = c.dead.recv() => KernelEvent::Dead,
     }
 }

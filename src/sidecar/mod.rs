@@ -48,7 +48,12 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn new(data_dir: PathBuf, workspace: PathBuf, connection_file: PathBuf, kernel: KernelSource) -> Self {
+    pub fn new(
+        data_dir: PathBuf,
+        workspace: PathBuf,
+        connection_file: PathBuf,
+        kernel: KernelSource,
+    ) -> Self {
         Config {
             data_dir,
             workspace,

@@ -12,7 +12,10 @@ pub enum Change {
     /// A new output, or stream text appended (`output` holds only the new text).
     Output(Value),
     /// Outputs with this display id were replaced.
-    Update { display_id: String, output: Value },
+    Update {
+        display_id: String,
+        output: Value,
+    },
     Cleared,
     /// The message was not an output.
     None,
@@ -51,7 +54,10 @@ impl Outputs {
             self.clear();
         }
         if let Some(id) = display_id {
-            self.displays.entry(id.to_string()).or_default().push(self.list.len());
+            self.displays
+                .entry(id.to_string())
+                .or_default()
+                .push(self.list.len());
         }
         self.list.push(o);
     }
@@ -69,8 +75,16 @@ impl Outputs {
             .map(String::from);
         match msg_type {
             "stream" => {
-                let name = content.get("name").and_then(Value::as_str).unwrap_or("stdout").to_string();
-                let text = content.get("text").and_then(Value::as_str).unwrap_or("").to_string();
+                let name = content
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("stdout")
+                    .to_string();
+                let text = content
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 if self.clear_on_next {
                     self.clear();
                 }
@@ -85,7 +99,8 @@ impl Outputs {
                     }
                 });
                 if !merged {
-                    self.list.push(json!({"output_type": "stream", "name": name, "text": text}));
+                    self.list
+                        .push(json!({"output_type": "stream", "name": name, "text": text}));
                 }
                 Change::Output(json!({"output_type": "stream", "name": name, "text": text}))
             }
@@ -113,7 +128,10 @@ impl Outputs {
                         slot["metadata"] = o["metadata"].clone();
                     }
                 }
-                Change::Update { display_id: id, output: o }
+                Change::Update {
+                    display_id: id,
+                    output: o,
+                }
             }
             "clear_output" => {
                 if content.get("wait").and_then(Value::as_bool).unwrap_or(false) {
@@ -159,8 +177,14 @@ mod tests {
     #[test]
     fn updates_displays_by_id_and_clears() {
         let mut o = Outputs::default();
-        o.apply("display_data", &json!({"data": {"text/plain": "1"}, "transient": {"display_id": "d"}}));
-        o.apply("update_display_data", &json!({"data": {"text/plain": "2"}, "transient": {"display_id": "d"}}));
+        o.apply(
+            "display_data",
+            &json!({"data": {"text/plain": "1"}, "transient": {"display_id": "d"}}),
+        );
+        o.apply(
+            "update_display_data",
+            &json!({"data": {"text/plain": "2"}, "transient": {"display_id": "d"}}),
+        );
         assert_eq!(o.as_slice()[0]["data"]["text/plain"], "2");
         o.apply("clear_output", &json!({"wait": true}));
         assert_eq!(o.as_slice().len(), 1, "wait=true clears on the next output");
@@ -174,6 +198,9 @@ mod tests {
     #[test]
     fn ignores_other_messages() {
         let mut o = Outputs::default();
-        assert_eq!(o.apply("status", &json!({"execution_state": "idle"})), Change::None);
+        assert_eq!(
+            o.apply("status", &json!({"execution_state": "idle"})),
+            Change::None
+        );
     }
 }

@@ -134,7 +134,10 @@ impl Service {
     }
 
     pub fn last_activity(&self) -> String {
-        self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn begin_shutdown(&self) {
@@ -149,7 +152,11 @@ impl Service {
         if req.code.len() > self.cfg.max_code_bytes {
             return Err(SubmitError::Invalid {
                 field: "code",
-                message: format!("{} bytes, over the limit of {}", req.code.len(), self.cfg.max_code_bytes),
+                message: format!(
+                    "{} bytes, over the limit of {}",
+                    req.code.len(),
+                    self.cfg.max_code_bytes
+                ),
             });
         }
         if let Some(k) = &req.key {
@@ -236,7 +243,10 @@ impl Service {
 
     async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ControlError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| ControlError::Stopped)?;
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| ControlError::Stopped)?;
         rx.await.map_err(|_| ControlError::Stopped)
     }
 
@@ -270,9 +280,13 @@ impl Service {
     pub async fn status(&self) -> Result<Value, StoreError> {
         let counts = self.reader.counts().await?;
         let k = self.kernel_status();
-        let queue: serde_json::Map<String, Value> =
-            counts.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect();
-        let busy = counts.get(&State::Queued).copied().unwrap_or(0) + counts.get(&State::Running).copied().unwrap_or(0) > 0;
+        let queue: serde_json::Map<String, Value> = counts
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+            .collect();
+        let busy = counts.get(&State::Queued).copied().unwrap_or(0)
+            + counts.get(&State::Running).copied().unwrap_or(0)
+            > 0;
         Ok(json!({
             "kernel": {"state": k.state, "restarts": k.restarts},
             "queue": queue,

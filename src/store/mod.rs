@@ -2,9 +2,9 @@
 //! read-only connections for everything else.
 
 pub mod model;
+pub mod reader;
 pub mod schema;
 pub mod writer;
-pub mod reader;
 
 pub use model::{Execution, FinalRecord, NewExecution, State};
 pub use reader::Reader;

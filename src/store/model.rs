@@ -14,7 +14,13 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 5] = [State::Queued, State::Running, State::Completed, State::Failed, State::Cancelled];
+    pub const ALL: [State; 5] = [
+        State::Queued,
+        State::Running,
+        State::Completed,
+        State::Failed,
+        State::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -84,8 +84,12 @@ impl Reader {
     pub async fn get(&self, id: &str) -> Result<Option<Execution>, StoreError> {
         let id = id.to_string();
         self.with(move |c| {
-            Ok(c.query_row(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"), [id], row_to_execution)
-                .optional()?)
+            Ok(c.query_row(
+                &format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"),
+                [id],
+                row_to_execution,
+            )
+            .optional()?)
         })
         .await
     }
@@ -104,8 +108,9 @@ impl Reader {
                     }
                 }
                 None => {
-                    let mut st =
-                        c.prepare_cached(&format!("SELECT {COLUMNS} FROM executions ORDER BY n DESC LIMIT ?1"))?;
+                    let mut st = c.prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM executions ORDER BY n DESC LIMIT ?1"
+                    ))?;
                     for r in st.query_map(params![limit], row_to_execution)? {
                         out.push(r?);
                     }
@@ -167,8 +172,10 @@ impl Reader {
     pub async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {
         let name = name.to_string();
         self.with(move |c| {
-            Ok(c.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+                    .optional()?,
+            )
         })
         .await
     }
@@ -213,8 +220,14 @@ mod tests {
         let path = schema::db_path(&dir);
         let (w, _h) = Writer::open(&path).unwrap();
         let r = Reader::new(&path);
-        assert!(matches!(w.enqueue(new_exec("a", Some("k1"))).await.unwrap(), EnqueueOutcome::Created(_)));
-        assert!(matches!(w.enqueue(new_exec("b", None)).await.unwrap(), EnqueueOutcome::Created(_)));
+        assert!(matches!(
+            w.enqueue(new_exec("a", Some("k1"))).await.unwrap(),
+            EnqueueOutcome::Created(_)
+        ));
+        assert!(matches!(
+            w.enqueue(new_exec("b", None)).await.unwrap(),
+            EnqueueOutcome::Created(_)
+        ));
         match w.enqueue(new_exec("c", Some("k1"))).await.unwrap() {
             EnqueueOutcome::Existing(e) => assert_eq!(e.id, "a"),
             other => panic!("{other:?}"),

@@ -27,12 +27,34 @@ enum Op {
     Enqueue(NewExecution, Reply<EnqueueOutcome>),
     /// Record the message id before the request goes to the kernel, so a
     /// restarted sidecar knows the row may be running and never re-sends it.
-    Dispatch { id: String, msg_id: String, reply: Reply<()> },
-    Start { id: String, at: String, reply: Reply<bool> },
-    Finish { id: String, record: FinalRecord, reply: Reply<bool> },
-    SetLastSeq { id: String, seq: u64 },
-    SetMeta { name: String, value: String, reply: Reply<()> },
-    Prune { finished_before: String, reply: Reply<usize> },
+    Dispatch {
+        id: String,
+        msg_id: String,
+        reply: Reply<()>,
+    },
+    Start {
+        id: String,
+        at: String,
+        reply: Reply<bool>,
+    },
+    Finish {
+        id: String,
+        record: FinalRecord,
+        reply: Reply<bool>,
+    },
+    SetLastSeq {
+        id: String,
+        seq: u64,
+    },
+    SetMeta {
+        name: String,
+        value: String,
+        reply: Reply<()>,
+    },
+    Prune {
+        finished_before: String,
+        reply: Reply<usize>,
+    },
     /// Commit what came before, close the connection, stop.
     Close(oneshot::Sender<()>),
 }
@@ -100,7 +122,11 @@ impl Writer {
     }
 
     pub async fn prune(&self, finished_before: String) -> Result<usize, StoreError> {
-        self.call(|reply| Op::Prune { finished_before, reply }).await
+        self.call(|reply| Op::Prune {
+            finished_before,
+            reply,
+        })
+        .await
     }
 
     /// Stops the writer once every operation sent so far is committed, and
@@ -143,6 +169,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
 }
 
 /// Answers deferred until the transaction commits.
+#[allow(clippy::large_enum_variant)] // short-lived, one per operation in a batch
 enum Pending {
     Enqueue(Reply<EnqueueOutcome>, Result<EnqueueOutcome, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
@@ -214,21 +241,31 @@ fn apply(conn: &Connection, op: Op) -> Option<Pending> {
                 .map_err(StoreError::from);
             Some(Pending::Unit(reply, r))
         }
-        Op::Start { id, at, reply } => Some(Pending::Bool(reply, transition(conn, &id, State::Running, |c| {
-            c.execute(
+        Op::Start { id, at, reply } => Some(Pending::Bool(
+            reply,
+            transition(conn, &id, State::Running, |c| {
+                c.execute(
                 "UPDATE executions SET state = 'running', started_at = ?2 WHERE id = ?1 AND state = 'queued'",
                 params![id, at],
             )
-        }))),
+            }),
+        )),
         Op::Finish { id, record, reply } => {
-            let sources: Vec<&str> = State::sources_of(record.state).iter().map(|s| s.as_str()).collect();
+            let sources: Vec<&str> = State::sources_of(record.state)
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
             let outputs = serde_json::to_string(&record.outputs).unwrap_or_else(|_| "[]".into());
             let error = record.error.as_ref().map(|e| e.to_string());
             let sql = format!(
                 "UPDATE executions SET state = ?2, reason = ?3, outputs = ?4, execution_count = ?5,
                  error = ?6, finished_at = ?7, started_at = COALESCE(started_at, ?7)
                  WHERE id = ?1 AND state IN ({})",
-                sources.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(",")
+                sources
+                    .iter()
+                    .map(|s| format!("'{s}'"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             );
             let r = transition(conn, &id, record.state, |c| {
                 c.execute(
@@ -265,7 +302,10 @@ fn apply(conn: &Connection, op: Op) -> Option<Pending> {
             Some(Pending::Unit(reply, r))
         }
         Op::Close(_) => None,
-        Op::Prune { finished_before, reply } => {
+        Op::Prune {
+            finished_before,
+            reply,
+        } => {
             let r = conn
                 .execute(
                     "DELETE FROM executions WHERE state IN ('completed','failed','cancelled')
@@ -319,7 +359,15 @@ fn enqueue(conn: &Connection, new: &NewExecution) -> Result<EnqueueOutcome, Stor
     conn.execute(
         "INSERT INTO executions(id, key, code, notebook, cell_id, state, timeout_s, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
-        params![new.id, new.key, new.code, new.notebook, new.cell_id, new.timeout_s, new.created_at],
+        params![
+            new.id,
+            new.key,
+            new.code,
+            new.notebook,
+            new.cell_id,
+            new.timeout_s,
+            new.created_at
+        ],
     )?;
     Ok(EnqueueOutcome::Created(Execution {
         id: new.id.clone(),

@@ -1,0 +1,131 @@
+"""Shared helpers for the test tiers that run the real binary."""
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = pathlib.Path(os.environ.get("NBO_BIN", ROOT / "target" / "debug" / "notebook-operator"))
+KERNEL_CMD = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sidecar:
+    """The real binary in `local` mode, on loopback, with its own data dir."""
+
+    def __init__(self, root: pathlib.Path, *extra: str, token: str = "test-token"):
+        if not BIN.exists():
+            raise RuntimeError(f"{BIN} is missing: run cargo build first")
+        self.root = root
+        self.data_dir = root / "data"
+        self.workspace = root / "ws"
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.token = token
+        self.extra = list(extra)
+        self.proc = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.starts = 0
+        self.popen_kw = {}
+
+    # -- process ---------------------------------------------------------
+    def start(self, timeout: float = 90.0) -> "Sidecar":
+        self.starts += 1
+        log = open(self.root / f"sidecar-{self.starts}.log", "wb")
+        args = [str(BIN), "local", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
+                "--workspace", str(self.workspace), "--token", self.token, *self.extra,
+                "--kernel-cmd", *KERNEL_CMD]
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     **self.popen_kw)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sidecar exited with {self.proc.returncode}: {self.log()[-3000:]}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"sidecar not ready after {timeout}s: {self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.root.glob("sidecar-*.log")))
+
+    def kill9(self):
+        """kill -9 of the sidecar alone: the kernel process survives."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 40.0):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kernel_pid(self) -> int:
+        return int((self.data_dir / "kernel.pid").read_text())
+
+    def kill_kernel(self):
+        pid = self.kernel_pid()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # -- API -------------------------------------------------------------
+    def submit(self, code: str, **kw) -> dict:
+        r = self.http.post(self.url + "/v1/executions", json={"code": code, **kw}, timeout=30)
+        assert r.status_code in (200, 202), r.text
+        return r.json()
+
+    def get(self, eid: str, wait: float = 0) -> dict:
+        r = self.http.get(f"{self.url}/v1/executions/{eid}", params={"wait": wait}, timeout=wait + 30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_final(self, eid: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            e = self.get(eid, wait=max(0.0, min(left, 30)))
+            if e["state"] in ("completed", "failed", "cancelled") or left <= 0:
+                return e
+
+    def run(self, code: str, timeout: float = 60, **kw) -> dict:
+        return self.wait_final(self.submit(code, **kw)["id"], timeout)
+
+    def kernel(self) -> dict:
+        return self.http.get(self.url + "/v1/kernel", timeout=10).json()
+
+
+def text_of(execution: dict) -> str:
+    """All stream text and text/plain results of an execution."""
+    parts = []
+    for o in execution["outputs"]:
+        if o["output_type"] == "stream":
+            parts.append(o["text"])
+        elif "data" in o:
+            parts.append(o["data"].get("text/plain", ""))
+    return "".join(parts)
+
+

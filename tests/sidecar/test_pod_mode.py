@@ -1,0 +1,87 @@
+"""Tier 2: the `sidecar` subcommand as it runs in a pod: it writes the
+connection file (fixed ports, key from a file), the kernel starts afterwards
+from that file, as the kernel container would, and the sidecar reattaches
+across its own restarts."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from harness import BIN, free_port, text_of
+
+
+def start_sidecar(tmp, port, base_port):
+    log = open(tmp / "sidecar.log", "ab")
+    return subprocess.Popen(
+        [str(BIN), "sidecar", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "state"),
+         "--workspace", str(tmp / "ws"), "--connection-file", str(tmp / "run" / "kernel.json"),
+         "--token-file", str(tmp / "token"), "--kernel-key-file", str(tmp / "kernel-key"),
+         "--kernel-base-port", str(base_port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(url, proc, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "sidecar exited"
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("sidecar never became ready")
+
+
+def test_sidecar_writes_the_connection_file_and_waits_for_the_kernel(tmp_path):
+    (tmp_path / "token").write_text("pod-token\n")
+    (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
+    port, base = free_port(), free_port()
+    # Five consecutive ports from `base`; retry a few bases if one is taken.
+    url = f"http://127.0.0.1:{port}"
+    h = {"Authorization": "Bearer pod-token"}
+    side = start_sidecar(tmp_path, port, base)
+    kernel = None
+    try:
+        conn = tmp_path / "run" / "kernel.json"
+        deadline = time.monotonic() + 10
+        while not conn.exists():
+            assert time.monotonic() < deadline, "connection file never written"
+            time.sleep(0.02)
+        while True:
+            try:
+                requests.get(url + "/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "sidecar never listened"
+                time.sleep(0.02)
+        assert requests.get(url + "/readyz").status_code == 503, "not ready before the kernel"
+        kernel = subprocess.Popen([sys.executable, "-m", "ipykernel_launcher", "-f", str(conn)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_ready(url, side)
+        r = requests.post(url + "/v1/executions", json={"code": "y = 7; y * 6"}, headers=h)
+        assert r.status_code == 202
+        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=h).json()
+        assert text_of(e) == "42"
+        # The sidecar container restarts; the kernel container keeps running.
+        side.send_signal(signal.SIGKILL)
+        side.wait()
+        side = start_sidecar(tmp_path, port, base)
+        wait_ready(url, side)
+        r = requests.post(url + "/v1/executions", json={"code": "y"}, headers=h)
+        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=h).json()
+        assert text_of(e) == "7", e
+    finally:
+        side.kill()
+        if kernel:
+            kernel.kill()
+
+
+def test_sidecar_refuses_to_start_without_a_token(tmp_path):
+    r = subprocess.run([str(BIN), "sidecar", "--data-dir", str(tmp_path), "--kernel-key", "k"],
+                       capture_output=True, text=True, timeout=30, env={**os.environ, "NOTEBOOK_TOKEN": ""})
+    assert r.returncode != 0
+    assert "token" in r.stderr
