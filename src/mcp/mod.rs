@@ -23,6 +23,9 @@ pub use tools::Tools;
 /// Host names a local sidecar answers to when none are configured.
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
+/// How long an MCP session may stay idle before it is closed.
+pub const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Debug, Clone)]
 pub struct McpOptions {
     /// Host names (optionally `host:port`) clients may address the sidecar by.
@@ -86,11 +89,11 @@ pub fn router(
         .with_max_request_body_bytes(body_limit)
         .with_cancellation_token(shutdown);
     let proto = Tools::new(svc, sync);
-    let service = StreamableHttpService::new(
-        move || Ok(proto.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
+    // An agent may think for a long while between calls: keep its session
+    // an hour (rmcp's default is five minutes) before it must initialize again.
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(SESSION_IDLE);
+    let service = StreamableHttpService::new(move || Ok(proto.clone()), Arc::new(sessions), config);
     Router::new().route_service("/mcp", service)
 }
 
