@@ -2,6 +2,7 @@
 //! Jupyter kernels to agents and people. See `../shared/DESIGN.md`.
 #![forbid(unsafe_code)]
 
+pub mod assets;
 pub mod cli;
 pub mod cmd;
 pub mod events;
