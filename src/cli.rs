@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "notebook-operator", version, about = "Jupyter kernels on Kubernetes, for agents and people")]
+#[command(
+    name = "notebook-operator",
+    version,
+    about = "Jupyter kernels on Kubernetes, for agents and people"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,9 +29,15 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("the operator is not built yet");
             ExitCode::FAILURE
         }
-        Command::Crd => {
-            eprintln!("the CRDs are not built yet");
-            ExitCode::FAILURE
-        }
+        Command::Crd => match crate::operator::crd::all_crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("cannot render the CRDs: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

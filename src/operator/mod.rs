@@ -1,0 +1,4 @@
+//! The operator: custom resources, pure builders of the objects a session owns,
+//! and the controllers that apply them.
+
+pub mod crd;
