@@ -1,4 +1,8 @@
 //! The operator: custom resources, pure builders of the objects a session owns,
 //! and the controllers that apply them.
 
+pub mod builders;
 pub mod crd;
+
+#[cfg(test)]
+mod fixtures;
