@@ -3,6 +3,7 @@
 
 pub mod builders;
 pub mod crd;
+pub mod status;
 
 #[cfg(test)]
 mod fixtures;
