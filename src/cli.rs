@@ -18,17 +18,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator (controllers for NotebookSession and AssetLease).
-    Run,
+    Run(Box<crate::operator::RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Run => {
-            eprintln!("the operator is not built yet");
-            ExitCode::FAILURE
-        }
+        Command::Run(args) => crate::operator::run_blocking(*args),
         Command::Crd => match crate::operator::crd::all_crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");

@@ -2,8 +2,16 @@
 //! and the controllers that apply them.
 
 pub mod builders;
+pub mod controller;
 pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod run;
+pub mod sidecar_client;
 pub mod status;
+
+pub use run::{run_blocking, RunArgs};
 
 #[cfg(test)]
 mod fixtures;
