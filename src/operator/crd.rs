@@ -47,6 +47,9 @@ const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
     status = "NotebookSessionStatus",
     derive = "PartialEq",
     doc = "A Jupyter kernel served to agents and people: one pod with the notebook sidecar and the kernel.",
+    validation = kube::core::Rule::new(
+        "size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ).message("metadata.name must be a DNS-1035 label (a-z, 0-9 and '-', starting with a letter, at most 63 characters): the session's Service carries it"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
         name = "Ready",
@@ -112,6 +115,7 @@ pub struct KernelSpec {
     /// Command that starts the kernel on `/run/notebook/kernel.json`.
     /// Absent: `python -m ipykernel_launcher -f /run/notebook/kernel.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub command: Option<Vec<String>>,
     /// Environment of the kernel container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
