@@ -461,6 +461,44 @@ mod tests {
     }
 
     #[test]
+    fn install_yaml_carries_the_generated_crds() {
+        let text = std::fs::read_to_string(repo().join("manifests/install.yaml"))
+            .expect("manifests/install.yaml");
+        let mut installed: Vec<CustomResourceDefinition> =
+            serde_yaml::Deserializer::from_str(&text)
+                .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+                .filter(|doc| {
+                    doc.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition")
+                })
+                .map(|doc| serde_yaml::from_value(doc).expect("a CRD"))
+                .collect();
+        let mut generated = crds();
+        installed.sort_by_key(|crd| crd.metadata.name.clone());
+        generated.sort_by_key(|crd| crd.metadata.name.clone());
+        assert!(
+            installed == generated,
+            "the CRDs in manifests/install.yaml differ from the generated ones; run \
+             `UPDATE_CRDS=1 cargo test --lib crd` and then `manifests/generate`"
+        );
+    }
+
+    #[test]
+    fn the_example_session_is_valid() {
+        let text = std::fs::read_to_string(repo().join("manifests/examples/session.yaml"))
+            .expect("example");
+        let sessions: Vec<NotebookSession> = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+            .filter(|doc| doc.get("kind").and_then(|k| k.as_str()) == Some("NotebookSession"))
+            .map(|doc| serde_yaml::from_value(doc).expect("a NotebookSession"))
+            .collect();
+        assert_eq!(sessions.len(), 1);
+        let mut session = sessions[0].clone();
+        session.metadata.uid = Some("uid".into());
+        let valid = crate::operator::builders::validate(&session, &Default::default());
+        assert!(valid.is_ok(), "{valid:?}");
+    }
+
+    #[test]
     fn crd_printout_holds_both_definitions() {
         let yaml = all_crds_yaml().expect("renders");
         let docs: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&yaml)
