@@ -25,6 +25,9 @@ use super::metrics::Metrics;
 use super::sidecar_client::SidecarClient;
 use super::status::{self, Lifecycle, Observed, SidecarObservation};
 
+/// Safety resync of a session no watch event touched.
+const RESYNC: Duration = Duration::from_secs(300);
+
 /// Settings of the controller.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
@@ -144,15 +147,34 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     let Some(namespace) = session.namespace() else {
         return Ok(Action::await_change());
     };
-    if session.metadata.deletion_timestamp.is_some() {
-        // Owner references hand the children to the garbage collector.
-        return Ok(Action::await_change());
-    }
     let name = session.name_any();
     let client = ctx.client.clone();
     let sessions: Api<NotebookSession> = Api::namespaced(client.clone(), &namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let now = Timestamp::now();
+
+    if session.metadata.deletion_timestamp.is_some() {
+        // Owner references hand the children to the garbage collector; while a
+        // foreground deletion waits for them, say so.
+        let terminating =
+            session.status.as_ref().and_then(|s| s.phase) == Some(SessionPhase::Terminating);
+        if !terminating {
+            let valid = builders::validate(session, &ctx.config.build);
+            let errors = valid.as_ref().err().cloned().unwrap_or_default();
+            let observed = Observed {
+                valid: valid.as_ref().map_err(|_| errors.as_slice()),
+                suspension: None,
+                pod: None,
+                sidecar: SidecarObservation::NotAsked,
+            };
+            let new = status::build_status(session, &observed, now);
+            match write_status(&sessions, session, new, ctx).await {
+                Err(Error::Kube { source, .. }) if is_not_found(&source) => {}
+                other => other?,
+            }
+        }
+        return Ok(Action::await_change());
+    }
 
     // Validate: an invalid spec is a condition, and waits for a change.
     let valid = match builders::validate(session, &ctx.config.build) {
@@ -261,17 +283,17 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         pod: pod.as_ref(),
         sidecar,
     };
+    let pod_ready = pod.as_ref().is_some_and(is_pod_ready);
     let new = status::build_status(session, &observed, now);
     let phase = new.phase;
     write_status(&sessions, session, new, ctx).await?;
 
-    // Look again: at the next deadline, and regularly while Ready (sidecar counts).
-    let mut after = match phase {
-        Some(SessionPhase::Ready) => Some(ctx.config.status_interval),
-        Some(SessionPhase::Starting) | Some(SessionPhase::Pending) => {
-            Some(ctx.config.status_interval)
-        }
-        _ => None,
+    // Look again at the next deadline; while the pod is ready, every status
+    // interval for the sidecar's counts (nothing else tells us they changed).
+    // Everything else is driven by watch events, with a slow resync as a net.
+    let mut after = match (phase, pod_ready) {
+        (Some(SessionPhase::Ready), _) | (_, true) => Some(ctx.config.status_interval),
+        _ => Some(RESYNC),
     };
     if let Some(deadline) = deadline {
         let until = Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO);
@@ -331,6 +353,13 @@ async fn ensure_secret(
     Ok(value(TOKEN_KEY))
 }
 
+fn is_pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 async fn observe_sidecar(
     pod: Option<&Pod>,
     token: Option<&str>,
@@ -339,11 +368,8 @@ async fn observe_sidecar(
     let Some(pod) = pod else {
         return SidecarObservation::NotAsked;
     };
-    let status = pod.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let ip = status.and_then(|s| s.pod_ip.as_deref());
+    let ready = is_pod_ready(pod);
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
     match (
         ready && pod.metadata.deletion_timestamp.is_none(),
         ip,
