@@ -9,6 +9,7 @@ pub mod events;
 pub mod http;
 pub mod jupyter;
 pub mod kernel;
+pub mod operator;
 pub mod sidecar;
 pub mod store;
 pub mod util;
