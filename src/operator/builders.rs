@@ -7,11 +7,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
+    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -285,10 +284,7 @@ pub fn build_pvc(session: &NotebookSession) -> Option<PersistentVolumeClaim> {
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    storage.size.clone(),
-                )])),
+                requests: Some(BTreeMap::from([("storage".to_string(), storage.size.clone())])),
                 limits: None,
             }),
             ..PersistentVolumeClaimSpec::default()
@@ -369,11 +365,7 @@ pub fn sidecar_args(session: &NotebookSession) -> Vec<String> {
         "--kernel-key-file".into(),
         format!("{SECRET_DIR}/{KERNEL_KEY_KEY}"),
     ];
-    for allowed in [
-        host.clone(),
-        format!("{host}.cluster.local"),
-        session.name_any(),
-    ] {
+    for allowed in [host.clone(), format!("{host}.cluster.local"), session.name_any()] {
         args.push("--allowed-host".into());
         args.push(allowed);
     }
@@ -441,20 +433,12 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
     let kernel = Container {
         name: KERNEL_CONTAINER.into(),
         image: Some(valid.kernel_image.clone()),
-        command: Some(
-            spec.kernel
-                .command
-                .clone()
-                .unwrap_or_else(default_kernel_command),
-        ),
+        command: Some(spec.kernel.command.clone().unwrap_or_else(default_kernel_command)),
         env: spec.kernel.env.clone(),
         resources: spec.kernel.resources.clone(),
         working_dir: Some(WORKSPACE_DIR.into()),
         security_context: Some(restricted_security_context()),
-        volume_mounts: Some(vec![
-            mount("runtime", RUNTIME_DIR, None, true),
-            workspace_mount,
-        ]),
+        volume_mounts: Some(vec![mount("runtime", RUNTIME_DIR, None, true), workspace_mount]),
         ..Container::default()
     };
 
@@ -633,10 +617,7 @@ mod tests {
         let pod = build(&fixtures::session("session-full.yaml"));
         let spec = pod.spec.as_ref().expect("spec");
         assert_eq!(spec.automount_service_account_token, Some(false));
-        let pod_sc = spec
-            .security_context
-            .as_ref()
-            .expect("pod security context");
+        let pod_sc = spec.security_context.as_ref().expect("pod security context");
         assert_eq!(pod_sc.run_as_non_root, Some(true));
         for name in [SIDECAR_CONTAINER, KERNEL_CONTAINER] {
             let sc = container(&pod, name)
@@ -655,10 +636,7 @@ mod tests {
                 Some("RuntimeDefault"),
                 "{name}"
             );
-            assert!(
-                sc.privileged.is_none() && sc.capabilities_add_is_none(),
-                "{name}"
-            );
+            assert!(sc.privileged.is_none() && sc.capabilities_add_is_none(), "{name}");
         }
         for volume in spec.volumes.iter().flatten() {
             assert!(volume.host_path.is_none());
@@ -740,10 +718,7 @@ mod tests {
             .and_then(|s| s.volumes.as_ref())
             .and_then(|v| v.iter().find(|v| v.name == "state"))
             .and_then(|v| v.persistent_volume_claim.clone());
-        assert_eq!(
-            claim.map(|c| c.claim_name).as_deref(),
-            Some("analysis-state")
-        );
+        assert_eq!(claim.map(|c| c.claim_name).as_deref(), Some("analysis-state"));
     }
 
     #[test]
@@ -751,19 +726,11 @@ mod tests {
         let pod = build(&fixtures::session("session-full.yaml"));
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         assert_eq!(labels.get("team").map(String::as_str), Some("research"));
-        assert_eq!(
-            labels.get(LABEL_SESSION).map(String::as_str),
-            Some("analysis")
-        );
-        assert_eq!(
-            labels.get(LABEL_NAME).map(String::as_str),
-            Some(LABEL_NAME_VALUE)
-        );
+        assert_eq!(labels.get(LABEL_SESSION).map(String::as_str), Some("analysis"));
+        assert_eq!(labels.get(LABEL_NAME).map(String::as_str), Some(LABEL_NAME_VALUE));
         let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(
-            annotations
-                .get("example.com/cost-center")
-                .map(String::as_str),
+            annotations.get("example.com/cost-center").map(String::as_str),
             Some("42")
         );
         assert!(annotations.contains_key(ANNOTATION_SPEC_HASH));
@@ -797,10 +764,7 @@ mod tests {
             assert_eq!(owners[0].uid, "0b5e7a44-3a2c-4d59-9d39-2f1d0f1a6c01");
             assert_eq!(owners[0].controller, Some(true));
             let labels = meta.labels.clone().unwrap_or_default();
-            assert_eq!(
-                labels.get(LABEL_SESSION).map(String::as_str),
-                Some("analysis")
-            );
+            assert_eq!(labels.get(LABEL_SESSION).map(String::as_str), Some("analysis"));
             assert_eq!(
                 labels.get(LABEL_NAME).map(String::as_str),
                 Some("notebook-session")

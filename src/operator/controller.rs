@@ -156,8 +156,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     if session.metadata.deletion_timestamp.is_some() {
         // Owner references hand the children to the garbage collector; while a
         // foreground deletion waits for them, say so.
-        let terminating =
-            session.status.as_ref().and_then(|s| s.phase) == Some(SessionPhase::Terminating);
+        let terminating = session.status.as_ref().and_then(|s| s.phase) == Some(SessionPhase::Terminating);
         if !terminating {
             let valid = builders::validate(session, &ctx.config.build);
             let errors = valid.as_ref().err().cloned().unwrap_or_default();
@@ -199,12 +198,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     // The objects that live as long as the session.
     let token = ensure_secret(session, &namespace, ctx).await?;
     let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply(
-        &services,
-        &builders::build_service(session),
-        "apply Service",
-    )
-    .await?;
+    apply(&services, &builders::build_service(session), "apply Service").await?;
     if let Some(pvc) = builders::build_pvc(session) {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
         apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
@@ -228,8 +222,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         ),
     };
 
-    let (decision, deadline) =
-        status::lifecycle(session, &valid, pod.as_ref(), last_activity, clients, now);
+    let (decision, deadline) = status::lifecycle(session, &valid, pod.as_ref(), last_activity, clients, now);
     let suspension = match decision {
         Lifecycle::Delete => {
             publish(
@@ -312,10 +305,7 @@ async fn ensure_secret(
 ) -> Result<Option<String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let name = builders::secret_name(&session.name_any());
-    let existing = secrets
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube("read Secret"))?;
+    let existing = secrets.get_opt(&name).await.map_err(Error::kube("read Secret"))?;
     let secret = match existing {
         Some(secret) => secret,
         None => {
@@ -332,10 +322,9 @@ async fn ensure_secret(
                 .await
             {
                 Ok(created) => created,
-                Err(err) if is_already_exists(&err) => secrets
-                    .get(&name)
-                    .await
-                    .map_err(Error::kube("read Secret"))?,
+                Err(err) if is_already_exists(&err) => {
+                    secrets.get(&name).await.map_err(Error::kube("read Secret"))?
+                }
                 Err(err) => return Err(Error::kube("create Secret")(err)),
             }
         }
@@ -360,21 +349,13 @@ fn is_pod_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn observe_sidecar(
-    pod: Option<&Pod>,
-    token: Option<&str>,
-    ctx: &Context,
-) -> SidecarObservation {
+async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) -> SidecarObservation {
     let Some(pod) = pod else {
         return SidecarObservation::NotAsked;
     };
     let ready = is_pod_ready(pod);
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
-    match (
-        ready && pod.metadata.deletion_timestamp.is_none(),
-        ip,
-        token,
-    ) {
+    match (ready && pod.metadata.deletion_timestamp.is_none(), ip, token) {
         (true, Some(ip), Some(token)) => match ctx.sidecar.status(ip, token).await {
             Ok(answer) => SidecarObservation::Answered(answer),
             Err(err) => {
@@ -382,9 +363,7 @@ async fn observe_sidecar(
                 SidecarObservation::Unreachable(err)
             }
         },
-        (true, Some(_), None) => {
-            SidecarObservation::Unreachable("the session Secret has no token".into())
-        }
+        (true, Some(_), None) => SidecarObservation::Unreachable("the session Secret has no token".into()),
         _ => SidecarObservation::NotAsked,
     }
 }
@@ -416,10 +395,7 @@ async fn converge_pod(
     );
     let outdated = builders::pod_spec_hash(&existing) != builders::pod_spec_hash(&desired);
     let why = if suspended {
-        Some((
-            "Suspended",
-            "the session is suspended; removing the kernel pod",
-        ))
+        Some(("Suspended", "the session is suspended; removing the kernel pod"))
     } else if finished {
         Some(("PodFinished", "the kernel pod stopped; replacing it"))
     } else if outdated {
@@ -440,9 +416,7 @@ async fn converge_pod(
     };
     match pods.delete(&existing.name_any(), &params).await {
         Ok(either) => Ok(either.left()),
-        Err(err) if is_not_found(&err) || matches!(&err, kube::Error::Api(s) if s.code == 409) => {
-            Ok(None)
-        }
+        Err(err) if is_not_found(&err) || matches!(&err, kube::Error::Api(s) if s.code == 409) => Ok(None),
         Err(err) => Err(Error::kube("delete Pod")(err)),
     }
 }
@@ -477,13 +451,7 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(
-    ctx: &Context,
-    session: &NotebookSession,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
+async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, reason: &str, note: String) {
     let mut note = note;
     if note.len() > 1000 {
         let mut cut = 1000;

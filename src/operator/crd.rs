@@ -293,19 +293,11 @@ pub struct NotebookSessionStatus {
     status = "AssetLeaseStatus",
     derive = "PartialEq",
     doc = "A lease on one asset file of a NotebookSession's workspace: the asset is deleted only after the lease expired and no notebook references it.",
-    printcolumn(
-        name = "Session",
-        type_ = "string",
-        json_path = ".spec.sessionRef.name"
-    ),
+    printcolumn(name = "Session", type_ = "string", json_path = ".spec.sessionRef.name"),
     printcolumn(name = "Path", type_ = "string", json_path = ".spec.path"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AssetLeaseSpec {
@@ -423,8 +415,7 @@ mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
 
-    const REGENERATE: &str =
-        "regenerate with `UPDATE_CRDS=1 cargo test --lib crd` and commit the result";
+    const REGENERATE: &str = "regenerate with `UPDATE_CRDS=1 cargo test --lib crd` and commit the result";
 
     fn repo() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -437,9 +428,8 @@ mod tests {
             std::fs::write(path, generated).expect("write CRD");
             return;
         }
-        let on_disk = std::fs::read_to_string(path).unwrap_or_else(|err| {
-            panic!("{} cannot be read ({err}); {REGENERATE}", path.display())
-        });
+        let on_disk = std::fs::read_to_string(path)
+            .unwrap_or_else(|err| panic!("{} cannot be read ({err}); {REGENERATE}", path.display()));
         assert!(
             on_disk == generated,
             "{} differs from the CRD generated from src/operator/crd.rs; {REGENERATE}",
@@ -453,25 +443,19 @@ mod tests {
             let yaml = crd_yaml(&crd).expect("CRD renders as YAML");
             let name = crd_file_name(&crd);
             check_file(&repo().join("crds").join(&name), &yaml);
-            check_file(
-                &repo().join("charts/notebook-operator/crds").join(&name),
-                &yaml,
-            );
+            check_file(&repo().join("charts/notebook-operator/crds").join(&name), &yaml);
         }
     }
 
     #[test]
     fn install_yaml_carries_the_generated_crds() {
-        let text = std::fs::read_to_string(repo().join("manifests/install.yaml"))
-            .expect("manifests/install.yaml");
-        let mut installed: Vec<CustomResourceDefinition> =
-            serde_yaml::Deserializer::from_str(&text)
-                .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
-                .filter(|doc| {
-                    doc.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition")
-                })
-                .map(|doc| serde_yaml::from_value(doc).expect("a CRD"))
-                .collect();
+        let text =
+            std::fs::read_to_string(repo().join("manifests/install.yaml")).expect("manifests/install.yaml");
+        let mut installed: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+            .filter(|doc| doc.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition"))
+            .map(|doc| serde_yaml::from_value(doc).expect("a CRD"))
+            .collect();
         let mut generated = crds();
         installed.sort_by_key(|crd| crd.metadata.name.clone());
         generated.sort_by_key(|crd| crd.metadata.name.clone());
@@ -484,8 +468,7 @@ mod tests {
 
     #[test]
     fn the_example_session_is_valid() {
-        let text = std::fs::read_to_string(repo().join("manifests/examples/session.yaml"))
-            .expect("example");
+        let text = std::fs::read_to_string(repo().join("manifests/examples/session.yaml")).expect("example");
         let sessions: Vec<NotebookSession> = serde_yaml::Deserializer::from_str(&text)
             .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
             .filter(|doc| doc.get("kind").and_then(|k| k.as_str()) == Some("NotebookSession"))
@@ -571,14 +554,8 @@ spec:
 
     #[test]
     fn durations_parse_like_go() {
-        assert_eq!(
-            parse_duration("1h30m"),
-            Ok(std::time::Duration::from_secs(5400))
-        );
-        assert_eq!(
-            parse_duration("500ms"),
-            Ok(std::time::Duration::from_millis(500))
-        );
+        assert_eq!(parse_duration("1h30m"), Ok(std::time::Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(std::time::Duration::from_millis(500)));
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("-5m").is_err());

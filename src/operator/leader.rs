@@ -174,8 +174,7 @@ impl LeaderElector {
                 if decision == Decision::TakeOver {
                     spec.holder_identity = Some(self.config.identity.clone());
                     spec.acquire_time = Some(now.clone());
-                    spec.lease_transitions =
-                        Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
                 }
                 spec.lease_duration_seconds = Some(self.duration_secs());
                 spec.renew_time = Some(now);
@@ -287,10 +286,7 @@ mod tests {
             decide("a", Some("b"), Some(Duration::from_secs(15)), LEASE),
             Decision::TakeOver
         );
-        assert_eq!(
-            decide("a", None, Some(Duration::ZERO), LEASE),
-            Decision::TakeOver
-        );
+        assert_eq!(decide("a", None, Some(Duration::ZERO), LEASE), Decision::TakeOver);
         assert_eq!(
             decide("a", Some(""), Some(Duration::ZERO), LEASE),
             Decision::TakeOver

@@ -60,9 +60,8 @@ impl Default for Metrics {
         let reconciles = Family::<ResultLabel, Counter>::default();
         let errors = Family::<CategoryLabel, Counter>::default();
         let sessions = Family::<PhaseLabel, Gauge>::default();
-        let reconcile_duration = Histogram::new([
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
+        let reconcile_duration =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
         let sidecar_status_failures = Counter::default();
         registry.register(
@@ -70,22 +69,14 @@ impl Default for Metrics {
             "Reconciles of NotebookSessions by result",
             reconciles.clone(),
         );
-        registry.register(
-            "reconcile_errors",
-            "Reconcile errors by category",
-            errors.clone(),
-        );
+        registry.register("reconcile_errors", "Reconcile errors by category", errors.clone());
         registry.register("sessions", "NotebookSessions by phase", sessions.clone());
         registry.register(
             "reconcile_duration_seconds",
             "Time one NotebookSession reconcile took",
             reconcile_duration.clone(),
         );
-        registry.register(
-            "leader",
-            "1 while this replica is the leader",
-            leader.clone(),
-        );
+        registry.register("leader", "1 while this replica is the leader", leader.clone());
         registry.register(
             "sidecar_status_failures",
             "Reads of a sidecar's /v1/status that failed",
@@ -146,9 +137,7 @@ impl Metrics {
         }
         for (phase, count) in counts {
             self.sessions
-                .get_or_create(&PhaseLabel {
-                    phase: phase.into(),
-                })
+                .get_or_create(&PhaseLabel { phase: phase.into() })
                 .set(count);
         }
     }
@@ -200,9 +189,7 @@ async fn metrics_handler(State(state): State<ServerState>) -> impl IntoResponse 
     let snapshot = state.snapshot.read().ok().and_then(|s| s.clone());
     if let Some(snapshot) = snapshot {
         let sessions = snapshot();
-        state
-            .metrics
-            .set_sessions(sessions.iter().map(|s| s.as_ref()));
+        state.metrics.set_sessions(sessions.iter().map(|s| s.as_ref()));
     }
     (
         StatusCode::OK,

@@ -35,11 +35,7 @@ pub struct RunArgs {
           num_args = 0..=1, default_missing_value = "true")]
     pub leader_election: bool,
     /// Namespace of the leader Lease.
-    #[arg(
-        long,
-        env = "POD_NAMESPACE",
-        default_value = "notebook-operator-system"
-    )]
+    #[arg(long, env = "POD_NAMESPACE", default_value = "notebook-operator-system")]
     pub leader_election_namespace: String,
     /// Name of the leader Lease.
     #[arg(long, default_value = "notebook-operator-leader")]
@@ -87,10 +83,7 @@ pub fn run_blocking(args: RunArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");
@@ -180,9 +173,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
-        .map_err(|err| {
-            Error::Startup(format!("cannot listen on {}: {err}", args.metrics_listen))
-        })?;
+        .map_err(|err| Error::Startup(format!("cannot listen on {}: {err}", args.metrics_listen)))?;
     tracing::info!(address = %args.metrics_listen, "serving /healthz and /metrics");
     let router = metrics::router(metrics.clone(), slot.clone());
     tokio::spawn(async move {
@@ -224,12 +215,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         instance: Some(identity),
     };
     let sidecar = SidecarClient::new(Duration::from_secs(3)).with_port(args.sidecar_port);
-    let context = Arc::new(Context::new(
-        client.clone(),
-        config,
-        metrics.clone(),
-        sidecar,
-    ));
+    let context = Arc::new(Context::new(client.clone(), config, metrics.clone(), sidecar));
     let controller = controller::controller(client.clone(), args.namespace.as_deref());
     let store = controller.store();
     slot.set(Arc::new(move || store.state()));

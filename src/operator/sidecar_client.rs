@@ -96,9 +96,7 @@ mod tests {
     use axum::routing::get;
 
     async fn serve(router: axum::Router) -> u16 {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         tokio::spawn(async move { axum::serve(listener, router).await });
         port

@@ -12,9 +12,7 @@ use kube::ResourceExt;
 use serde::Deserialize;
 
 use super::builders::{endpoint, mcp_endpoint, pod_name, secret_name, ValidSpec};
-use super::crd::{
-    NotebookSession, NotebookSessionStatus, QueueStatus, SessionPhase, ShutdownPolicy,
-};
+use super::crd::{NotebookSession, NotebookSessionStatus, QueueStatus, SessionPhase, ShutdownPolicy};
 
 /// Condition: the session serves requests.
 pub const READY: &str = "Ready";
@@ -125,12 +123,7 @@ struct Cond {
     message: String,
 }
 
-fn cond(
-    type_: &'static str,
-    status: &'static str,
-    reason: &str,
-    message: impl Into<String>,
-) -> Cond {
+fn cond(type_: &'static str, status: &'static str, reason: &str, message: impl Into<String>) -> Cond {
     Cond {
         type_,
         status,
@@ -181,10 +174,7 @@ pub fn build_status(
     status
 }
 
-fn phase_and_conditions(
-    session: &NotebookSession,
-    observed: &Observed<'_>,
-) -> (SessionPhase, Vec<Cond>) {
+fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (SessionPhase, Vec<Cond>) {
     let spec_valid = match observed.valid {
         Ok(_) => cond(SPEC_VALID, "True", "Valid", "the spec can be built"),
         Err(errors) => cond(SPEC_VALID, "False", "InvalidSpec", errors.join("; ")),
@@ -199,12 +189,7 @@ fn phase_and_conditions(
     if session.metadata.deletion_timestamp.is_some() {
         let mut conds = vec![
             spec_valid,
-            cond(
-                READY,
-                "False",
-                "Terminating",
-                "the session is being deleted",
-            ),
+            cond(READY, "False", "Terminating", "the session is being deleted"),
         ];
         conds.extend(no_pod("Terminating", "the session is being deleted"));
         return (SessionPhase::Terminating, conds);
@@ -288,10 +273,7 @@ fn phase_and_conditions(
     // Something that will not fix itself soon: a failed pod or a stuck container.
     let mut stuck: Option<(String, String)> = None;
     if pod_status.phase.as_deref() == Some("Failed") {
-        let reason = pod_status
-            .reason
-            .clone()
-            .unwrap_or_else(|| "PodFailed".into());
+        let reason = pod_status.reason.clone().unwrap_or_else(|| "PodFailed".into());
         stuck = Some((
             reason,
             pod_status
@@ -330,18 +312,8 @@ fn phase_and_conditions(
                 "KernelBusy",
                 "the kernel answers and is busy",
             ),
-            "starting" => cond(
-                KERNEL_ALIVE,
-                "False",
-                "KernelStarting",
-                "the kernel is starting",
-            ),
-            "dead" => cond(
-                KERNEL_ALIVE,
-                "False",
-                "KernelDead",
-                "the kernel does not answer",
-            ),
+            "starting" => cond(KERNEL_ALIVE, "False", "KernelStarting", "the kernel is starting"),
+            "dead" => cond(KERNEL_ALIVE, "False", "KernelDead", "the kernel does not answer"),
             other => cond(
                 KERNEL_ALIVE,
                 "Unknown",
@@ -468,9 +440,7 @@ pub fn lifecycle(
                 ShutdownPolicy::Suspend => (
                     Lifecycle::Suspend(Suspension {
                         reason: "ShutdownTime",
-                        message: format!(
-                            "shutdownTime {at} has passed; remove or move it to resume"
-                        ),
+                        message: format!("shutdownTime {at} has passed; remove or move it to resume"),
                     }),
                     None,
                 ),
@@ -530,10 +500,7 @@ pub struct Transition {
 
 /// Events to record between the old and the new status: phase changes, with
 /// the Ready reason for context.
-pub fn transitions(
-    old: Option<&NotebookSessionStatus>,
-    new: &NotebookSessionStatus,
-) -> Vec<Transition> {
+pub fn transitions(old: Option<&NotebookSessionStatus>, new: &NotebookSessionStatus) -> Vec<Transition> {
     let old_phase = old.and_then(|s| s.phase);
     let mut out = Vec::new();
     if old_phase != new.phase {
@@ -606,10 +573,7 @@ mod tests {
         let pod: Pod = fixtures::object("pod-status-ready.yaml");
         let status = status_with(&session, Some(&pod), sidecar("idle"), now());
         assert_eq!(status.phase, Some(SessionPhase::Ready));
-        assert_eq!(
-            reason(&status, READY),
-            ("True".into(), "KernelReady".into())
-        );
+        assert_eq!(reason(&status, READY), ("True".into(), "KernelReady".into()));
         assert_eq!(
             reason(&status, KERNEL_ALIVE),
             ("True".into(), "KernelIdle".into())
@@ -628,10 +592,7 @@ mod tests {
             })
         );
         assert_eq!(status.kernel_restarts, Some(2));
-        assert_eq!(
-            status.last_activity_time,
-            Some(Time(at("2026-11-28T14:59:00Z")))
-        );
+        assert_eq!(status.last_activity_time, Some(Time(at("2026-11-28T14:59:00Z"))));
         assert_eq!(status.observed_generation, Some(3));
         assert_eq!(status.pod_name.as_deref(), Some("analysis-kernel"));
         assert_eq!(
@@ -643,10 +604,7 @@ mod tests {
             Some("http://analysis.agents.svc:8888/mcp")
         );
         assert_eq!(status.token_secret_name.as_deref(), Some("analysis-token"));
-        assert!(status
-            .conditions
-            .iter()
-            .all(|c| c.observed_generation == Some(3)));
+        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(3)));
     }
 
     #[test]
@@ -723,10 +681,7 @@ mod tests {
             reason(&status, POD_SCHEDULED),
             ("False".into(), "Unschedulable".into())
         );
-        assert_eq!(
-            reason(&status, READY),
-            ("False".into(), "Unschedulable".into())
-        );
+        assert_eq!(reason(&status, READY), ("False".into(), "Unschedulable".into()));
         assert!(condition(&status, READY).is_some_and(|c| c.message.contains("Insufficient cpu")));
     }
 
@@ -735,10 +690,7 @@ mod tests {
         let session = fixtures::session("session-minimal.yaml");
         let status = status_with(&session, None, SidecarObservation::NotAsked, now());
         assert_eq!(status.phase, Some(SessionPhase::Pending));
-        assert_eq!(
-            reason(&status, READY),
-            ("False".into(), "PodNotCreated".into())
-        );
+        assert_eq!(reason(&status, READY), ("False".into(), "PodNotCreated".into()));
         assert!(status.pod_name.is_none());
 
         let mut pod: Pod = fixtures::object("pod-status-ready.yaml");
@@ -785,10 +737,7 @@ mod tests {
             reason(&status, SPEC_VALID),
             ("False".into(), "InvalidSpec".into())
         );
-        assert_eq!(
-            reason(&status, READY),
-            ("False".into(), "InvalidSpec".into())
-        );
+        assert_eq!(reason(&status, READY), ("False".into(), "InvalidSpec".into()));
         assert!(status.endpoint.is_none());
     }
 
