@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator (controllers for NotebookSession and AssetLease).
-    Run,
+    Run(Box<crate::operator::RunArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crd,
     /// Run the sidecar and a kernel it starts itself, with no cluster.
@@ -58,14 +58,17 @@ fn block_on<F: std::future::Future<Output = crate::cmd::local::anyhow_like::Resu
 pub fn run(cli: Cli) -> ExitCode {
     init_tracing();
     match cli.command {
-        Command::Run => {
-            eprintln!("the operator is not built yet");
-            ExitCode::FAILURE
-        }
-        Command::Crd => {
-            eprintln!("the CRDs are not built yet");
-            ExitCode::FAILURE
-        }
+        Command::Run(args) => crate::operator::run_blocking(*args),
+        Command::Crd => match crate::operator::crd::all_crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("cannot render the CRDs: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Local(args) => block_on(crate::cmd::local::run(*args)),
         Command::Sidecar(args) => block_on(crate::cmd::sidecar::run(*args)),
     }

@@ -2,6 +2,7 @@
 //! Jupyter kernels to agents and people. See `../shared/DESIGN.md`.
 #![forbid(unsafe_code)]
 
+pub mod assets;
 pub mod cli;
 pub mod cmd;
 pub mod events;
@@ -10,6 +11,7 @@ pub mod jupyter;
 pub mod kernel;
 pub mod mcp;
 pub mod notebook;
+pub mod operator;
 pub mod sidecar;
 pub mod store;
 pub mod util;

@@ -20,6 +20,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_block(n: int = 5) -> int:
+    """The first of n consecutive free loopback ports."""
+    for _ in range(200):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                sock = socket.socket()
+                sock.bind(("127.0.0.1", p))
+                socks.append(sock)
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports")
+
+
 class Sidecar:
     """The real binary in `local` mode, on loopback, with its own data dir."""
 

@@ -29,7 +29,7 @@ pub struct LocalArgs {
     pub token: Option<String>,
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Host names MCP clients may use (repeatable); default: loopback names.
+    /// Host names MCP clients may use (repeatable), besides the loopback names.
     #[arg(long = "allowed-host", env = "NOTEBOOK_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
     #[command(flatten)]

@@ -45,6 +45,10 @@ pub struct SidecarOpts {
     /// Bytes of events queued per stream client before it is cut off.
     #[arg(long, default_value_t = 16 << 20)]
     pub client_queue_bytes: usize,
+    /// Rich output values larger than this many bytes (encoded) are written
+    /// to `assets/<sha256>.<ext>` in the workspace and replaced by a stub.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub asset_threshold_bytes: usize,
     /// Seconds to wait for the kernel at start and after a restart.
     #[arg(long, default_value_t = 120.0)]
     pub kernel_start_timeout_s: f64,
@@ -64,6 +68,7 @@ impl SidecarOpts {
         cfg.bus.client_queue = self.client_queue.max(1);
         cfg.bus.client_queue_bytes = self.client_queue_bytes.max(1024);
         cfg.kernel_start_timeout = secs(self.kernel_start_timeout_s);
+        cfg.asset_threshold = self.asset_threshold_bytes.max(1);
     }
 }
 

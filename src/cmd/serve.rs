@@ -105,6 +105,13 @@ pub async fn run(
         status_rx,
         ready_rx,
     ));
+    {
+        let index = svc.assets.clone();
+        let _ = tokio::task::spawn_blocking(move || index.rescan()).await;
+        if let Err(e) = svc.assets.watch() {
+            tracing::warn!(error = %e, "no file notifications; the asset index follows the sidecar's own writes only");
+        }
+    }
     let executor = Executor::new(
         svc.clone(),
         cmd_rx,

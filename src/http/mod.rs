@@ -1,5 +1,6 @@
 //! The sidecar's HTTP API (see the route table in DESIGN.md).
 
+pub mod assets;
 pub mod auth;
 pub mod error;
 pub mod events;
@@ -27,6 +28,9 @@ pub fn api_routes(svc: Arc<Service>) -> Router {
         .route("/v1/kernel/interrupt", post(executions::interrupt))
         .route("/v1/kernel/restart", post(executions::restart))
         .route("/v1/status", get(executions::status))
+        .route("/v1/assets", get(assets::list))
+        .route("/v1/assets/{name}", get(assets::content).delete(assets::delete))
+        .route("/v1/assets/{name}/pin", post(assets::pin).delete(assets::unpin))
         .route("/v1/events", get(events::sse))
         .route("/v1/events/ws", get(events::ws))
         .layer(DefaultBodyLimit::max(

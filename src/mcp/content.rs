@@ -113,6 +113,24 @@ pub fn error_text(o: &Value) -> String {
     }
 }
 
+/// (path, mime, size) of each value of a rich output moved to an asset file.
+fn offloaded(o: &Value) -> Vec<(String, String, usize)> {
+    o.get("metadata")
+        .and_then(|m| m.get(crate::assets::offload::META_KEY))
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|a| {
+                    let path = a.get("path")?.as_str()?.to_string();
+                    let mime = a.get("mime").and_then(Value::as_str).unwrap_or("").to_string();
+                    let size = a.get("size").and_then(Value::as_u64).unwrap_or(0) as usize;
+                    Some((path, mime, size))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Where the whole of output `index` of execution `id` can be fetched.
 fn reference(id: &str, index: usize, mime: &str) -> String {
     format!("GET /v1/executions/{id} → outputs[{index}].data[\"{mime}\"], or the get_execution tool's structured content")
@@ -137,8 +155,35 @@ pub fn output_blocks(id: &str, index: usize, o: &Value, caps: &Caps) -> Vec<Cont
             "traceback",
         ))],
         Some("display_data" | "execute_result") => {
+            // Values past the sidecar's asset threshold were moved to files
+            // under assets/; each becomes a reference to its file.
+            let assets = offloaded(o);
+            let mut blocks: Vec<ContentBlock> = assets
+                .iter()
+                .map(|(path, mime, size)| {
+                    let name = path.rsplit('/').next().unwrap_or(path);
+                    ContentBlock::text(format!(
+                        "[{mime} output of {} not inlined, saved as {path}: GET /v1/assets/{name}]",
+                        human(*size)
+                    ))
+                })
+                .collect();
             let data = o.get("data").and_then(Value::as_object);
-            let Some(data) = data else { return vec![] };
+            let Some(data) = data else { return blocks };
+            if assets.iter().any(|(_, mime, _)| mime.starts_with("image/")) {
+                // The rest is the placeholder text of the image and the stub.
+                return blocks;
+            }
+            if !blocks.is_empty() {
+                if let Some(v) = data.get("text/plain") {
+                    blocks.push(ContentBlock::text(cap_text(
+                        &multiline(Some(v)),
+                        caps.text_bytes,
+                        "text/plain",
+                    )));
+                }
+                return blocks;
+            }
             for mime in ["image/png", "image/jpeg"] {
                 if let Some(b64) = data.get(mime).and_then(Value::as_str) {
                     let b64: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
@@ -385,6 +430,18 @@ mod tests {
         };
         let r = execution_result(&exec(State::Completed, vec![png]), 0.0, &caps);
         assert!(texts(&r)[1].contains("GET /v1/executions/e1 → outputs[0]"));
+    }
+
+    #[test]
+    fn outputs_moved_to_assets_are_referenced_by_file() {
+        let stub = json!({"output_type": "display_data", "metadata": {"notebook.dev/assets": [
+            {"path": "assets/ab12.png", "mime": "image/png", "size": 2_000_000, "sha256": "ab12"}]},
+            "data": {"text/plain": "<Image>", "text/markdown": "![image/png](assets/ab12.png)"}});
+        let r = execution_result(&exec(State::Completed, vec![stub]), 0.0, &Caps::default());
+        assert_eq!(
+            &texts(&r)[1..],
+            &["[image/png output of 1.9 MiB not inlined, saved as assets/ab12.png: GET /v1/assets/ab12.png]"]
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::sidecar::Service;
 
 pub use tools::Tools;
 
-/// Host names a local sidecar answers to when none are configured.
+/// Host names the sidecar always answers to, besides the configured ones.
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// How long an MCP session may stay idle before it is closed.
@@ -33,19 +33,21 @@ pub struct McpOptions {
 }
 
 impl McpOptions {
-    /// `hosts`, or the loopback names when empty.
+    /// The loopback names (so `kubectl port-forward` and in-pod clients
+    /// work) and `hosts`.
     pub fn new(hosts: Vec<String>) -> McpOptions {
-        let hosts: Vec<String> = hosts
+        let mut allowed: Vec<String> = LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect();
+        for h in hosts
             .into_iter()
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
-            .collect();
+        {
+            if !allowed.contains(&h) {
+                allowed.push(h);
+            }
+        }
         McpOptions {
-            allowed_hosts: if hosts.is_empty() {
-                LOOPBACK_HOSTS.iter().map(|h| h.to_string()).collect()
-            } else {
-                hosts
-            },
+            allowed_hosts: allowed,
         }
     }
 
@@ -108,11 +110,14 @@ mod tests {
         let origins = o.allowed_origins();
         assert!(origins.contains(&"http://[::1]:*".to_string()));
         assert!(origins.contains(&"https://localhost:*".to_string()));
-        let o = McpOptions::new(vec!["nb.agents.svc:8888".into(), " ".into()]);
-        assert_eq!(o.allowed_hosts, vec!["nb.agents.svc:8888"]);
+        let o = McpOptions::new(vec!["nb.agents.svc:8888".into(), " ".into(), "localhost".into()]);
         assert_eq!(
-            o.allowed_origins(),
-            vec!["http://nb.agents.svc:*", "https://nb.agents.svc:*"]
+            o.allowed_hosts,
+            vec!["localhost", "127.0.0.1", "::1", "nb.agents.svc:8888"]
         );
+        let origins = o.allowed_origins();
+        assert!(origins.contains(&"http://nb.agents.svc:*".to_string()));
+        assert!(origins.contains(&"https://nb.agents.svc:*".to_string()));
+        assert!(!origins.iter().any(|o| o.contains("8888")));
     }
 }

@@ -428,7 +428,7 @@ impl Tools {
     )]
     async fn create_notebook(&self, Parameters(p): Parameters<PathParams>) -> ToolResult {
         let nb = model::new_notebook(&self.svc.kernel_status().info);
-        Ok(match self.ws().run(move |ws| ws.create(&p.path, &nb)).await {
+        Ok(match self.sync.edit(move |ws| ws.create(&p.path, &nb)).await {
             Ok(path) => json_result(json!({"path": path, "cells": 0})),
             Err(e) => tool_error(e.to_string()),
         })
@@ -460,8 +460,8 @@ impl Tools {
         let source = p.source;
         Ok(
             match self
-                .ws()
-                .run(move |ws| ws.update(&path_in, |nb| model::insert(nb, at, kind, &source)))
+                .sync
+                .edit(move |ws| ws.update(&path_in, |nb| model::insert(nb, at, kind, &source)))
                 .await
             {
                 Ok((id, index)) => json_result(
@@ -479,8 +479,8 @@ impl Tools {
         let (path_in, id, source) = (p.path.clone(), p.cell_id.clone(), p.source);
         Ok(
             match self
-                .ws()
-                .run(move |ws| ws.update(&path_in, |nb| model::edit(nb, &id, &source)))
+                .sync
+                .edit(move |ws| ws.update(&path_in, |nb| model::edit(nb, &id, &source)))
                 .await
             {
                 Ok(()) => json_result(json!({"path": p.path, "cell_id": p.cell_id})),
@@ -494,8 +494,8 @@ impl Tools {
         let (path_in, id) = (p.path.clone(), p.cell_id.clone());
         Ok(
             match self
-                .ws()
-                .run(move |ws| ws.update(&path_in, |nb| model::delete(nb, &id)))
+                .sync
+                .edit(move |ws| ws.update(&path_in, |nb| model::delete(nb, &id)))
                 .await
             {
                 Ok(_) => json_result(json!({"path": p.path, "deleted": p.cell_id})),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{model, Workspace};
+use super::{model, NotebookError, Workspace};
 use crate::sidecar::Service;
 use crate::store::{Execution, State};
 
@@ -48,6 +48,23 @@ impl NotebookSync {
 
     pub fn workspace(&self) -> &Arc<Workspace> {
         &self.ws
+    }
+
+    /// Runs a notebook write under the sidecar's workspace lock, which asset
+    /// deletes also take: a delete never races a save that references the
+    /// asset. The write runs in its own task, so a caller that goes away
+    /// mid-write neither cancels it nor releases the lock early.
+    pub async fn edit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Workspace) -> Result<T, NotebookError> + Send + 'static,
+    ) -> Result<T, NotebookError> {
+        let (svc, ws) = (self.svc.clone(), self.ws.clone());
+        tokio::spawn(async move {
+            let _guard = svc.workspace_lock.lock().await;
+            ws.run(f).await
+        })
+        .await
+        .unwrap_or_else(|e| Err(NotebookError::Io(format!("the notebook write failed: {e}"))))
     }
 
     /// Tracks notebook executions left queued or running by a previous
@@ -120,8 +137,7 @@ impl NotebookSync {
         let outputs = e.outputs.clone();
         let count = e.execution_count;
         let (nb2, cell2) = (nb.clone(), cell.clone());
-        self.ws
-            .run(move |ws| ws.update(&nb2, |doc| model::set_outputs(doc, &cell2, &outputs, count)))
+        self.edit(move |ws| ws.update(&nb2, |doc| model::set_outputs(doc, &cell2, &outputs, count)))
             .await
             .map_err(|err| err.to_string())?;
         let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());

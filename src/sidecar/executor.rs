@@ -289,9 +289,7 @@ impl Executor {
             if let Err(e) = self.connect().await {
                 warn!(error = %e, "the kernel is not reachable at start");
                 self.set_kernel(KernelState::Dead);
-                if matches!(self.svc.cfg.kernel, KernelSource::Spawn(_)) {
-                    let _ = self.restart_kernel("not reachable at start").await;
-                }
+                self.reconnect().await;
             }
             self.recover().await;
             let _ = self.ready.send(true);
@@ -361,8 +359,47 @@ impl Executor {
         }
     }
 
+    /// Until the kernel answers again (or shutdown): in local mode a fresh
+    /// kernel each attempt, in a pod the kernel container coming back. Failed
+    /// attempts back off from 1 s to 30 s.
+    async fn reconnect(&mut self) {
+        let mut backoff = Duration::from_secs(1);
+        while self.conn.is_none() && self.shutdown.is_none() {
+            let result = match &self.svc.cfg.kernel {
+                KernelSource::Spawn(_) => self.restart_kernel("the kernel is gone").await,
+                KernelSource::External => self.connect().await,
+            };
+            if let Err(e) = result {
+                warn!(error = %e, retry_in = ?backoff, "the kernel is still not reachable");
+                self.set_kernel(KernelState::Dead);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    cmd = self.commands.recv() => match cmd {
+                        Some(Command::Shutdown(done)) => self.shutdown = Some((Instant::now(), vec![done])),
+                        Some(other) => self.refuse(other),
+                        None => self.shutdown = Some((Instant::now(), Vec::new())),
+                    },
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+
+    /// Answers a command that cannot run while the kernel is away.
+    fn refuse(&self, cmd: Command) {
+        let err = || ControlError::Failed("the kernel is not reachable".into());
+        match cmd {
+            Command::Cancel { reply, .. } => drop(reply.send(Err(err()))),
+            Command::Interrupt(reply) | Command::Restart(reply) => drop(reply.send(Err(err()))),
+            Command::Shutdown(_) => {}
+        }
+    }
+
     async fn main_loop(&mut self) {
         loop {
+            if self.conn.is_none() {
+                self.reconnect().await;
+            }
             if self.current.is_none() {
                 if self.shutdown.is_some() {
                     return;
@@ -594,7 +631,8 @@ impl Executor {
             (Channel::Iopub, "execute_input") => self.mark_started().await,
             (Channel::Iopub, _) => {
                 self.mark_started().await;
-                self.on_output(&msg_type, &m.msg.content);
+                let content = self.offload(&msg_type, m.msg.content).await;
+                self.on_output(&msg_type, &content);
             }
             (Channel::Shell, "execute_reply") => {
                 cur.reply = Some(m.msg.content.clone());
@@ -628,12 +666,52 @@ impl Executor {
         }
         cur.started = true;
         let id = cur.exec.id.clone();
-        match self.svc.writer.start(&id, crate::util::now_rfc3339()).await {
-            Ok(_) => {
-                let seq = self.svc.bus.publish("started", Some(&id), json!({}));
-                self.svc.writer.set_last_seq(&id, seq);
+        self.svc
+            .writer
+            .start_detached(&id, crate::util::now_rfc3339())
+            .await;
+        let seq = self.svc.bus.publish("started", Some(&id), json!({}));
+        self.svc.writer.set_last_seq(&id, seq);
+    }
+
+    /// Moves large rich values into asset files (written before any client
+    /// sees the stub that points at them).
+    async fn offload(&self, msg_type: &str, content: Value) -> Value {
+        if !matches!(
+            msg_type,
+            "display_data" | "execute_result" | "update_display_data"
+        ) {
+            return content;
+        }
+        let as_output = json!({
+            "output_type": "display_data",
+            "data": content.get("data").cloned().unwrap_or(Value::Null),
+            "metadata": content.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        });
+        let (out, assets) = crate::assets::offload(&as_output, self.svc.cfg.asset_threshold);
+        if assets.is_empty() {
+            return content;
+        }
+        let workspace = self.svc.cfg.workspace.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            for a in &assets {
+                crate::assets::offload::store(&workspace, a)?;
             }
-            Err(e) => warn!(execution = %id, error = %e, "recording the start"),
+            Ok::<_, std::io::Error>(assets.len())
+        })
+        .await;
+        match stored {
+            Ok(Ok(n)) => {
+                tracing::debug!(assets = n, "offloaded rich output");
+                let mut content = content;
+                content["data"] = out["data"].clone();
+                content["metadata"] = out["metadata"].clone();
+                content
+            }
+            other => {
+                warn!(?other, "could not write assets; keeping the output inline");
+                content
+            }
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Config {
     pub bus: crate::events::BusConfig,
     /// Stream output of one execution published in one event per this window.
     pub coalesce_window: Duration,
+    /// Rich output values larger than this (encoded) become asset files.
+    pub asset_threshold: usize,
 }
 
 impl Config {
@@ -69,6 +71,7 @@ impl Config {
             kernel_start_timeout: Duration::from_secs(120),
             bus: crate::events::BusConfig::default(),
             coalesce_window: Duration::from_millis(5),
+            asset_threshold: 256 * 1024,
         }
     }
 }

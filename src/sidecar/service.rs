@@ -97,6 +97,11 @@ pub struct Service {
     pub commands: mpsc::Sender<Command>,
     pub kernel: watch::Receiver<KernelStatus>,
     pub ready: watch::Receiver<bool>,
+    /// Which notebooks reference which assets.
+    pub assets: Arc<crate::assets::AssetIndex>,
+    /// Taken by every notebook write the sidecar makes and by asset deletes,
+    /// so a delete never races a save that references the asset.
+    pub workspace_lock: tokio::sync::Mutex<()>,
     /// Kernel frames dropped for bad signatures or framing.
     pub dropped: Arc<AtomicU64>,
     shutting_down: AtomicBool,
@@ -114,6 +119,8 @@ impl Service {
         ready: watch::Receiver<bool>,
     ) -> Self {
         Service {
+            assets: crate::assets::AssetIndex::new(&cfg.workspace),
+            workspace_lock: tokio::sync::Mutex::new(()),
             cfg,
             writer,
             reader,

@@ -180,6 +180,15 @@ impl Reader {
         .await
     }
 
+    pub async fn pins(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached("SELECT name FROM asset_pins")?;
+            let names = st.query_map([], |r| r.get(0))?;
+            Ok(names.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// Executions that may have had events after `since`: everything not
     /// final, and everything whose last event is newer (or unknown). Newest
     /// first, at most `limit`.

@@ -30,6 +30,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX executions_by_state ON executions(state, n);
     CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 1 -> 2: assets held by hand, never deleted while pinned
+    "CREATE TABLE asset_pins (name TEXT PRIMARY KEY, pinned_at TEXT NOT NULL);",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

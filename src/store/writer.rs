@@ -14,6 +14,16 @@ use super::{schema, StoreError};
 /// Most operations committed in one transaction.
 const MAX_BATCH: usize = 1024;
 
+/// The batch limit; `NBO_WRITER_MAX_BATCH=1` gives one commit per operation,
+/// which the enqueue benchmark uses as its baseline.
+fn max_batch() -> usize {
+    std::env::var("NBO_WRITER_MAX_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(MAX_BATCH)
+}
+
 #[derive(Debug, Clone)]
 pub enum EnqueueOutcome {
     Created(Execution),
@@ -36,6 +46,11 @@ enum Op {
         id: String,
         at: String,
         reply: Reply<bool>,
+    },
+    Pin {
+        name: String,
+        pinned: bool,
+        reply: Reply<()>,
     },
     Finish {
         id: String,
@@ -72,7 +87,7 @@ impl Writer {
         let (tx, rx) = mpsc::channel(8192);
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx))?;
+            .spawn(move || run(conn, rx, max_batch()))?;
         Ok((Writer { tx }, handle))
     }
 
@@ -101,6 +116,20 @@ impl Writer {
         self.call(|reply| Op::Start { id, at, reply }).await
     }
 
+    /// `queued → running` without waiting for the commit: the dispatch was
+    /// already durable, and the channel keeps this ahead of the final state.
+    pub async fn start_detached(&self, id: &str, at: String) {
+        let (reply, _) = oneshot::channel();
+        let op = Op::Start {
+            id: id.to_string(),
+            at,
+            reply,
+        };
+        if let Err(mpsc::error::TrySendError::Full(op)) = self.tx.try_send(op) {
+            let _ = self.tx.send(op).await;
+        }
+    }
+
     /// Writes the final state with outputs, count, error and time; false when
     /// the row was already final.
     pub async fn finish(&self, id: &str, record: FinalRecord) -> Result<bool, StoreError> {
@@ -121,6 +150,11 @@ impl Writer {
         self.call(|reply| Op::SetMeta { name, value, reply }).await
     }
 
+    pub async fn pin(&self, name: &str, pinned: bool) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.call(|reply| Op::Pin { name, pinned, reply }).await
+    }
+
     pub async fn prune(&self, finished_before: String) -> Result<usize, StoreError> {
         self.call(|reply| Op::Prune {
             finished_before,
@@ -139,8 +173,8 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
     let mut closed = None;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
@@ -150,7 +184,7 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>) {
                 break;
             }
             batch.push(op);
-            if batch.len() < MAX_BATCH {
+            if batch.len() < max_batch {
                 next = rx.try_recv().ok();
             }
         }
@@ -302,6 +336,17 @@ fn apply(conn: &Connection, op: Op) -> Option<Pending> {
             Some(Pending::Unit(reply, r))
         }
         Op::Close(_) => None,
+        Op::Pin { name, pinned, reply } => {
+            let r = if pinned {
+                conn.execute(
+                    "INSERT OR IGNORE INTO asset_pins(name, pinned_at) VALUES (?1, ?2)",
+                    params![name, crate::util::now_rfc3339()],
+                )
+            } else {
+                conn.execute("DELETE FROM asset_pins WHERE name = ?1", params![name])
+            };
+            Some(Pending::Unit(reply, r.map(drop).map_err(StoreError::from)))
+        }
         Op::Prune {
             finished_before,
             reply,

@@ -80,14 +80,17 @@ def test_execute_image_result(mcp_sidecar):
     assert base64.b64decode(images[0].data) == png
 
 
-def test_execute_large_image_is_a_reference(mcp_sidecar):
+def test_execute_large_image_is_a_reference_to_its_asset_file(mcp_sidecar):
     code = ("import base64, os\nfrom IPython.display import Image, display\n"
             "display(Image(data=base64.b64decode(" + repr(base64.b64encode(tiny_png()).decode())
             + ") + os.urandom(1_200_000), format='png'))")
     r = call(mcp_sidecar, "execute", {"code": code})
     assert not [c for c in r.content if c.type == "image"], "over the cap: not inlined"
     ref = [t for t in texts(r) if "not inlined" in t]
-    assert ref and "/v1/executions/" in ref[0] and "outputs[0]" in ref[0], texts(r)
+    assert len(ref) == 1 and "saved as assets/" in ref[0], texts(r)
+    name = ref[0].rsplit("/", 1)[1].rstrip("]")
+    got = mcp_sidecar.http.get(f"{mcp_sidecar.url}/v1/assets/{name}", timeout=30)
+    assert got.status_code == 200 and got.content.startswith(tiny_png()) and len(got.content) > 1_200_000
 
 
 def test_execute_error_result(mcp_sidecar):
@@ -378,7 +381,8 @@ def test_allowed_hosts_are_configurable(tmp_path):
         h = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {s.token}"}
         assert requests.post(url, json=init, headers={**h, "Host": "nb.agents.svc:8888"}, timeout=10).status_code == 200
         assert requests.post(url, json=init, headers={**h, "Host": "10.1.2.3"}, timeout=10).status_code == 200
-        assert requests.post(url, json=init, headers={**h, "Host": "localhost"}, timeout=10).status_code == 403
+        assert requests.post(url, json=init, headers={**h, "Host": "localhost"}, timeout=10).status_code == 200
+        assert requests.post(url, json=init, headers={**h, "Host": "other.agents.svc"}, timeout=10).status_code == 403
         assert requests.post(url, json=init, headers={**h, "Host": "nb.agents.svc",
                                                       "Origin": "https://nb.agents.svc"}, timeout=10).status_code == 200
     finally:

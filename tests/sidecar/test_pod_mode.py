@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from harness import BIN, free_port, text_of
+from harness import BIN, free_port, free_port_block, text_of
 
 
 def start_sidecar(tmp, port, base_port):
@@ -39,8 +39,7 @@ def wait_ready(url, proc, timeout=60):
 def test_sidecar_writes_the_connection_file_and_waits_for_the_kernel(tmp_path):
     (tmp_path / "token").write_text("pod-token\n")
     (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
-    port, base = free_port(), free_port()
-    # Five consecutive ports from `base`; retry a few bases if one is taken.
+    port, base = free_port(), free_port_block(5)
     url = f"http://127.0.0.1:{port}"
     h = {"Authorization": "Bearer pod-token"}
     side = start_sidecar(tmp_path, port, base)
@@ -60,7 +59,8 @@ def test_sidecar_writes_the_connection_file_and_waits_for_the_kernel(tmp_path):
                 time.sleep(0.02)
         assert requests.get(url + "/readyz").status_code == 503, "not ready before the kernel"
         kernel = subprocess.Popen([sys.executable, "-m", "ipykernel_launcher", "-f", str(conn)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                  stdout=open(tmp_path / "kernel.log", "wb"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
         wait_ready(url, side)
         r = requests.post(url + "/v1/executions", json={"code": "y = 7; y * 6"}, headers=h)
         assert r.status_code == 202

@@ -1,0 +1,513 @@
+//! The NotebookSession controller: dereference → validate → build → apply →
+//! observe → status, with the building and the status computed by pure
+//! functions ([`super::builders`], [`super::status`]).
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER, TOKEN_KEY};
+use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
+use super::error::{is_already_exists, is_not_found, Error};
+use super::metrics::Metrics;
+use super::sidecar_client::SidecarClient;
+use super::status::{self, Lifecycle, Observed, SidecarObservation};
+
+/// Safety resync of a session no watch event touched.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Settings of the controller.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// What the builders need.
+    pub build: BuildConfig,
+    /// How often a Ready session's sidecar status is read again.
+    pub status_interval: Duration,
+    /// Restrict to one namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Reporting instance of Events (pod name).
+    pub instance: Option<String>,
+}
+
+/// Shared state handed to every reconcile.
+pub struct Context {
+    /// The apiserver client.
+    pub client: Client,
+    /// Settings.
+    pub config: ControllerConfig,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Reads sidecar status.
+    pub sidecar: SidecarClient,
+    /// Consecutive failures per session, for the error backoff.
+    failures: Mutex<HashMap<ObjectRef<NotebookSession>, u32>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(
+        client: Client,
+        config: ControllerConfig,
+        metrics: Arc<Metrics>,
+        sidecar: SidecarClient,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: config.instance.clone(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            sidecar,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn record_failure(&self, key: ObjectRef<NotebookSession>) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let count = failures.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    fn clear_failures(&self, key: &ObjectRef<NotebookSession>) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.remove(key);
+    }
+}
+
+/// Error backoff: 1 s, 2 s, 4 s ... capped at 5 minutes, with up to 20 % jitter.
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(9);
+    let base = Duration::from_secs(1u64 << exponent).min(Duration::from_secs(300));
+    let jitter = rand::random::<f64>() * 0.2;
+    base.mul_f64(1.0 + jitter)
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+async fn apply<K>(api: &Api<K>, object: &K, step: &'static str) -> Result<K, Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &apply_params(), &Patch::Apply(object))
+        .await
+        .map_err(Error::kube(step))
+}
+
+/// Reconciles one NotebookSession.
+pub async fn reconcile(session: Arc<NotebookSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&session, &ctx).await;
+    ctx.metrics
+        .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.clear_failures(&ObjectRef::from_obj(session.as_ref()));
+    }
+    result
+}
+
+/// Logs, counts, and backs off per session.
+pub fn error_policy(session: Arc<NotebookSession>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(ObjectRef::from_obj(session.as_ref()));
+    let delay = backoff(failures);
+    ctx.metrics.error(error.category());
+    tracing::warn!(
+        session = %session.name_any(),
+        namespace = %session.namespace().unwrap_or_default(),
+        category = error.category(),
+        failures,
+        retry_in = ?delay,
+        error = %error,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Action, Error> {
+    let Some(namespace) = session.namespace() else {
+        return Ok(Action::await_change());
+    };
+    let name = session.name_any();
+    let client = ctx.client.clone();
+    let sessions: Api<NotebookSession> = Api::namespaced(client.clone(), &namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let now = Timestamp::now();
+
+    if session.metadata.deletion_timestamp.is_some() {
+        // Owner references hand the children to the garbage collector; while a
+        // foreground deletion waits for them, say so.
+        let terminating = session.status.as_ref().and_then(|s| s.phase) == Some(SessionPhase::Terminating);
+        if !terminating {
+            let valid = builders::validate(session, &ctx.config.build);
+            let errors = valid.as_ref().err().cloned().unwrap_or_default();
+            let observed = Observed {
+                valid: valid.as_ref().map_err(|_| errors.as_slice()),
+                suspension: None,
+                pod: None,
+                sidecar: SidecarObservation::NotAsked,
+            };
+            let new = status::build_status(session, &observed, now);
+            match write_status(&sessions, session, new, ctx).await {
+                Err(Error::Kube { source, .. }) if is_not_found(&source) => {}
+                other => other?,
+            }
+        }
+        return Ok(Action::await_change());
+    }
+
+    // Validate: an invalid spec is a condition, and waits for a change.
+    let valid = match builders::validate(session, &ctx.config.build) {
+        Ok(valid) => valid,
+        Err(errors) => {
+            let pod = pods
+                .get_opt(&builders::pod_name(&name))
+                .await
+                .map_err(Error::kube("read Pod"))?;
+            let observed = Observed {
+                valid: Err(&errors),
+                suspension: None,
+                pod: pod.as_ref(),
+                sidecar: SidecarObservation::NotAsked,
+            };
+            let new = status::build_status(session, &observed, now);
+            write_status(&sessions, session, new, ctx).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // The objects that live as long as the session.
+    let token = ensure_secret(session, &namespace, ctx).await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    apply(&services, &builders::build_service(session), "apply Service").await?;
+    if let Some(pvc) = builders::build_pvc(session) {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+        apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
+    }
+
+    // Observe the pod and, when it is ready, the sidecar.
+    let mut pod = pods
+        .get_opt(&builders::pod_name(&name))
+        .await
+        .map_err(Error::kube("read Pod"))?;
+    let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
+    let (last_activity, clients) = match &sidecar {
+        SidecarObservation::Answered(s) => (s.last_activity_time(), s.clients),
+        _ => (
+            session
+                .status
+                .as_ref()
+                .and_then(|s| s.last_activity_time.as_ref())
+                .map(|t| t.0),
+            0,
+        ),
+    };
+
+    let (decision, deadline) = status::lifecycle(session, &valid, pod.as_ref(), last_activity, clients, now);
+    let suspension = match decision {
+        Lifecycle::Delete => {
+            publish(
+                ctx,
+                session,
+                EventType::Normal,
+                "ShutdownTime",
+                "shutdownTime passed; deleting the session".into(),
+            )
+            .await;
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: session.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            match sessions.delete(&name, &params).await {
+                Ok(_) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(Error::kube("delete NotebookSession at shutdownTime")(err)),
+            }
+            return Ok(Action::await_change());
+        }
+        Lifecycle::SuspendForIdle(suspension) => {
+            publish(
+                ctx,
+                session,
+                EventType::Normal,
+                suspension.reason,
+                suspension.message.clone(),
+            )
+            .await;
+            let patch = serde_json::json!({"spec": {"suspend": true}});
+            sessions
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(Error::kube("set spec.suspend after idleTimeout"))?;
+            Some(suspension)
+        }
+        Lifecycle::Suspend(suspension) => Some(suspension),
+        Lifecycle::Run => None,
+    };
+
+    // Converge the pod.
+    pod = converge_pod(session, &valid, pod, suspension.is_some(), &pods, ctx).await?;
+
+    let observed = Observed {
+        valid: Ok(&valid),
+        suspension,
+        pod: pod.as_ref(),
+        sidecar,
+    };
+    let pod_ready = pod.as_ref().is_some_and(is_pod_ready);
+    let new = status::build_status(session, &observed, now);
+    let phase = new.phase;
+    write_status(&sessions, session, new, ctx).await?;
+
+    // Look again at the next deadline; while the pod is ready, every status
+    // interval for the sidecar's counts (nothing else tells us they changed).
+    // Everything else is driven by watch events, with a slow resync as a net.
+    let mut after = match (phase, pod_ready) {
+        (Some(SessionPhase::Ready), _) | (_, true) => Some(ctx.config.status_interval),
+        _ => Some(RESYNC),
+    };
+    if let Some(deadline) = deadline {
+        let until = Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO);
+        let until = until.max(Duration::from_secs(1));
+        after = Some(after.map_or(until, |a| a.min(until)));
+    }
+    Ok(after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Creates the Secret once, with fresh values; never rewrites it. Returns the
+/// client token it holds.
+async fn ensure_secret(
+    session: &NotebookSession,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = builders::secret_name(&session.name_any());
+    let existing = secrets.get_opt(&name).await.map_err(Error::kube("read Secret"))?;
+    let secret = match existing {
+        Some(secret) => secret,
+        None => {
+            let (token, key) = builders::generate_secret_values();
+            let desired = builders::build_secret(session, &token, &key);
+            match secrets
+                .create(
+                    &PostParams {
+                        field_manager: Some(MANAGER.into()),
+                        ..PostParams::default()
+                    },
+                    &desired,
+                )
+                .await
+            {
+                Ok(created) => created,
+                Err(err) if is_already_exists(&err) => {
+                    secrets.get(&name).await.map_err(Error::kube("read Secret"))?
+                }
+                Err(err) => return Err(Error::kube("create Secret")(err)),
+            }
+        }
+    };
+    let value = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+    };
+    if value(KERNEL_KEY_KEY).is_none() {
+        tracing::warn!(secret = %name, "the session Secret has no {KERNEL_KEY_KEY} key; the sidecar will not start");
+    }
+    Ok(value(TOKEN_KEY))
+}
+
+fn is_pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) -> SidecarObservation {
+    let Some(pod) = pod else {
+        return SidecarObservation::NotAsked;
+    };
+    let ready = is_pod_ready(pod);
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+    match (ready && pod.metadata.deletion_timestamp.is_none(), ip, token) {
+        (true, Some(ip), Some(token)) => match ctx.sidecar.status(ip, token).await {
+            Ok(answer) => SidecarObservation::Answered(answer),
+            Err(err) => {
+                ctx.metrics.sidecar_status_failures.inc();
+                SidecarObservation::Unreachable(err)
+            }
+        },
+        (true, Some(_), None) => SidecarObservation::Unreachable("the session Secret has no token".into()),
+        _ => SidecarObservation::NotAsked,
+    }
+}
+
+/// Creates, replaces or removes the kernel pod. Returns the pod as it now is.
+async fn converge_pod(
+    session: &NotebookSession,
+    valid: &ValidSpec,
+    pod: Option<Pod>,
+    suspended: bool,
+    pods: &Api<Pod>,
+    ctx: &Context,
+) -> Result<Option<Pod>, Error> {
+    let desired = builders::build_pod(session, valid, &ctx.config.build);
+    let Some(existing) = pod else {
+        if suspended {
+            return Ok(None);
+        }
+        let created = apply(pods, &desired, "create Pod").await?;
+        return Ok(Some(created));
+    };
+    if existing.metadata.deletion_timestamp.is_some() {
+        // Wait for it to go; its deletion event brings us back.
+        return Ok(Some(existing));
+    }
+    let finished = matches!(
+        existing.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed") | Some("Succeeded")
+    );
+    let outdated = builders::pod_spec_hash(&existing) != builders::pod_spec_hash(&desired);
+    let why = if suspended {
+        Some(("Suspended", "the session is suspended; removing the kernel pod"))
+    } else if finished {
+        Some(("PodFinished", "the kernel pod stopped; replacing it"))
+    } else if outdated {
+        Some(("SpecChanged", "the spec changed; replacing the kernel pod"))
+    } else {
+        None
+    };
+    let Some((reason, note)) = why else {
+        return Ok(Some(existing));
+    };
+    publish(ctx, session, EventType::Normal, reason, note.into()).await;
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(&existing.name_any(), &params).await {
+        Ok(either) => Ok(either.left()),
+        Err(err) if is_not_found(&err) || matches!(&err, kube::Error::Api(s) if s.code == 409) => Ok(None),
+        Err(err) => Err(Error::kube("delete Pod")(err)),
+    }
+}
+
+async fn write_status(
+    sessions: &Api<NotebookSession>,
+    session: &NotebookSession,
+    new: NotebookSessionStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let old = session.status.as_ref();
+    if old == Some(&new) {
+        return Ok(());
+    }
+    for transition in status::transitions(old, &new) {
+        let kind = if transition.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        publish(ctx, session, kind, &transition.reason, transition.note).await;
+    }
+    let patch = serde_json::json!({
+        "apiVersion": NotebookSession::api_version(&()),
+        "kind": NotebookSession::kind(&()),
+        "status": new,
+    });
+    sessions
+        .patch_status(&session.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube("apply NotebookSession status"))?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, reason: &str, note: String) {
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+        tracing::warn!(error = %err, session = %session.name_any(), "could not record an event");
+    }
+}
+
+/// The Controller, wired: NotebookSessions, and the objects they own (only
+/// those carrying the operator's label, to keep the watches small).
+pub fn controller(client: Client, namespace: Option<&str>) -> Controller<NotebookSession> {
+    fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        builders::LABEL_NAME,
+        builders::LABEL_NAME_VALUE
+    ));
+    Controller::new(
+        api::<NotebookSession>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<Pod>(&client, namespace), owned.clone())
+    .owns(api::<Service>(&client, namespace), owned.clone())
+    .owns(api::<Secret>(&client, namespace), owned.clone())
+    .owns(api::<PersistentVolumeClaim>(&client, namespace), owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) >= Duration::from_secs(1) && backoff(1) < Duration::from_millis(1300));
+        assert!(backoff(3) >= Duration::from_secs(4));
+        assert!(backoff(50) <= Duration::from_secs(361));
+        assert!(backoff(50) >= Duration::from_secs(300));
+    }
+}

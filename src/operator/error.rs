@@ -1,0 +1,78 @@
+//! The operator's one error type. Each error names the step that failed and
+//! has a category, the label of the `errors` metric.
+
+/// What went wrong in a reconcile or at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the apiserver failed.
+    #[error("{step}: {source}")]
+    Kube {
+        /// What the operator was doing, e.g. "apply Service".
+        step: &'static str,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A NotebookSession or AssetLease CRD is not installed or not established.
+    #[error("{0}")]
+    Crd(String),
+    /// An object could not be encoded for the apiserver.
+    #[error("encode {what}: {source}")]
+    Encode {
+        /// The object.
+        what: &'static str,
+        /// The encoder error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Leader election failed or leadership was lost.
+    #[error("leader election: {0}")]
+    Leader(String),
+    /// Start-up: configuration, listener.
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl Error {
+    /// Wraps a client error with the step it happened in.
+    pub fn kube(step: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { step, source }
+    }
+
+    /// The metrics label: what kind of failure this is.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { source, .. } => match source {
+                kube::Error::Api(status) => match status.code {
+                    403 => "forbidden",
+                    404 => "not_found",
+                    409 => "conflict",
+                    422 => "invalid",
+                    429 => "throttled",
+                    500..=599 => "apiserver",
+                    _ => "api",
+                },
+                _ => "transport",
+            },
+            Error::Crd(_) => "crd",
+            Error::Encode { .. } => "encode",
+            Error::Leader(_) => "leader_election",
+            Error::Startup(_) => "startup",
+        }
+    }
+}
+
+/// Whether a client error is the apiserver's 404.
+pub fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Whether a client error is the apiserver's 409 AlreadyExists.
+pub fn is_already_exists(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists")
+}
+
+/// Whether a client error is the apiserver's 409 Conflict (stale resourceVersion).
+pub fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 409)
+}

@@ -1,0 +1,242 @@
+//! The operator's Prometheus metrics and its `/healthz` + `/metrics` server.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::crd::{NotebookSession, SessionPhase};
+
+/// Label: outcome of one reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// Label: error category.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabel {
+    /// From [`super::error::Error::category`].
+    pub category: String,
+}
+
+/// Label: session phase.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// A [`SessionPhase`] name, or `Unknown` before the first status.
+    pub phase: String,
+}
+
+/// All operator metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles by result.
+    pub reconciles: Family<ResultLabel, Counter>,
+    /// Reconcile errors by category.
+    pub errors: Family<CategoryLabel, Counter>,
+    /// Sessions by phase (set when scraped, from the controller's cache).
+    pub sessions: Family<PhaseLabel, Gauge>,
+    /// Reconcile duration in seconds.
+    pub reconcile_duration: Histogram,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
+    /// Sidecar status reads that failed.
+    pub sidecar_status_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("notebook_operator");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        let errors = Family::<CategoryLabel, Counter>::default();
+        let sessions = Family::<PhaseLabel, Gauge>::default();
+        let reconcile_duration =
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let leader = Gauge::default();
+        let sidecar_status_failures = Counter::default();
+        registry.register(
+            "reconciles",
+            "Reconciles of NotebookSessions by result",
+            reconciles.clone(),
+        );
+        registry.register("reconcile_errors", "Reconcile errors by category", errors.clone());
+        registry.register("sessions", "NotebookSessions by phase", sessions.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one NotebookSession reconcile took",
+            reconcile_duration.clone(),
+        );
+        registry.register("leader", "1 while this replica is the leader", leader.clone());
+        registry.register(
+            "sidecar_status_failures",
+            "Reads of a sidecar's /v1/status that failed",
+            sidecar_status_failures.clone(),
+        );
+        for phase in SessionPhase::ALL {
+            sessions
+                .get_or_create(&PhaseLabel {
+                    phase: phase.as_str().into(),
+                })
+                .set(0);
+        }
+        Self {
+            registry,
+            reconciles,
+            errors,
+            sessions,
+            reconcile_duration,
+            leader,
+            sidecar_status_failures,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a reconcile.
+    pub fn reconciled(&self, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        self.reconcile_duration.observe(seconds);
+    }
+
+    /// Counts an error by category.
+    pub fn error(&self, category: &str) {
+        self.errors
+            .get_or_create(&CategoryLabel {
+                category: category.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the per-phase gauge from a snapshot of the sessions.
+    pub fn set_sessions<'a>(&self, sessions: impl IntoIterator<Item = &'a NotebookSession>) {
+        let mut counts: std::collections::HashMap<&'static str, i64> =
+            SessionPhase::ALL.iter().map(|p| (p.as_str(), 0)).collect();
+        counts.insert("Unknown", 0);
+        for session in sessions {
+            let phase = session
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .map_or("Unknown", |p| p.as_str());
+            *counts.entry(phase).or_default() += 1;
+        }
+        for (phase, count) in counts {
+            self.sessions
+                .get_or_create(&PhaseLabel { phase: phase.into() })
+                .set(count);
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Something that can list the sessions the operator knows of, for the gauge.
+pub type SessionSnapshot = Arc<dyn Fn() -> Vec<Arc<NotebookSession>> + Send + Sync>;
+
+#[derive(Clone)]
+struct ServerState {
+    metrics: Arc<Metrics>,
+    snapshot: Arc<std::sync::RwLock<Option<SessionSnapshot>>>,
+}
+
+/// Handle to install the session snapshot once the controller runs (only the leader has one).
+#[derive(Clone, Default)]
+pub struct SnapshotSlot(Arc<std::sync::RwLock<Option<SessionSnapshot>>>);
+
+impl SnapshotSlot {
+    /// Installs the snapshot function.
+    pub fn set(&self, snapshot: SessionSnapshot) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Some(snapshot);
+        }
+    }
+}
+
+/// The router: `/healthz` and `/metrics`.
+pub fn router(metrics: Arc<Metrics>, slot: SnapshotSlot) -> Router {
+    let state = ServerState {
+        metrics,
+        snapshot: slot.0,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state)
+}
+
+async fn metrics_handler(State(state): State<ServerState>) -> impl IntoResponse {
+    let snapshot = state.snapshot.read().ok().and_then(|s| s.clone());
+    if let Some(snapshot) = snapshot {
+        let sessions = snapshot();
+        state.metrics.set_sessions(sessions.iter().map(|s| s.as_ref()));
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::fixtures;
+
+    #[test]
+    fn exposition_names_reconciles_errors_and_phases() {
+        let metrics = Metrics::default();
+        metrics.reconciled(true, 0.01);
+        metrics.error("conflict");
+        let mut ready = fixtures::session("session-minimal.yaml");
+        ready.status = Some(crate::operator::crd::NotebookSessionStatus {
+            phase: Some(SessionPhase::Ready),
+            ..Default::default()
+        });
+        metrics.set_sessions([&ready, &fixtures::session("session-full.yaml")]);
+        let text = metrics.encode();
+        assert!(
+            text.contains("notebook_operator_reconciles_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notebook_operator_reconcile_errors_total{category=\"conflict\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notebook_operator_sessions{phase=\"Ready\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notebook_operator_sessions{phase=\"Unknown\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notebook_operator_sessions{phase=\"Failed\"} 0"),
+            "{text}"
+        );
+    }
+}

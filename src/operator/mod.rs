@@ -1,0 +1,17 @@
+//! The operator: custom resources, pure builders of the objects a session owns,
+//! and the controllers that apply them.
+
+pub mod builders;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod run;
+pub mod sidecar_client;
+pub mod status;
+
+pub use run::{run_blocking, RunArgs};
+
+#[cfg(test)]
+mod fixtures;

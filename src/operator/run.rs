@@ -1,0 +1,251 @@
+//! `notebook-operator run`: preflight, leader election, controllers, and the
+//! `/healthz` + `/metrics` server.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::Api;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::Client;
+
+use super::builders::BuildConfig;
+use super::controller::{self, Context, ControllerConfig};
+use super::crd;
+use super::error::{is_not_found, Error};
+use super::leader::{LeaderElector, LeaseConfig};
+use super::metrics::{self, Metrics, SnapshotSlot};
+use super::sidecar_client::SidecarClient;
+
+/// Flags of `notebook-operator run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Address of `/healthz` and `/metrics`.
+    #[arg(
+        long,
+        env = "NOTEBOOK_OPERATOR_METRICS_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// Run the controllers only while holding the leader Lease (`--leader-election=false` to turn off).
+    #[arg(long, env = "NOTEBOOK_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "notebook-operator-system")]
+    pub leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "notebook-operator-leader")]
+    pub leader_election_lease: String,
+    /// This replica's identity in the Lease and in Events (default: the pod name, else host name and a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Image of the sidecar: this operator's own image.
+    #[arg(long, env = "NOTEBOOK_OPERATOR_IMAGE", default_value = concat!("notebook-operator:", env!("CARGO_PKG_VERSION")))]
+    pub sidecar_image: String,
+    /// Pull policy of the sidecar image.
+    #[arg(long, env = "NOTEBOOK_OPERATOR_IMAGE_PULL_POLICY")]
+    pub sidecar_image_pull_policy: Option<String>,
+    /// Kernel image for sessions that name none.
+    #[arg(
+        long,
+        env = "NOTEBOOK_DEFAULT_KERNEL_IMAGE",
+        default_value = "quay.io/jupyter/base-notebook:latest"
+    )]
+    pub default_kernel_image: String,
+    /// How often a Ready session's sidecar status is read (Go duration).
+    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
+    pub status_interval: Duration,
+    /// How long to wait for the CRDs to be established at start.
+    #[arg(long, default_value = "60s", value_parser = parse_flag_duration)]
+    pub crd_wait_timeout: Duration,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "NOTEBOOK_OPERATOR_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Port the sidecars listen on (tests that run sidecars on the host change it).
+    #[arg(long, default_value_t = super::builders::SIDECAR_PORT, hide = true)]
+    pub sidecar_port: u16,
+}
+
+fn parse_flag_duration(text: &str) -> Result<Duration, String> {
+    crd::parse_duration(text)
+}
+
+/// Entry point from the command line.
+pub fn run_blocking(args: RunArgs) -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(category = err.category(), "{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fails with a message naming the fix when a CRD is missing; waits until
+/// both are Established.
+pub async fn preflight(client: &Client, timeout: Duration) -> Result<(), Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crd::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(Error::Crd(format!(
+                    "the CustomResourceDefinition {name} is not installed: run `kubectl apply -f crds/` \
+                     (or `notebook-operator crd | kubectl apply -f -`, or install the Helm chart) and start the operator again"
+                )))
+            }
+            Err(err) if is_not_found(&err) => {
+                return Err(Error::Crd(format!("the CustomResourceDefinition {name} is not installed: run `kubectl apply -f crds/`")))
+            }
+            Err(err) => return Err(Error::kube("read CustomResourceDefinition")(err)),
+        }
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        match tokio::time::timeout(timeout, established).await {
+            Ok(Ok(_)) => tracing::info!(crd = %name, "CRD established"),
+            Ok(Err(err)) => return Err(Error::Crd(format!("waiting for {name} to be Established: {err}"))),
+            Err(_) => {
+                return Err(Error::Crd(format!(
+                    "the CustomResourceDefinition {name} is not Established after {timeout:?}; see `kubectl describe crd {name}`"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn identity(args: &RunArgs) -> String {
+    if let Some(id) = args.identity.clone().filter(|s| !s.is_empty()) {
+        return id;
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "notebook-operator".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Runs the operator until a signal or the loss of leadership.
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    let client = Client::try_default().await.map_err(|err| {
+        Error::Startup(format!(
+            "no Kubernetes client configuration (in-cluster or KUBECONFIG): {err}"
+        ))
+    })?;
+    let metrics = Arc::new(Metrics::default());
+    let slot = SnapshotSlot::default();
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|err| Error::Startup(format!("cannot listen on {}: {err}", args.metrics_listen)))?;
+    tracing::info!(address = %args.metrics_listen, "serving /healthz and /metrics");
+    let router = metrics::router(metrics.clone(), slot.clone());
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router).await {
+            tracing::error!(error = %err, "the metrics server stopped");
+        }
+    });
+
+    preflight(&client, args.crd_wait_timeout).await?;
+
+    let identity = identity(&args);
+    let mut elector = args.leader_election.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            LeaseConfig::new(
+                args.leader_election_namespace.clone(),
+                args.leader_election_lease.clone(),
+                identity.clone(),
+            ),
+        )
+    });
+    if let Some(elector) = elector.as_mut() {
+        tracing::info!(identity = %elector.identity(), "waiting to become the leader");
+        tokio::select! {
+            () = elector.acquire() => {},
+            () = shutdown_signal() => return Ok(()),
+        }
+        metrics.leader.set(1);
+    }
+
+    let config = ControllerConfig {
+        build: BuildConfig {
+            sidecar_image: args.sidecar_image.clone(),
+            sidecar_image_pull_policy: args.sidecar_image_pull_policy.clone(),
+            default_kernel_image: args.default_kernel_image.clone(),
+        },
+        status_interval: args.status_interval,
+        namespace: args.namespace.clone(),
+        instance: Some(identity),
+    };
+    let sidecar = SidecarClient::new(Duration::from_secs(3)).with_port(args.sidecar_port);
+    let context = Arc::new(Context::new(client.clone(), config, metrics.clone(), sidecar));
+    let controller = controller::controller(client.clone(), args.namespace.as_deref());
+    let store = controller.store();
+    slot.set(Arc::new(move || store.state()));
+    let controllers = controller
+        .run(controller::reconcile, controller::error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(session = %object.name, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "controller event"),
+            }
+        });
+
+    let outcome = match elector.as_mut() {
+        Some(elector) => {
+            tokio::select! {
+                () = controllers => Ok(()),
+                lost = elector.hold() => Err(lost),
+                () = shutdown_signal() => {
+                    elector.release().await;
+                    Ok(())
+                }
+            }
+        }
+        None => {
+            tokio::select! {
+                () = controllers => Ok(()),
+                () = shutdown_signal() => Ok(()),
+            }
+        }
+    };
+    metrics.leader.set(0);
+    outcome
+}

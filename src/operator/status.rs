@@ -1,0 +1,831 @@
+//! Pure status: what a session's status should be, from what was observed.
+//!
+//! [`build_status`] maps (session, observed pod, sidecar answer, now) to the new
+//! status. Conditions follow the metav1 rules: `lastTransitionTime` moves only
+//! when a condition's status changes. [`lifecycle`] decides whether the session
+//! should run, be suspended or be deleted, and when to look again.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+use serde::Deserialize;
+
+use super::builders::{endpoint, mcp_endpoint, pod_name, secret_name, ValidSpec};
+use super::crd::{NotebookSession, NotebookSessionStatus, QueueStatus, SessionPhase, ShutdownPolicy};
+
+/// Condition: the session serves requests.
+pub const READY: &str = "Ready";
+/// Condition: the kernel answers, as the sidecar reports it.
+pub const KERNEL_ALIVE: &str = "KernelAlive";
+/// Condition: the kernel pod is bound to a node.
+pub const POD_SCHEDULED: &str = "PodScheduled";
+/// Condition: the spec can be built.
+pub const SPEC_VALID: &str = "SpecValid";
+
+/// Waiting reasons of a container that mean "this will not start on its own soon".
+const STUCK_REASONS: [&str; 7] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// What the sidecar answers on `GET /v1/status`.
+#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default)]
+pub struct SidecarStatus {
+    /// Kernel state and restart count.
+    pub kernel: SidecarKernel,
+    /// Queue counts.
+    pub queue: SidecarQueue,
+    /// Last execution or client activity, RFC 3339.
+    pub last_activity: Option<String>,
+    /// Clients connected now.
+    pub clients: i64,
+    /// The sidecar's own readiness.
+    pub ready: bool,
+}
+
+/// Kernel part of [`SidecarStatus`].
+#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default)]
+pub struct SidecarKernel {
+    /// `starting`, `idle`, `busy` or `dead`.
+    pub state: String,
+    /// Restarts since the sidecar started on this state.
+    pub restarts: i64,
+}
+
+/// Queue part of [`SidecarStatus`].
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct SidecarQueue {
+    /// Waiting.
+    pub queued: i64,
+    /// Running.
+    pub running: i64,
+    /// Completed.
+    pub completed: i64,
+    /// Failed.
+    pub failed: i64,
+    /// Cancelled (not copied into the session status).
+    pub cancelled: i64,
+}
+
+impl SidecarStatus {
+    /// Last activity as a timestamp, when the sidecar sent a readable one.
+    pub fn last_activity_time(&self) -> Option<Timestamp> {
+        self.last_activity.as_deref().and_then(|t| t.parse().ok())
+    }
+}
+
+/// What the operator learnt from the sidecar in this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SidecarObservation {
+    /// Not asked: no ready pod, or no IP yet.
+    NotAsked,
+    /// The sidecar answered.
+    Answered(SidecarStatus),
+    /// The sidecar could not be read; why.
+    Unreachable(String),
+}
+
+/// Why the session should not run now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suspension {
+    /// Condition reason: `Suspended`, `ShutdownTime` or `IdleTimeout`.
+    pub reason: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+/// Everything observed for one reconcile.
+#[derive(Clone, Debug)]
+pub struct Observed<'a> {
+    /// The spec check: resolved spec, or the reasons it cannot run.
+    pub valid: Result<&'a ValidSpec, &'a [String]>,
+    /// Set when the session should not run.
+    pub suspension: Option<Suspension>,
+    /// The kernel pod, when it exists.
+    pub pod: Option<&'a Pod>,
+    /// The sidecar's answer.
+    pub sidecar: SidecarObservation,
+}
+
+struct Cond {
+    type_: &'static str,
+    status: &'static str,
+    reason: String,
+    message: String,
+}
+
+fn cond(type_: &'static str, status: &'static str, reason: &str, message: impl Into<String>) -> Cond {
+    Cond {
+        type_,
+        status,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+/// The new status of `session`.
+pub fn build_status(
+    session: &NotebookSession,
+    observed: &Observed<'_>,
+    now: Timestamp,
+) -> NotebookSessionStatus {
+    let old = session.status.clone().unwrap_or_default();
+    let name = session.name_any();
+    let (phase, conds) = phase_and_conditions(session, observed);
+
+    let mut status = NotebookSessionStatus {
+        phase: Some(phase),
+        conditions: merge_conditions(&old.conditions, conds, session.metadata.generation, now),
+        pod_name: observed.pod.map(|pod| pod.name_any()),
+        endpoint: None,
+        mcp_endpoint: None,
+        token_secret_name: None,
+        queue: old.queue,
+        last_activity_time: old.last_activity_time,
+        kernel_restarts: old.kernel_restarts,
+        observed_generation: session.metadata.generation,
+    };
+    if observed.valid.is_ok() {
+        status.endpoint = Some(endpoint(session));
+        status.mcp_endpoint = Some(mcp_endpoint(session));
+        status.token_secret_name = Some(secret_name(&name));
+    }
+    if let SidecarObservation::Answered(sidecar) = &observed.sidecar {
+        status.queue = Some(QueueStatus {
+            queued: sidecar.queue.queued,
+            running: sidecar.queue.running,
+            completed: sidecar.queue.completed,
+            failed: sidecar.queue.failed,
+        });
+        if let Some(at) = sidecar.last_activity_time() {
+            status.last_activity_time = Some(Time(at));
+        }
+        status.kernel_restarts = Some(sidecar.kernel.restarts);
+    }
+    status
+}
+
+fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (SessionPhase, Vec<Cond>) {
+    let spec_valid = match observed.valid {
+        Ok(_) => cond(SPEC_VALID, "True", "Valid", "the spec can be built"),
+        Err(errors) => cond(SPEC_VALID, "False", "InvalidSpec", errors.join("; ")),
+    };
+    let no_pod = |reason: &str, message: &str| {
+        vec![
+            cond(POD_SCHEDULED, "False", reason, message),
+            cond(KERNEL_ALIVE, "Unknown", reason, message),
+        ]
+    };
+
+    if session.metadata.deletion_timestamp.is_some() {
+        let mut conds = vec![
+            spec_valid,
+            cond(READY, "False", "Terminating", "the session is being deleted"),
+        ];
+        conds.extend(no_pod("Terminating", "the session is being deleted"));
+        return (SessionPhase::Terminating, conds);
+    }
+    if let Err(errors) = observed.valid {
+        let message = format!("the spec cannot run: {}", errors.join("; "));
+        let mut conds = vec![spec_valid, cond(READY, "False", "InvalidSpec", &message)];
+        conds.extend(no_pod("InvalidSpec", &message));
+        return (SessionPhase::Failed, conds);
+    }
+    if let Some(suspension) = &observed.suspension {
+        let mut conds = vec![
+            spec_valid,
+            cond(READY, "False", suspension.reason, &suspension.message),
+        ];
+        conds.push(cond(
+            POD_SCHEDULED,
+            "False",
+            suspension.reason,
+            &suspension.message,
+        ));
+        conds.push(cond(
+            KERNEL_ALIVE,
+            "False",
+            suspension.reason,
+            "no kernel runs while suspended",
+        ));
+        return (SessionPhase::Suspended, conds);
+    }
+    let pod = match observed.pod {
+        Some(pod) if pod.metadata.deletion_timestamp.is_none() => pod,
+        Some(_) => {
+            let message = "the kernel pod is being replaced";
+            let mut conds = vec![spec_valid, cond(READY, "False", "PodTerminating", message)];
+            conds.extend(no_pod("PodTerminating", message));
+            return (SessionPhase::Pending, conds);
+        }
+        None => {
+            let message = format!(
+                "the kernel pod {} does not exist yet",
+                pod_name(&session.name_any())
+            );
+            let mut conds = vec![spec_valid, cond(READY, "False", "PodNotCreated", &message)];
+            conds.extend(no_pod("PodNotCreated", &message));
+            return (SessionPhase::Pending, conds);
+        }
+    };
+
+    let pod_status = pod.status.clone().unwrap_or_default();
+    let pod_condition = |type_: &str| {
+        pod_status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .cloned()
+    };
+    let scheduled = match pod_condition("PodScheduled") {
+        Some(c) if c.status == "True" => cond(
+            POD_SCHEDULED,
+            "True",
+            "Scheduled",
+            "the kernel pod is bound to a node",
+        ),
+        Some(c) => cond(
+            POD_SCHEDULED,
+            "False",
+            c.reason.as_deref().unwrap_or("Unschedulable"),
+            c.message.unwrap_or_default(),
+        ),
+        None => cond(
+            POD_SCHEDULED,
+            "Unknown",
+            "Pending",
+            "the kernel pod is not scheduled yet",
+        ),
+    };
+    let is_scheduled = scheduled.status == "True";
+    let pod_ready = pod_condition("Ready").is_some_and(|c| c.status == "True");
+
+    // Something that will not fix itself soon: a failed pod or a stuck container.
+    let mut stuck: Option<(String, String)> = None;
+    if pod_status.phase.as_deref() == Some("Failed") {
+        let reason = pod_status.reason.clone().unwrap_or_else(|| "PodFailed".into());
+        stuck = Some((
+            reason,
+            pod_status
+                .message
+                .clone()
+                .unwrap_or_else(|| "the kernel pod failed".into()),
+        ));
+    }
+    let containers = pod_status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(pod_status.container_statuses.iter().flatten());
+    for container in containers {
+        let waiting = container.state.as_ref().and_then(|s| s.waiting.as_ref());
+        if let Some(reason) = waiting.and_then(|w| w.reason.as_deref()) {
+            if stuck.is_none() && STUCK_REASONS.contains(&reason) {
+                let detail = waiting.and_then(|w| w.message.clone()).unwrap_or_default();
+                let message = format!("container {}: {reason} {detail}", container.name);
+                stuck = Some((reason.to_string(), message.trim_end().to_string()));
+            }
+        }
+    }
+
+    let kernel = match &observed.sidecar {
+        SidecarObservation::Answered(sidecar) => match sidecar.kernel.state.as_str() {
+            "idle" => cond(
+                KERNEL_ALIVE,
+                "True",
+                "KernelIdle",
+                "the kernel answers and is idle",
+            ),
+            "busy" => cond(
+                KERNEL_ALIVE,
+                "True",
+                "KernelBusy",
+                "the kernel answers and is busy",
+            ),
+            "starting" => cond(KERNEL_ALIVE, "False", "KernelStarting", "the kernel is starting"),
+            "dead" => cond(KERNEL_ALIVE, "False", "KernelDead", "the kernel does not answer"),
+            other => cond(
+                KERNEL_ALIVE,
+                "Unknown",
+                "KernelStateUnknown",
+                format!("the sidecar reports kernel state {other:?}"),
+            ),
+        },
+        SidecarObservation::Unreachable(err) => cond(
+            KERNEL_ALIVE,
+            "Unknown",
+            "SidecarUnreachable",
+            format!("cannot read the sidecar status: {err}"),
+        ),
+        SidecarObservation::NotAsked => cond(
+            KERNEL_ALIVE,
+            "Unknown",
+            "SidecarNotReady",
+            "the sidecar is not ready yet",
+        ),
+    };
+    let kernel_dead = kernel.status == "False";
+
+    let (phase, ready) = if let Some((reason, message)) = stuck {
+        (SessionPhase::Failed, cond(READY, "False", &reason, message))
+    } else if pod_ready && !kernel_dead {
+        (
+            SessionPhase::Ready,
+            cond(
+                READY,
+                "True",
+                "KernelReady",
+                "the sidecar is ready and the kernel answers",
+            ),
+        )
+    } else if pod_ready {
+        (
+            SessionPhase::Starting,
+            cond(READY, "False", &kernel.reason, kernel.message.clone()),
+        )
+    } else if is_scheduled {
+        (
+            SessionPhase::Starting,
+            cond(
+                READY,
+                "False",
+                "ContainersNotReady",
+                "the sidecar or the kernel is starting",
+            ),
+        )
+    } else {
+        let reason = if scheduled.status == "False" {
+            scheduled.reason.clone()
+        } else {
+            "PodPending".into()
+        };
+        (
+            SessionPhase::Pending,
+            cond(READY, "False", &reason, scheduled.message.clone()),
+        )
+    };
+    (phase, vec![spec_valid, ready, scheduled, kernel])
+}
+
+/// New conditions, keeping each one's `lastTransitionTime` unless its status changed.
+fn merge_conditions(
+    old: &[Condition],
+    new: Vec<Cond>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<Condition> {
+    new.into_iter()
+        .map(|c| {
+            let previous = old.iter().find(|o| o.type_ == c.type_);
+            let last_transition_time = match previous {
+                Some(p) if p.status == c.status => p.last_transition_time.clone(),
+                _ => Time(now),
+            };
+            Condition {
+                type_: c.type_.into(),
+                status: c.status.into(),
+                reason: c.reason,
+                message: c.message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// The condition of a type in a status.
+pub fn condition<'a>(status: &'a NotebookSessionStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// What the session should do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Keep a pod running.
+    Run,
+    /// Keep no pod; storage, Secret and Service stay.
+    Suspend(Suspension),
+    /// The idle timeout passed: set `spec.suspend` (so a user resumes by clearing it).
+    SuspendForIdle(Suspension),
+    /// `shutdownTime` passed with policy `Delete`: delete the session.
+    Delete,
+}
+
+/// Decides from the spec, the pod and the last activity whether the session
+/// runs, and when to look again (the next deadline), if ever.
+pub fn lifecycle(
+    session: &NotebookSession,
+    valid: &ValidSpec,
+    pod: Option<&Pod>,
+    last_activity: Option<Timestamp>,
+    active_clients: i64,
+    now: Timestamp,
+) -> (Lifecycle, Option<Timestamp>) {
+    let spec = &session.spec;
+    let mut next: Option<Timestamp> = None;
+    if let Some(Time(at)) = &spec.shutdown_time {
+        if *at <= now {
+            return match spec.shutdown_policy {
+                ShutdownPolicy::Delete => (Lifecycle::Delete, None),
+                ShutdownPolicy::Suspend => (
+                    Lifecycle::Suspend(Suspension {
+                        reason: "ShutdownTime",
+                        message: format!("shutdownTime {at} has passed; remove or move it to resume"),
+                    }),
+                    None,
+                ),
+            };
+        }
+        next = Some(*at);
+    }
+    if spec.suspend {
+        return (
+            Lifecycle::Suspend(Suspension {
+                reason: "Suspended",
+                message: "spec.suspend is true".into(),
+            }),
+            next,
+        );
+    }
+    if let (Some(idle), Some(pod)) = (valid.idle_timeout, pod) {
+        let started = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let reference = match (started, last_activity) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let idle = SignedDuration::try_from(idle).unwrap_or(SignedDuration::MAX);
+        if let Some(deadline) = reference.and_then(|r| r.checked_add(idle).ok()) {
+            if active_clients == 0 && deadline <= now {
+                let message = format!(
+                    "no activity since {}; idleTimeout {} passed",
+                    reference.map(|r| r.to_string()).unwrap_or_default(),
+                    spec.idle_timeout.clone().unwrap_or_default()
+                );
+                return (
+                    Lifecycle::SuspendForIdle(Suspension {
+                        reason: "IdleTimeout",
+                        message,
+                    }),
+                    next,
+                );
+            }
+            if active_clients == 0 {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+    }
+    (Lifecycle::Run, next)
+}
+
+/// A change worth an Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// `Normal` or `Warning`.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// For people.
+    pub note: String,
+}
+
+/// Events to record between the old and the new status: phase changes, with
+/// the Ready reason for context.
+pub fn transitions(old: Option<&NotebookSessionStatus>, new: &NotebookSessionStatus) -> Vec<Transition> {
+    let old_phase = old.and_then(|s| s.phase);
+    let mut out = Vec::new();
+    if old_phase != new.phase {
+        if let Some(phase) = new.phase {
+            let ready = condition(new, READY);
+            let note = match ready {
+                Some(c) if !c.message.is_empty() => format!("{}: {}", phase.as_str(), c.message),
+                _ => phase.as_str().to_string(),
+            };
+            let reason = match (phase, ready) {
+                (SessionPhase::Failed, Some(c)) => c.reason.clone(),
+                (SessionPhase::Suspended, Some(c)) => c.reason.clone(),
+                _ => phase.as_str().to_string(),
+            };
+            out.push(Transition {
+                warning: phase == SessionPhase::Failed,
+                reason,
+                note,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::builders::{validate, BuildConfig};
+    use crate::operator::fixtures;
+
+    fn now() -> Timestamp {
+        "2026-11-28T15:00:00Z".parse().expect("timestamp")
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().expect("timestamp")
+    }
+
+    fn sidecar(state: &str) -> SidecarObservation {
+        let json = format!(
+            r#"{{"kernel":{{"state":"{state}","restarts":2}},"queue":{{"queued":1,"running":1,"completed":3,"failed":0,"cancelled":4}},"last_activity":"2026-11-28T14:59:00Z","clients":0,"ready":true}}"#
+        );
+        SidecarObservation::Answered(serde_json::from_str(&json).expect("sidecar status parses"))
+    }
+
+    fn status_with(
+        session: &NotebookSession,
+        pod: Option<&Pod>,
+        sidecar: SidecarObservation,
+        now: Timestamp,
+    ) -> NotebookSessionStatus {
+        let valid = validate(session, &BuildConfig::default()).expect("valid");
+        let observed = Observed {
+            valid: Ok(&valid),
+            suspension: None,
+            pod,
+            sidecar,
+        };
+        build_status(session, &observed, now)
+    }
+
+    fn reason(status: &NotebookSessionStatus, type_: &str) -> (String, String) {
+        let c = condition(status, type_).unwrap_or_else(|| panic!("no {type_} condition"));
+        (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn a_ready_pod_and_an_idle_kernel_make_a_ready_session() {
+        let session = fixtures::session("session-full.yaml");
+        let pod: Pod = fixtures::object("pod-status-ready.yaml");
+        let status = status_with(&session, Some(&pod), sidecar("idle"), now());
+        assert_eq!(status.phase, Some(SessionPhase::Ready));
+        assert_eq!(reason(&status, READY), ("True".into(), "KernelReady".into()));
+        assert_eq!(
+            reason(&status, KERNEL_ALIVE),
+            ("True".into(), "KernelIdle".into())
+        );
+        assert_eq!(
+            reason(&status, POD_SCHEDULED),
+            ("True".into(), "Scheduled".into())
+        );
+        assert_eq!(
+            status.queue,
+            Some(QueueStatus {
+                queued: 1,
+                running: 1,
+                completed: 3,
+                failed: 0
+            })
+        );
+        assert_eq!(status.kernel_restarts, Some(2));
+        assert_eq!(status.last_activity_time, Some(Time(at("2026-11-28T14:59:00Z"))));
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.pod_name.as_deref(), Some("analysis-kernel"));
+        assert_eq!(
+            status.endpoint.as_deref(),
+            Some("http://analysis.agents.svc:8888")
+        );
+        assert_eq!(
+            status.mcp_endpoint.as_deref(),
+            Some("http://analysis.agents.svc:8888/mcp")
+        );
+        assert_eq!(status.token_secret_name.as_deref(), Some("analysis-token"));
+        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(3)));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_a_condition_status_changes() {
+        let mut session = fixtures::session("session-full.yaml");
+        let pod: Pod = fixtures::object("pod-status-ready.yaml");
+        let first = status_with(&session, Some(&pod), sidecar("idle"), now());
+        session.status = Some(first.clone());
+
+        // Same observation, later: nothing moves.
+        let later = at("2026-11-28T15:05:00Z");
+        let second = status_with(&session, Some(&pod), sidecar("idle"), later);
+        assert_eq!(first.conditions, second.conditions);
+
+        // Reason changes (idle -> busy) but status stays True: time stays.
+        session.status = Some(second.clone());
+        let third = status_with(&session, Some(&pod), sidecar("busy"), later);
+        let kernel = condition(&third, KERNEL_ALIVE).expect("KernelAlive");
+        assert_eq!(kernel.reason, "KernelBusy");
+        assert_eq!(kernel.last_transition_time, Time(now()));
+
+        // Kernel dies: KernelAlive and Ready move, PodScheduled does not.
+        session.status = Some(third.clone());
+        let fourth = status_with(&session, Some(&pod), sidecar("dead"), later);
+        assert_eq!(fourth.phase, Some(SessionPhase::Starting));
+        assert_eq!(
+            condition(&fourth, KERNEL_ALIVE).map(|c| c.last_transition_time.clone()),
+            Some(Time(later))
+        );
+        assert_eq!(
+            condition(&fourth, READY).map(|c| c.last_transition_time.clone()),
+            Some(Time(later))
+        );
+        assert_eq!(
+            condition(&fourth, POD_SCHEDULED).map(|c| c.last_transition_time.clone()),
+            Some(Time(now()))
+        );
+    }
+
+    #[test]
+    fn image_pull_errors_and_crash_loops_surface_with_their_reason() {
+        let session = fixtures::session("session-full.yaml");
+        let pod: Pod = fixtures::object("pod-status-imagepull.yaml");
+        let status = status_with(&session, Some(&pod), SidecarObservation::NotAsked, now());
+        assert_eq!(status.phase, Some(SessionPhase::Failed));
+        assert_eq!(
+            reason(&status, READY),
+            ("False".into(), "ImagePullBackOff".into())
+        );
+        let message = condition(&status, READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            message.starts_with("container kernel: ImagePullBackOff"),
+            "{message}"
+        );
+
+        let pod: Pod = fixtures::object("pod-status-crashloop.yaml");
+        let status = status_with(&session, Some(&pod), SidecarObservation::NotAsked, now());
+        assert_eq!(status.phase, Some(SessionPhase::Failed));
+        assert_eq!(
+            reason(&status, READY),
+            ("False".into(), "CrashLoopBackOff".into())
+        );
+    }
+
+    #[test]
+    fn an_unschedulable_pod_is_pending_with_the_scheduler_message() {
+        let session = fixtures::session("session-full.yaml");
+        let pod: Pod = fixtures::object("pod-status-unschedulable.yaml");
+        let status = status_with(&session, Some(&pod), SidecarObservation::NotAsked, now());
+        assert_eq!(status.phase, Some(SessionPhase::Pending));
+        assert_eq!(
+            reason(&status, POD_SCHEDULED),
+            ("False".into(), "Unschedulable".into())
+        );
+        assert_eq!(reason(&status, READY), ("False".into(), "Unschedulable".into()));
+        assert!(condition(&status, READY).is_some_and(|c| c.message.contains("Insufficient cpu")));
+    }
+
+    #[test]
+    fn no_pod_is_pending_and_a_scheduled_pod_is_starting() {
+        let session = fixtures::session("session-minimal.yaml");
+        let status = status_with(&session, None, SidecarObservation::NotAsked, now());
+        assert_eq!(status.phase, Some(SessionPhase::Pending));
+        assert_eq!(reason(&status, READY), ("False".into(), "PodNotCreated".into()));
+        assert!(status.pod_name.is_none());
+
+        let mut pod: Pod = fixtures::object("pod-status-ready.yaml");
+        if let Some(conditions) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+            conditions.retain(|c| c.type_ == "PodScheduled");
+        }
+        let status = status_with(&session, Some(&pod), SidecarObservation::NotAsked, now());
+        assert_eq!(status.phase, Some(SessionPhase::Starting));
+    }
+
+    #[test]
+    fn an_unreachable_sidecar_is_a_condition_and_keeps_the_last_counts() {
+        let mut session = fixtures::session("session-full.yaml");
+        let pod: Pod = fixtures::object("pod-status-ready.yaml");
+        session.status = Some(status_with(&session, Some(&pod), sidecar("idle"), now()));
+        let status = status_with(
+            &session,
+            Some(&pod),
+            SidecarObservation::Unreachable("connection refused".into()),
+            now(),
+        );
+        assert_eq!(status.phase, Some(SessionPhase::Ready));
+        assert_eq!(
+            reason(&status, KERNEL_ALIVE),
+            ("Unknown".into(), "SidecarUnreachable".into())
+        );
+        assert_eq!(status.queue.map(|q| q.completed), Some(3));
+        assert_eq!(status.kernel_restarts, Some(2));
+    }
+
+    #[test]
+    fn invalid_specs_fail_with_the_reasons() {
+        let session = fixtures::session("session-minimal.yaml");
+        let errors = vec!["spec.idleTimeout: \"soon\" is not a duration".to_string()];
+        let observed = Observed {
+            valid: Err(&errors),
+            suspension: None,
+            pod: None,
+            sidecar: SidecarObservation::NotAsked,
+        };
+        let status = build_status(&session, &observed, now());
+        assert_eq!(status.phase, Some(SessionPhase::Failed));
+        assert_eq!(
+            reason(&status, SPEC_VALID),
+            ("False".into(), "InvalidSpec".into())
+        );
+        assert_eq!(reason(&status, READY), ("False".into(), "InvalidSpec".into()));
+        assert!(status.endpoint.is_none());
+    }
+
+    #[test]
+    fn suspended_and_terminating_sessions() {
+        let mut session = fixtures::session("session-minimal.yaml");
+        let valid = validate(&session, &BuildConfig::default()).expect("valid");
+        let observed = Observed {
+            valid: Ok(&valid),
+            suspension: Some(Suspension {
+                reason: "Suspended",
+                message: "spec.suspend is true".into(),
+            }),
+            pod: None,
+            sidecar: SidecarObservation::NotAsked,
+        };
+        let status = build_status(&session, &observed, now());
+        assert_eq!(status.phase, Some(SessionPhase::Suspended));
+        assert_eq!(reason(&status, READY), ("False".into(), "Suspended".into()));
+
+        session.metadata.deletion_timestamp = Some(Time(now()));
+        let status = build_status(&session, &observed, now());
+        assert_eq!(status.phase, Some(SessionPhase::Terminating));
+    }
+
+    #[test]
+    fn lifecycle_follows_suspend_shutdown_time_and_idle_timeout() {
+        let config = BuildConfig::default();
+        let pod: Pod = fixtures::object("pod-status-ready.yaml"); // created 14:00
+        let mut session = fixtures::session("session-full.yaml"); // idle 30m, shutdown Dec 1, Suspend
+        let valid = validate(&session, &config).expect("valid");
+
+        // Active 14:59, idle 30m: runs, next look at 15:29.
+        let (decision, next) = lifecycle(
+            &session,
+            &valid,
+            Some(&pod),
+            Some(at("2026-11-28T14:59:00Z")),
+            0,
+            now(),
+        );
+        assert_eq!(decision, Lifecycle::Run);
+        assert_eq!(next, Some(at("2026-11-28T15:29:00Z")));
+
+        // A connected client keeps it alive; the next look is the shutdown time.
+        let (decision, next) = lifecycle(
+            &session,
+            &valid,
+            Some(&pod),
+            Some(at("2026-11-28T14:00:00Z")),
+            1,
+            now(),
+        );
+        assert_eq!(decision, Lifecycle::Run);
+        assert_eq!(next, Some(at("2026-12-01T00:00:00Z")));
+
+        // Idle since 14:00 (pod creation), no clients: suspend for idle.
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), None, 0, now());
+        assert!(
+            matches!(decision, Lifecycle::SuspendForIdle(ref s) if s.reason == "IdleTimeout"),
+            "{decision:?}"
+        );
+
+        // Shutdown time passed: Suspend policy suspends, Delete policy deletes.
+        let december = at("2026-12-02T00:00:00Z");
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), None, 0, december);
+        assert!(matches!(decision, Lifecycle::Suspend(ref s) if s.reason == "ShutdownTime"));
+        session.spec.shutdown_policy = ShutdownPolicy::Delete;
+        assert_eq!(
+            lifecycle(&session, &valid, Some(&pod), None, 0, december).0,
+            Lifecycle::Delete
+        );
+
+        // spec.suspend.
+        session.spec.suspend = true;
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), None, 0, now());
+        assert!(matches!(decision, Lifecycle::Suspend(ref s) if s.reason == "Suspended"));
+    }
+
+    #[test]
+    fn phase_changes_become_events() {
+        let session = fixtures::session("session-full.yaml");
+        let pod: Pod = fixtures::object("pod-status-imagepull.yaml");
+        let failed = status_with(&session, Some(&pod), SidecarObservation::NotAsked, now());
+        let events = transitions(None, &failed);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning);
+        assert_eq!(events[0].reason, "ImagePullBackOff");
+        assert!(transitions(Some(&failed), &failed).is_empty());
+    }
+}
