@@ -391,3 +391,34 @@ def test_allowed_hosts_are_configurable(tmp_path):
             os.kill(s.kernel_pid(), 9)
         except (OSError, ValueError):
             pass
+
+
+def test_outputs_of_queued_cells_land_after_a_sidecar_crash(fresh_sidecar):
+    """kill -9 of the sidecar while notebook cells are running and queued:
+    after the restart they resume, and their outputs still reach the file."""
+    s = fresh_sidecar
+    path = "crash.ipynb"
+
+    async def build(session):
+        await session.call_tool("create_notebook", {"path": path})
+        ids = []
+        for src in ["import time\ntime.sleep(2)\nprint('slow done')", "print('queued one ran')"]:
+            r = await session.call_tool("insert_cell", {"path": path, "source": src})
+            ids.append(r.structured_content["cell_id"])
+        r = await session.call_tool("run_all", {"path": path, "timeout_s": 0})
+        return ids, r
+
+    ids, r = run_mcp(s, build)
+    assert [c["state"] for c in r.structured_content["cells"]][1] == "queued"
+    s.kill9()
+    s.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        nb = nbformat.read(str(s.workspace / path), as_version=4)
+        if nb.cells[1].outputs:
+            break
+        time.sleep(0.1)
+    nbformat.validate(nb)
+    assert [c.id for c in nb.cells] == ids
+    assert nb.cells[1].outputs[0]["text"] == "queued one ran\n"
+    assert isinstance(nb.cells[1].execution_count, int)
