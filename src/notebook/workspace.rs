@@ -16,6 +16,9 @@ use super::{model, path, NotebookError};
 
 /// Most notebooks `list` returns.
 pub const LIST_LIMIT: usize = 1000;
+/// Most directories `list` enters: a workspace with a huge tree (a
+/// checked-out dataset, node_modules) answers quickly, marked truncated.
+pub const LIST_DIRS: usize = 10_000;
 /// Largest notebook read, in bytes.
 pub const MAX_NOTEBOOK_BYTES: u64 = 256 << 20;
 
@@ -180,7 +183,13 @@ impl Workspace {
         let mut out = Vec::new();
         let mut stack = vec![self.root.clone()];
         let mut truncated = false;
+        let mut entered = 0usize;
         while let Some(dir) = stack.pop() {
+            entered += 1;
+            if truncated || entered > LIST_DIRS {
+                truncated = true;
+                break;
+            }
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for ent in rd.flatten() {
                 let name = ent.file_name();
