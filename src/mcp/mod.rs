@@ -6,6 +6,7 @@
 
 pub mod content;
 pub mod progress;
+pub mod tasks;
 pub mod tools;
 
 use std::sync::Arc;

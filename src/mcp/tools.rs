@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, RequestMetaObject, ServerCapabilities, ServerConfig,
+    CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, GetTaskParams, GetTaskResult,
+    Implementation, RequestMetaObject, ServerCapabilities, ServerConfig,
 };
+use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -22,6 +24,7 @@ use serde_json::{json, Value};
 
 use super::content::{self, Caps};
 use super::progress::{self, Progress};
+use super::tasks;
 use crate::notebook::model::{self, CellType, Position};
 use crate::notebook::{path, sync, NotebookError, NotebookSync, Workspace};
 use crate::sidecar::service::ControlError;
@@ -230,6 +233,11 @@ impl Tools {
         }
     }
 
+    /// Tasks are executions, kept for the retention period.
+    fn task_ttl_ms(&self) -> u64 {
+        u64::try_from(self.svc.cfg.retention.as_millis()).unwrap_or(u64::MAX)
+    }
+
     fn ws(&self) -> &Arc<Workspace> {
         self.sync.workspace()
     }
@@ -288,17 +296,17 @@ impl Tools {
 impl Tools {
     /// Runs code in the kernel and returns its outputs.
     #[tool(
-        description = "Run code in the Jupyter kernel and return its outputs: text for printed output, results and errors (with traceback), images for PNG/JPEG. The execution is queued durably and runs in submission order. If it is not finished within timeout_s (default 30 s), the call returns its id and state instead of an error; the execution continues and get_execution returns its result later. Sends progress notifications while waiting when the request has a progress token."
+        description = "Run code in the Jupyter kernel and return its outputs: text for printed output, results and errors (with traceback), images for PNG/JPEG. The execution is queued durably and runs in submission order. If it is not finished within timeout_s (default 30 s), the call returns its id and state instead of an error (a task handle, for clients that declared the MCP tasks extension); the execution continues and get_execution returns its result later. Sends progress notifications while waiting when the request has a progress token."
     )]
     async fn execute(
         &self,
         Parameters(p): Parameters<ExecuteParams>,
-        meta: RequestMetaObject,
-        peer: Peer<RoleServer>,
-    ) -> ToolResult {
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let wants_task = ctx.client_capabilities().is_some_and(|c| c.supports_tasks());
         let wait = match wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s") {
             Ok(w) => w,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into()),
         };
         let e = match self
             .submit_code(SubmitRequest {
@@ -309,11 +317,18 @@ impl Tools {
             .await
         {
             Ok(e) => e,
-            Err(r) => return Ok(r),
+            Err(r) => return Ok(r.into()),
         };
         Ok(
-            match self.wait_result(&e.id, wait, progress_of(&meta, peer)).await {
-                Ok((r, _)) | Err(r) => r,
+            match self
+                .wait_result(&e.id, wait, progress_of(&ctx.meta, ctx.peer.clone()))
+                .await
+            {
+                // Not finished in time, and the client takes tasks: a task handle.
+                Ok((_, Some(e))) if wants_task && !e.state.is_final() => {
+                    tasks::created(&e, self.task_ttl_ms())
+                }
+                Ok((r, _)) | Err(r) => r.into(),
             },
         )
     }
@@ -671,17 +686,59 @@ fn notebook_summary(path: &str, nb: &Value) -> Value {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Tools {
+    /// `tasks/get`: the execution with this id, as a task.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        match self.svc.get(&request.task_id).await {
+            Ok(Some(e)) => Ok(GetTaskResult::new(tasks::detailed(
+                &e,
+                &self.caps,
+                self.task_ttl_ms(),
+            ))),
+            Ok(None) => Err(ErrorData::invalid_params(
+                format!("no task {}", request.task_id),
+                None,
+            )),
+            Err(e) => Err(ErrorData::internal_error(
+                format!("reading task {}: {e}", request.task_id),
+                None,
+            )),
+        }
+    }
+
+    /// `tasks/cancel`: cancels the execution (a queued one at once, the
+    /// running one by interrupting the kernel).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        match self.svc.cancel(&request.task_id).await {
+            Ok(_) => Ok(()),
+            Err(ControlError::NotFound(id)) => Err(ErrorData::invalid_params(format!("no task {id}"), None)),
+            Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
+        }
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(
-                "notebook-operator",
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .with_instructions(
-                "A Jupyter kernel with a durable execution queue and the notebooks of its workspace. \
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            "notebook-operator",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(
+            "A Jupyter kernel with a durable execution queue and the notebooks of its workspace. \
                  Use execute to run code and get its outputs; long work returns an execution id that \
                  get_execution fetches later, so nothing is lost to a timeout. Build notebooks with \
                  create_notebook, insert_cell and run_cell: outputs are saved into the file.",
-            )
+        )
     }
 }
