@@ -35,6 +35,8 @@ pub enum NotebookError {
     UnknownCell { path: String, id: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("the notebook would reference asset {0}, which was deleted; run the cell again")]
+    AssetGone(String),
     #[error("{0}")]
     Io(String),
 }

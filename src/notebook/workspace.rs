@@ -147,8 +147,24 @@ impl Workspace {
         model::check(nb).map_err(NotebookError::BadRequest)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let target = self.fresh(input)?;
-        write_atomic(&target, &model::to_bytes(nb), true).map_err(|e| NotebookError::io(input, e))?;
+        let bytes = model::to_bytes(nb);
+        self.assets_exist(&bytes)?;
+        write_atomic(&target, &bytes, true).map_err(|e| NotebookError::io(input, e))?;
         Ok(path::display(&path::notebook(input)?))
+    }
+
+    /// Refuses a write whose outputs reference an asset that is gone. Every
+    /// write runs under the sidecar's workspace lock, which asset deletes take
+    /// too, so no notebook is ever saved pointing at a deleted asset.
+    fn assets_exist(&self, bytes: &[u8]) -> Result<(), NotebookError> {
+        let text = String::from_utf8_lossy(bytes);
+        let (refs, _) = crate::assets::index::references_in(&text);
+        for name in refs {
+            if !self.root.join(crate::assets::ASSETS_DIR).join(&name).exists() {
+                return Err(NotebookError::AssetGone(name));
+            }
+        }
+        Ok(())
     }
 
     /// Read, change, check, write: all under the lock. `f`'s error leaves
@@ -173,7 +189,9 @@ impl Workspace {
             path: input.to_string(),
             reason: format!("the edit would leave it invalid: {reason}"),
         })?;
-        write_atomic(&real, &model::to_bytes(&nb), false).map_err(|e| NotebookError::io(input, e))?;
+        let bytes = model::to_bytes(&nb);
+        self.assets_exist(&bytes)?;
+        write_atomic(&real, &bytes, false).map_err(|e| NotebookError::io(input, e))?;
         Ok(out)
     }
 
