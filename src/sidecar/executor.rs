@@ -624,6 +624,12 @@ impl Executor {
         if parent.as_deref() != Some(cur.msg_id.as_str()) {
             return;
         }
+        // Output still arriving after the reply: the idle status is behind it,
+        // so the fallback deadline moves with every message (under load iopub
+        // can lag the shell reply by seconds).
+        if cur.reply.is_some() {
+            cur.idle_deadline = Some(Instant::now() + IDLE_AFTER_REPLY);
+        }
         match (m.channel, msg_type.as_str()) {
             (Channel::Iopub, "status") => {
                 let state = m.msg.content.get("execution_state").and_then(Value::as_str);
