@@ -141,7 +141,7 @@ pub fn output_blocks(id: &str, index: usize, o: &Value, caps: &Caps) -> Vec<Cont
     match o.get("output_type").and_then(Value::as_str) {
         Some("stream") => {
             let name = o.get("name").and_then(Value::as_str).unwrap_or("stdout");
-            let text = cap_text(&multiline(o.get("text")), caps.text_bytes, name);
+            let text = crate::sidecar::outputs::head_tail(&multiline(o.get("text")), caps.text_bytes, id);
             let text = if name == "stdout" {
                 text
             } else {

@@ -131,6 +131,12 @@ pub struct IdParams {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+pub struct AssetParams {
+    /// The asset's file name, `<sha256>.<ext>` (as in `assets/<name>`).
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct PathParams {
     /// Notebook path relative to the workspace, ending in .ipynb.
     pub path: String,
@@ -257,6 +263,22 @@ impl Tools {
             Ok(None) => Err(tool_error(format!("no execution {id}"))),
             Err(e) => Err(tool_error(format!("reading execution {id}: {e}"))),
         }
+    }
+
+    async fn set_pin(&self, name: &str, pinned: bool) -> ToolResult {
+        if !crate::assets::name::is_valid(name) {
+            return Ok(tool_error(format!(
+                "{name:?} is not an asset name (<sha256>.<ext>)"
+            )));
+        }
+        let path = self.svc.cfg.workspace.join(crate::assets::ASSETS_DIR).join(name);
+        if pinned && !path.exists() {
+            return Ok(tool_error(format!("no asset {name}")));
+        }
+        Ok(match self.svc.writer.pin(name, pinned).await {
+            Ok(()) => json_result(json!({"name": name, "pinned": pinned})),
+            Err(e) => tool_error(e.to_string()),
+        })
     }
 
     async fn submit_code(&self, req: SubmitRequest) -> Result<Execution, CallToolResult> {
@@ -636,6 +658,73 @@ impl Tools {
         Ok(json_result(
             json!({"path": rel, "cells": cells_out, "first_error": first_error}),
         ))
+    }
+
+    #[tool(
+        description = "The asset files of the workspace (large outputs moved to assets/<sha256>.<ext>): name, size, mime type, creation time, the notebooks that reference each, and whether it is pinned."
+    )]
+    async fn list_assets(&self) -> ToolResult {
+        Ok(match crate::http::assets::catalog(&self.svc).await {
+            Ok(items) => json_result(json!({"assets": items})),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "Read one asset file by name (<sha256>.<ext>): images come back as image content (up to 1 MiB), text types as text, anything else as its size and URL."
+    )]
+    async fn read_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
+        if !crate::assets::name::is_valid(&p.name) {
+            return Ok(tool_error(format!(
+                "{:?} is not an asset name (<sha256>.<ext>)",
+                p.name
+            )));
+        }
+        let path = self
+            .svc
+            .cfg
+            .workspace
+            .join(crate::assets::ASSETS_DIR)
+            .join(&p.name);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(_) => return Ok(tool_error(format!("no asset {}", p.name))),
+        };
+        let ext = p.name.rsplit('.').next().unwrap_or_default();
+        let mime = crate::assets::name::mime_for_ext(ext)
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let url = format!("/v1/assets/{}", p.name);
+        Ok(
+            if mime.starts_with("image/") && mime != "image/svg+xml" && bytes.len() <= 1 << 20 {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                CallToolResult::success(vec![ContentBlock::image(b64, mime)])
+            } else if mime.starts_with("text/") || mime == "application/json" || mime == "image/svg+xml" {
+                let text = String::from_utf8_lossy(&bytes);
+                CallToolResult::success(vec![ContentBlock::text(content::cap_text(
+                    &text,
+                    256 << 10,
+                    &p.name,
+                ))])
+            } else {
+                json_result(json!({"name": p.name, "mime": mime, "size": bytes.len(), "url": url}))
+            },
+        )
+    }
+
+    #[tool(description = "Pin an asset: it is never deleted while pinned, whatever its lease says.")]
+    async fn pin_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
+        self.set_pin(&p.name, true).await
+    }
+
+    #[tool(
+        description = "Unpin an asset: it may be deleted again once its lease expired and no notebook references it."
+    )]
+    async fn unpin_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
+        self.set_pin(&p.name, false).await
     }
 }
 

@@ -23,6 +23,8 @@ pub type Written = watch::Receiver<Option<Result<(), String>>>;
 
 /// How long one wait on the completion registry lasts before it is renewed.
 const WAIT_SLICE: Duration = Duration::from_secs(3600);
+/// Stream text of one output written into a notebook, at most (head and tail).
+const NOTEBOOK_STREAM_BYTES: usize = 256 << 10;
 /// Cells whose newest written execution is remembered, at most.
 const REMEMBERED_CELLS: usize = 10_000;
 
@@ -134,7 +136,7 @@ impl NotebookSync {
                 return Ok(());
             }
         }
-        let outputs = e.outputs.clone();
+        let outputs = crate::sidecar::outputs::for_notebook(&e.outputs, NOTEBOOK_STREAM_BYTES, &e.id);
         let count = e.execution_count;
         let (nb2, cell2) = (nb.clone(), cell.clone());
         self.edit(move |ws| ws.update(&nb2, |doc| model::set_outputs(doc, &cell2, &outputs, count)))

@@ -18,6 +18,7 @@ TOOLS = {
     "execute", "submit", "get_execution", "list_executions", "cancel_execution", "interrupt_kernel",
     "restart_kernel", "kernel_status", "list_notebooks", "create_notebook", "read_notebook",
     "insert_cell", "edit_cell", "delete_cell", "run_cell", "run_all",
+    "list_assets", "read_asset", "pin_asset", "unpin_asset",
 }
 
 
@@ -422,3 +423,43 @@ def test_outputs_of_queued_cells_land_after_a_sidecar_crash(fresh_sidecar):
     assert [c.id for c in nb.cells] == ids
     assert nb.cells[1].outputs[0]["text"] == "queued one ran\n"
     assert isinstance(nb.cells[1].execution_count, int)
+
+
+def test_asset_tools_list_read_pin_unpin(mcp_sidecar):
+    s = mcp_sidecar
+    code = ("import base64, os\nfrom IPython.display import display\n"
+            "p = b'\\x89PNG\\r\\n\\x1a\\n' + os.urandom(400_000)\n"
+            "display({'image/png': base64.b64encode(p).decode(), 'text/plain': 'big'}, raw=True)")
+    e = s.run(code)
+    meta = next(o for o in e["outputs"] if o["output_type"] == "display_data")["metadata"]
+    name = meta["notebook.dev/assets"][0]["path"].split("/", 1)[1]
+
+    async def go(session):
+        listed = await session.call_tool("list_assets", {})
+        read = await session.call_tool("read_asset", {"name": name})
+        pinned = await session.call_tool("pin_asset", {"name": name})
+        bad = await session.call_tool("read_asset", {"name": "../../etc/passwd"})
+        return listed, read, pinned, bad
+
+    listed, read, pinned, bad = run_mcp(s, go)
+    entry = next(a for a in listed.structured_content["assets"] if a["name"] == name)
+    assert entry["size"] == 400_008 and entry["mime"] == "image/png"
+    assert read.content[0].type == "image" and base64.b64decode(read.content[0].data)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pinned.structured_content == {"name": name, "pinned": True}
+    assert s.http.delete(f"{s.url}/v1/assets/{name}").status_code == 409
+    assert bad.is_error and "not an asset name" in texts(bad)[0]
+    unpinned = call(s, "unpin_asset", {"name": name})
+    assert unpinned.structured_content["pinned"] is False
+    assert s.http.delete(f"{s.url}/v1/assets/{name}").status_code == 200
+
+
+def test_long_stream_shows_head_and_tail_with_what_was_left_out(mcp_sidecar):
+    r = call(mcp_sidecar, "execute", {"code": "for i in range(200000): print(i)", "timeout_s": 60})
+    text = "".join(texts(r)[1:])
+    assert text.startswith("0\n1\n2\n")
+    assert text.rstrip().endswith("199999")
+    assert "left out; the whole output is in execution" in text
+    eid = r.structured_content["id"] if r.structured_content else None
+    full = mcp_sidecar.get(eid) if eid else None
+    if full:
+        assert full["outputs"][0]["text"].count("\n") == 200000, "the record keeps it whole"
