@@ -23,7 +23,7 @@ use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_not_found, Error};
 use super::metrics::Metrics;
 use super::sidecar_client::SidecarClient;
-use super::status::{self, Lifecycle, Observed, SidecarObservation};
+use super::status::{self, Activity, Lifecycle, Observed, SidecarObservation};
 
 /// Safety resync of a session no watch event touched.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -210,19 +210,12 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         .await
         .map_err(Error::kube("read Pod"))?;
     let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
-    let (last_activity, clients) = match &sidecar {
-        SidecarObservation::Answered(s) => (s.last_activity_time(), s.clients),
-        _ => (
-            session
-                .status
-                .as_ref()
-                .and_then(|s| s.last_activity_time.as_ref())
-                .map(|t| t.0),
-            0,
-        ),
+    let activity = match &sidecar {
+        SidecarObservation::Answered(s) => s.activity(),
+        _ => Activity::from_status(session.status.as_ref()),
     };
 
-    let (decision, deadline) = status::lifecycle(session, &valid, pod.as_ref(), last_activity, clients, now);
+    let (decision, deadline) = status::lifecycle(session, &valid, pod.as_ref(), activity, now);
     let suspension = match decision {
         Lifecycle::Delete => {
             publish(
@@ -290,7 +283,8 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     };
     if let Some(deadline) = deadline {
         let until = Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO);
-        let until = until.max(Duration::from_secs(1));
+        // A floor against a tight loop, far below the 1 s a deadline may be late.
+        let until = until.max(Duration::from_millis(50));
         after = Some(after.map_or(until, |a| a.min(until)));
     }
     Ok(after.map_or_else(Action::await_change, Action::requeue))
