@@ -80,16 +80,23 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(request):
+def k8s_bin() -> pathlib.Path:
+    """kube-apiserver, kubectl, helm... on PATH, built by tests/cluster/install
+    on a fresh machine (about 17 min), found in the cache otherwise (0.2 s)."""
+    bindir = pathlib.Path(run([str(HERE / "install")], timeout=3600).strip().splitlines()[-1])
+    os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ['PATH']}"
+    for tool in ("kubectl", "helm", "kube-apiserver", "etcd", "kwok"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not in {bindir} after tests/cluster/install", pytrace=False)
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def cluster(request, k8s_bin):
     if not BIN.exists():
         pytest.fail(f"{BIN} is missing: run cargo build first", pytrace=False)
     t0 = time.monotonic()
-    # install builds the binaries on a fresh machine (about 17 min), 0.2 s warm.
-    bindir = pathlib.Path(run([str(HERE / "install")], timeout=3600).strip().splitlines()[-1])
-    os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ['PATH']}"
-    for tool in ("kubectl", "helm", "kube-apiserver"):
-        if not shutil.which(tool):
-            pytest.fail(f"{tool} is not in {bindir} after tests/cluster/install", pytrace=False)
+    bindir = k8s_bin
     reuse = os.environ.get("NBO_TIER4_REUSE")
     if reuse:
         # For working on the tests: a control plane left running by

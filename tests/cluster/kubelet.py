@@ -27,8 +27,9 @@ the grace period) and confirms the deletion with grace 0. A container whose
 image names `does-not-exist` is never started: its status says
 ImagePullBackOff, as after a failed pull.
 
-Only pods of namespaces handed to `manage()` are touched. Every loop is
-bounded in time; nothing binds outside 127.0.0.0/8.
+Only pods of namespaces handed to `manage()` are run; the deletion of any
+pod on the node is confirmed. Every loop is bounded in time; nothing binds
+outside 127.0.0.0/8.
 """
 from __future__ import annotations
 
@@ -601,8 +602,11 @@ class StandInKubelet:
                     self.stopping.wait(0.5)
 
     def on_pod(self, typ: str, pod: dict):
+        """Runs the pods of managed namespaces; confirms the deletion of any
+        pod on the node (as a kubelet would; without it a namespace with a
+        pod nobody ran never finishes terminating)."""
         try:
-            if not self.managed(pod) or pod["spec"].get("nodeName") != self.node:
+            if pod["spec"].get("nodeName") != self.node:
                 return
             uid = pod["metadata"]["uid"]
             with self.lock:
@@ -613,13 +617,13 @@ class StandInKubelet:
                     return
                 if pod["metadata"].get("deletionTimestamp"):
                     if runner is None:
-                        # Never ran here (or ran in an earlier run): nothing to stop.
+                        # Never ran here: nothing to stop.
                         threading.Thread(target=self.confirm_deletion, args=(pod,), daemon=True).start()
                     else:
                         runner.pod = pod
                         runner.terminating.set()
                     return
-                if runner is None:
+                if runner is None and self.managed(pod):
                     runner = PodRunner(self, pod)
                     self.runners[uid] = runner
                     self.log(f"{runner.ns}/{runner.name} {uid[:8]}: start")
