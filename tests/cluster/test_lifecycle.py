@@ -126,9 +126,9 @@ def test_suspend_then_resume_keeps_queued_executions_which_then_run(ns):
 def test_shutdown_time_acts_on_time(ns, policy):
     kube = ns.kube
     name = policy.lower()
-    at = int(time.time()) + 10  # metav1.Time has whole seconds
+    at = int(time.time()) + 15  # metav1.Time has whole seconds; time to get Ready first
     create_session(kube, ns, name, storage={"size": "1Gi"}, shutdownTime=rfc3339(at), shutdownPolicy=policy)
-    wait_ready(kube, ns, name, timeout=9)
+    wait_ready(kube, ns, name, timeout=at - time.time() - 1)
     if policy == "Delete":
         wait_session(kube, ns, name, lambda s: s is None or s["metadata"].get("deletionTimestamp"),
                      timeout=30, what="the session deleted at shutdownTime")
