@@ -146,13 +146,52 @@ def render_chart(release: str, namespace: str, *sets: str) -> list[dict]:
 
 
 class Operator:
-    def __init__(self, proc, log: pathlib.Path, metrics: str, identity: str, service_account: str, kube: Kube):
-        self.proc = proc
-        self.log_path = log
-        self.metrics_url = metrics
+    """One replica of the operator binary, as the chart's Deployment runs it:
+    its arguments and environment, a kubeconfig with the ServiceAccount token,
+    a loopback metrics address. Can be stopped and started again."""
+
+    def __init__(self, kube_admin: Kube, as_operator: Kube, kubeconfig: pathlib.Path, args: list[str],
+                 env: dict, identity: str, log: pathlib.Path, service_account: str):
+        self.admin = kube_admin
+        self.kube = as_operator  # the operator's own identity, for can-i checks
+        self.kubeconfig = kubeconfig
         self.identity = identity
         self.service_account = service_account
-        self.kube = kube  # the operator's own identity, for can-i checks
+        self.log_path = log
+        port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{port}"
+        self.args = [a for a in args if not a.startswith("--metrics-listen")] + [f"--metrics-listen=127.0.0.1:{port}"]
+        self.env = {**env, "KUBECONFIG": str(kubeconfig), "POD_NAME": identity}
+        self.lease = next(a.split("=", 1)[1] for a in args if a.startswith("--leader-election-lease="))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Operator":
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {time.strftime('%H:%M:%S')} {self.identity}\n".encode())
+            self.proc = subprocess.Popen([str(BIN), *self.args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
+        return self
+
+    def stop(self, timeout: float = 30):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def holder(self) -> str | None:
+        lease = self.admin.get_opt(path("Lease", OPERATOR_NS, self.lease))
+        return (lease or {}).get("spec", {}).get("holderIdentity")
+
+    def wait_leader(self, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while self.holder() != self.identity:
+            assert self.alive(), f"the operator exited with {self.proc.returncode}:\n{self.log()[-5000:]}"
+            assert time.monotonic() < deadline, f"{self.identity} never took the leader Lease:\n{self.log()[-5000:]}"
+            time.sleep(0.2)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -169,14 +208,14 @@ class Operator:
         return requests.get(self.metrics_url + "/metrics", timeout=5).text
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return self.proc is not None and self.proc.poll() is None
 
 
 @pytest.fixture(scope="session")
-def operator(cluster, kube, crds):
-    """The operator binary with a kubeconfig holding only the token of the
-    chart's ServiceAccount, bound by the chart's own ClusterRoles, Roles and
-    bindings (rendered by helm template, applied as they are)."""
+def operator_factory(cluster, kube, crds):
+    """Makes replicas of the operator binary with a kubeconfig holding only the
+    token of the chart's ServiceAccount, bound by the chart's own ClusterRoles,
+    Roles and bindings (rendered by helm template, applied as they are)."""
     docs = render_chart(RELEASE, OPERATOR_NS, f"statusInterval={STATUS_INTERVAL}")
     rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     rbac = [d for d in docs if d["kind"] in rbac_kinds]
@@ -203,37 +242,32 @@ def operator(cluster, kube, crds):
                              {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
     assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{OPERATOR_NS}:{sa}", who
 
-    # The chart's arguments and environment, with a loopback metrics address.
-    port = free_port()
-    identity = "tier4-operator"
-    args = [a for a in container["args"] if not a.startswith("--metrics-listen")]
-    args.append(f"--metrics-listen=127.0.0.1:{port}")
+    # The chart's environment (POD_NAME comes from the downward API there).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "NOTEBOOK_", "POD_"))}
-    env.update({"KUBECONFIG": str(kc), "POD_NAME": identity, "POD_NAMESPACE": OPERATOR_NS,
+    env.update({"POD_NAMESPACE": OPERATOR_NS,
                 "RUST_LOG": os.environ.get("NBO_OPERATOR_LOG", "info,notebook_operator=debug")})
     for e in container["env"]:
         if "value" in e and e["name"] != "RUST_LOG":
             env[e["name"]] = e["value"]
-    log = cluster.state / "operator.log"
-    proc = subprocess.Popen([str(BIN), *args], stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    op = Operator(proc, log, f"http://127.0.0.1:{port}", identity, sa, as_operator)
-    deadline = time.monotonic() + 60
-    lease_name = next(a.split("=", 1)[1] for a in args if a.startswith("--leader-election-lease="))
-    while True:
-        assert op.alive(), f"the operator exited with {proc.returncode}:\n{op.log()[-5000:]}"
-        lease = kube.get_opt(path("Lease", OPERATOR_NS, lease_name))
-        if lease and lease["spec"].get("holderIdentity") == identity:
-            break
-        assert time.monotonic() < deadline, f"the operator never took the leader Lease:\n{op.log()[-5000:]}"
-        time.sleep(0.2)
+    made: list[Operator] = []
+
+    def make(identity: str) -> Operator:
+        op = Operator(kube, as_operator, kc, container["args"], env, identity,
+                      cluster.state / f"{identity}.log", sa)
+        made.append(op)
+        return op
+
+    yield make
+    for op in made:
+        op.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(operator_factory):
+    """The operator every test runs against (the Lease holder)."""
+    op = operator_factory("tier4-operator").start()
+    op.wait_leader()
     yield op
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -317,7 +351,7 @@ def make_namespace(request, kube, cluster, kubelet, operator, labels=None):
         forbidden = [line for line in operator.log_since(offset).splitlines()
                      if re.search(r'forbidden: User \\?"', line)]
         assert not forbidden, "the operator was refused by RBAC:\n" + "\n".join(forbidden[:20])
-        assert operator.alive(), f"the operator exited with {operator.proc.returncode}"
+        assert operator.alive(), f"the operator is not running (exit code {operator.proc.returncode})"
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import re
 import time
 
 import pytest
+import requests
 
 from conftest import OPERATOR_NS
 from kube import ApiError, path
@@ -224,3 +225,45 @@ def test_an_invalid_session_is_refused_with_a_clear_message(ns):
     with pytest.raises(ApiError) as refused:
         create_session(kube, ns, "9lives")
     assert refused.value.status == 422 and "DNS-1035" in str(refused.value)
+
+
+def wait_healthz(op, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        assert op.alive(), op.log()[-3000:]
+        try:
+            if requests.get(op.metrics_url + "/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "no /healthz"
+        time.sleep(0.1)
+
+
+def test_a_second_replica_waits_for_the_lease_then_takes_over_and_replaces_no_pod(ns, operator, operator_factory):
+    kube = ns.kube
+    create_session(kube, ns, "steady")
+    wait_ready(kube, ns, "steady")
+    pod_uid = kube.get(path("Pod", ns, "steady-kernel"))["metadata"]["uid"]
+    standby = operator_factory("tier4-standby").start()
+    try:
+        wait_healthz(standby)
+        time.sleep(3)
+        assert operator.holder() == operator.identity
+        assert re.search(r"^notebook_operator_leader 0$", standby.metrics(), re.M), standby.metrics()
+        # The leader stops (SIGTERM releases the Lease): the standby takes
+        # over and reconciles.
+        operator.stop()
+        standby.wait_leader(timeout=30)
+        create_session(kube, ns, "later")
+        wait_ready(kube, ns, "later")
+        assert kube.get(path("Pod", ns, "steady-kernel"))["metadata"]["uid"] == pod_uid, \
+            "a new leader must not replace the pods of the old one"
+        assert not re.search(r'forbidden: User \\?"', standby.log()), "the standby was refused by RBAC"
+    finally:
+        standby.stop()
+        operator.start()
+        operator.wait_leader(timeout=60)
+    s = wait_ready(kube, ns, "steady")
+    assert kube.get(path("Pod", ns, "steady-kernel"))["metadata"]["uid"] == pod_uid
+    assert s["status"]["podName"] == "steady-kernel"
