@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER, TOKEN_KEY};
 use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
-use super::error::{is_already_exists, is_not_found, Error};
+use super::error::{is_already_exists, is_namespace_terminating, is_not_found, Error};
 use super::metrics::Metrics;
 use super::sidecar_client::SidecarClient;
 use super::status::{self, Activity, Lifecycle, Observed, SidecarObservation};
@@ -117,7 +117,15 @@ where
 /// Reconciles one NotebookSession.
 pub async fn reconcile(session: Arc<NotebookSession>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&session, &ctx).await;
+    let result = match reconcile_inner(&session, &ctx).await {
+        // The namespace is being deleted and the session with it: nothing to
+        // retry, and no error to count (it is not a refusal by RBAC).
+        Err(Error::Kube { source, step }) if is_namespace_terminating(&source) => {
+            tracing::debug!(session = %session.name_any(), step, "the namespace is being deleted");
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     ctx.metrics
         .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
     if result.is_ok() {
