@@ -210,9 +210,15 @@ fn owned_labels(session: &str) -> BTreeMap<String, String> {
     labels
 }
 
-/// The controller owner reference pointing at the session.
+/// The controller owner reference pointing at the session. It blocks the
+/// owner's deletion, so that a foreground deletion of the session waits for
+/// its pod, Service, Secret and claim (kube's `controller_owner_ref` leaves
+/// `blockOwnerDeletion` unset, and then the session went at once).
 pub fn owner_reference(session: &NotebookSession) -> Option<OwnerReference> {
-    session.controller_owner_ref(&())
+    Some(OwnerReference {
+        block_owner_deletion: Some(true),
+        ..session.controller_owner_ref(&())?
+    })
 }
 
 fn owned_meta(session: &NotebookSession, name: String) -> ObjectMeta {
@@ -763,6 +769,7 @@ mod tests {
             assert_eq!(owners[0].name, "analysis");
             assert_eq!(owners[0].uid, "0b5e7a44-3a2c-4d59-9d39-2f1d0f1a6c01");
             assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(owners[0].block_owner_deletion, Some(true));
             let labels = meta.labels.clone().unwrap_or_default();
             assert_eq!(labels.get(LABEL_SESSION).map(String::as_str), Some("analysis"));
             assert_eq!(

@@ -20,10 +20,10 @@ use serde::Serialize;
 
 use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER, TOKEN_KEY};
 use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
-use super::error::{is_already_exists, is_not_found, Error};
+use super::error::{is_already_exists, is_namespace_terminating, is_not_found, Error};
 use super::metrics::Metrics;
 use super::sidecar_client::SidecarClient;
-use super::status::{self, Lifecycle, Observed, SidecarObservation};
+use super::status::{self, Activity, Lifecycle, Observed, SidecarObservation};
 
 /// Safety resync of a session no watch event touched.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -117,7 +117,15 @@ where
 /// Reconciles one NotebookSession.
 pub async fn reconcile(session: Arc<NotebookSession>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&session, &ctx).await;
+    let result = match reconcile_inner(&session, &ctx).await {
+        // The namespace is being deleted and the session with it: nothing to
+        // retry, and no error to count (it is not a refusal by RBAC).
+        Err(Error::Kube { source, step }) if is_namespace_terminating(&source) => {
+            tracing::debug!(session = %session.name_any(), step, "the namespace is being deleted");
+            Ok(Action::await_change())
+        }
+        other => other,
+    };
     ctx.metrics
         .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
     if result.is_ok() {
@@ -210,19 +218,12 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         .await
         .map_err(Error::kube("read Pod"))?;
     let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
-    let (last_activity, clients) = match &sidecar {
-        SidecarObservation::Answered(s) => (s.last_activity_time(), s.clients),
-        _ => (
-            session
-                .status
-                .as_ref()
-                .and_then(|s| s.last_activity_time.as_ref())
-                .map(|t| t.0),
-            0,
-        ),
+    let activity = match &sidecar {
+        SidecarObservation::Answered(s) => s.activity(),
+        _ => Activity::from_status(session.status.as_ref()),
     };
 
-    let (decision, deadline) = status::lifecycle(session, &valid, pod.as_ref(), last_activity, clients, now);
+    let (decision, deadline) = status::lifecycle(session, &valid, pod.as_ref(), activity, now);
     let suspension = match decision {
         Lifecycle::Delete => {
             publish(
@@ -290,7 +291,8 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     };
     if let Some(deadline) = deadline {
         let until = Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO);
-        let until = until.max(Duration::from_secs(1));
+        // A floor against a tight loop, far below the 1 s a deadline may be late.
+        let until = until.max(Duration::from_millis(50));
         after = Some(after.map_or(until, |a| a.min(until)));
     }
     Ok(after.map_or_else(Action::await_change, Action::requeue))

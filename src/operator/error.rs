@@ -43,6 +43,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube { source, .. } => match source {
+                _ if is_namespace_terminating(source) => "namespace_terminating",
                 kube::Error::Api(status) => match status.code {
                     403 => "forbidden",
                     404 => "not_found",
@@ -72,7 +73,36 @@ pub fn is_already_exists(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409 && status.reason == "AlreadyExists")
 }
 
+/// Whether the apiserver refused to create an object because its namespace
+/// is being deleted (admission, not RBAC: the session goes with it soon).
+pub fn is_namespace_terminating(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 403
+        && status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
+}
+
 /// Whether a client error is the apiserver's 409 Conflict (stale resourceVersion).
 pub fn is_conflict(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 409)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(json: &str) -> Error {
+        let status: kube::core::Status = serde_json::from_str(json).expect("a Status");
+        Error::kube("create Pod")(kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn a_terminating_namespace_is_not_an_rbac_refusal() {
+        let terminating = api_error(
+            r#"{"status":"Failure","code":403,"reason":"Forbidden","message":"pods \"a-kernel\" is forbidden: unable to create new content in namespace x because it is being terminated","details":{"name":"a-kernel","kind":"pods","causes":[{"reason":"NamespaceTerminating","message":"namespace x is being terminated","field":"metadata.namespace"}]}}"#,
+        );
+        assert_eq!(terminating.category(), "namespace_terminating");
+        let rbac = api_error(
+            r#"{"status":"Failure","code":403,"reason":"Forbidden","message":"pods is forbidden: User \"u\" cannot create resource \"pods\""}"#,
+        );
+        assert_eq!(rbac.category(), "forbidden");
+    }
 }

@@ -22,6 +22,8 @@ pub const KERNEL_ALIVE: &str = "KernelAlive";
 pub const POD_SCHEDULED: &str = "PodScheduled";
 /// Condition: the spec can be built.
 pub const SPEC_VALID: &str = "SpecValid";
+/// Reason of a session suspended because it was idle for `idleTimeout`.
+pub const IDLE_TIMEOUT: &str = "IdleTimeout";
 
 /// Waiting reasons of a container that mean "this will not start on its own soon".
 const STUCK_REASONS: [&str; 7] = [
@@ -46,6 +48,8 @@ pub struct SidecarStatus {
     pub last_activity: Option<String>,
     /// Clients connected now.
     pub clients: i64,
+    /// An execution is queued or running.
+    pub busy: bool,
     /// The sidecar's own readiness.
     pub ready: bool,
 }
@@ -80,6 +84,39 @@ impl SidecarStatus {
     /// Last activity as a timestamp, when the sidecar sent a readable one.
     pub fn last_activity_time(&self) -> Option<Timestamp> {
         self.last_activity.as_deref().and_then(|t| t.parse().ok())
+    }
+
+    /// What the idle timeout needs from this answer.
+    pub fn activity(&self) -> Activity {
+        Activity {
+            last: self.last_activity_time(),
+            clients: self.clients,
+            busy: self.busy || self.queue.queued + self.queue.running > 0,
+        }
+    }
+}
+
+/// What decides whether a session is idle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// The last execution or client activity.
+    pub last: Option<Timestamp>,
+    /// Clients connected to the event stream or MCP now.
+    pub clients: i64,
+    /// An execution is queued or running: never idle, however long it runs.
+    pub busy: bool,
+}
+
+impl Activity {
+    /// When the sidecar could not be asked: what the last status recorded.
+    pub fn from_status(status: Option<&NotebookSessionStatus>) -> Self {
+        Activity {
+            last: status.and_then(|s| s.last_activity_time.as_ref()).map(|t| t.0),
+            clients: 0,
+            busy: status
+                .and_then(|s| s.queue.as_ref())
+                .is_some_and(|q| q.queued + q.running > 0),
+        }
     }
 }
 
@@ -421,18 +458,28 @@ pub enum Lifecycle {
     Delete,
 }
 
-/// Decides from the spec, the pod and the last activity whether the session
+/// Decides from the spec, the pod and the activity whether the session
 /// runs, and when to look again (the next deadline), if ever.
+///
+/// Idle means: no execution queued or running, no client connected, and no
+/// activity for `idleTimeout` since the later of the pod's creation and the
+/// last activity. While the session is active, the earliest it can become
+/// idle is one `idleTimeout` from now, so that is when to look again; at that
+/// look the last activity (say, the end of a long cell) gives the exact
+/// deadline. A session suspended for idleness keeps that reason while
+/// `spec.suspend` stays true.
 pub fn lifecycle(
     session: &NotebookSession,
     valid: &ValidSpec,
     pod: Option<&Pod>,
-    last_activity: Option<Timestamp>,
-    active_clients: i64,
+    activity: Activity,
     now: Timestamp,
 ) -> (Lifecycle, Option<Timestamp>) {
     let spec = &session.spec;
     let mut next: Option<Timestamp> = None;
+    fn sooner(at: Timestamp, next: &mut Option<Timestamp>) {
+        *next = Some(next.map_or(at, |n| n.min(at)));
+    }
     if let Some(Time(at)) = &spec.shutdown_time {
         if *at <= now {
             return match spec.shutdown_policy {
@@ -446,26 +493,44 @@ pub fn lifecycle(
                 ),
             };
         }
-        next = Some(*at);
+        sooner(*at, &mut next);
     }
     if spec.suspend {
-        return (
-            Lifecycle::Suspend(Suspension {
+        let old = session.status.as_ref();
+        let idle_before = old
+            .filter(|s| s.phase == Some(SessionPhase::Suspended))
+            .and_then(|s| {
+                condition(s, READY)
+                    .filter(|c| c.reason == IDLE_TIMEOUT)
+                    .map(|c| c.message.clone())
+            });
+        let suspension = match idle_before {
+            Some(message) => Suspension {
+                reason: IDLE_TIMEOUT,
+                message,
+            },
+            None => Suspension {
                 reason: "Suspended",
                 message: "spec.suspend is true".into(),
-            }),
-            next,
-        );
+            },
+        };
+        return (Lifecycle::Suspend(suspension), next);
     }
     if let (Some(idle), Some(pod)) = (valid.idle_timeout, pod) {
+        let idle = SignedDuration::try_from(idle).unwrap_or(SignedDuration::MAX);
+        if activity.busy || activity.clients > 0 {
+            if let Ok(at) = now.checked_add(idle) {
+                sooner(at, &mut next);
+            }
+            return (Lifecycle::Run, next);
+        }
         let started = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let reference = match (started, last_activity) {
+        let reference = match (started, activity.last) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        let idle = SignedDuration::try_from(idle).unwrap_or(SignedDuration::MAX);
         if let Some(deadline) = reference.and_then(|r| r.checked_add(idle).ok()) {
-            if active_clients == 0 && deadline <= now {
+            if deadline <= now {
                 let message = format!(
                     "no activity since {}; idleTimeout {} passed",
                     reference.map(|r| r.to_string()).unwrap_or_default(),
@@ -473,15 +538,13 @@ pub fn lifecycle(
                 );
                 return (
                     Lifecycle::SuspendForIdle(Suspension {
-                        reason: "IdleTimeout",
+                        reason: IDLE_TIMEOUT,
                         message,
                     }),
                     next,
                 );
             }
-            if active_clients == 0 {
-                next = Some(next.map_or(deadline, |n| n.min(deadline)));
-            }
+            sooner(deadline, &mut next);
         }
     }
     (Lifecycle::Run, next)
@@ -763,39 +826,36 @@ mod tests {
         assert_eq!(status.phase, Some(SessionPhase::Terminating));
     }
 
+    fn active(last: Option<&str>, clients: i64, busy: bool) -> Activity {
+        Activity {
+            last: last.map(at),
+            clients,
+            busy,
+        }
+    }
+
     #[test]
     fn lifecycle_follows_suspend_shutdown_time_and_idle_timeout() {
         let config = BuildConfig::default();
         let pod: Pod = fixtures::object("pod-status-ready.yaml"); // created 14:00
         let mut session = fixtures::session("session-full.yaml"); // idle 30m, shutdown Dec 1, Suspend
         let valid = validate(&session, &config).expect("valid");
+        let idle = Activity::default();
 
         // Active 14:59, idle 30m: runs, next look at 15:29.
-        let (decision, next) = lifecycle(
-            &session,
-            &valid,
-            Some(&pod),
-            Some(at("2026-11-28T14:59:00Z")),
-            0,
-            now(),
-        );
+        let activity = active(Some("2026-11-28T14:59:00Z"), 0, false);
+        let (decision, next) = lifecycle(&session, &valid, Some(&pod), activity, now());
         assert_eq!(decision, Lifecycle::Run);
         assert_eq!(next, Some(at("2026-11-28T15:29:00Z")));
 
-        // A connected client keeps it alive; the next look is the shutdown time.
-        let (decision, next) = lifecycle(
-            &session,
-            &valid,
-            Some(&pod),
-            Some(at("2026-11-28T14:00:00Z")),
-            1,
-            now(),
-        );
+        // A connected client keeps it alive; it cannot be idle before 15:30.
+        let activity = active(Some("2026-11-28T14:00:00Z"), 1, false);
+        let (decision, next) = lifecycle(&session, &valid, Some(&pod), activity, now());
         assert_eq!(decision, Lifecycle::Run);
-        assert_eq!(next, Some(at("2026-12-01T00:00:00Z")));
+        assert_eq!(next, Some(at("2026-11-28T15:30:00Z")));
 
         // Idle since 14:00 (pod creation), no clients: suspend for idle.
-        let (decision, _) = lifecycle(&session, &valid, Some(&pod), None, 0, now());
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), idle, now());
         assert!(
             matches!(decision, Lifecycle::SuspendForIdle(ref s) if s.reason == "IdleTimeout"),
             "{decision:?}"
@@ -803,18 +863,91 @@ mod tests {
 
         // Shutdown time passed: Suspend policy suspends, Delete policy deletes.
         let december = at("2026-12-02T00:00:00Z");
-        let (decision, _) = lifecycle(&session, &valid, Some(&pod), None, 0, december);
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), idle, december);
         assert!(matches!(decision, Lifecycle::Suspend(ref s) if s.reason == "ShutdownTime"));
         session.spec.shutdown_policy = ShutdownPolicy::Delete;
         assert_eq!(
-            lifecycle(&session, &valid, Some(&pod), None, 0, december).0,
+            lifecycle(&session, &valid, Some(&pod), idle, december).0,
             Lifecycle::Delete
         );
 
         // spec.suspend.
         session.spec.suspend = true;
-        let (decision, _) = lifecycle(&session, &valid, Some(&pod), None, 0, now());
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), idle, now());
         assert!(matches!(decision, Lifecycle::Suspend(ref s) if s.reason == "Suspended"));
+    }
+
+    #[test]
+    fn a_running_cell_is_never_idle_and_idleness_counts_from_its_end() {
+        let pod: Pod = fixtures::object("pod-status-ready.yaml"); // created 14:00
+        let session = fixtures::session("session-full.yaml"); // idle 30m
+        let valid = validate(&session, &BuildConfig::default()).expect("valid");
+
+        // Last activity 14:00, a cell still running at 15:00: runs, and the
+        // next look is one idleTimeout from now, the earliest it can be idle.
+        let (decision, next) = lifecycle(
+            &session,
+            &valid,
+            Some(&pod),
+            active(Some("2026-11-28T14:00:00Z"), 0, true),
+            now(),
+        );
+        assert_eq!(decision, Lifecycle::Run);
+        assert_eq!(next, Some(at("2026-11-28T15:30:00Z")));
+
+        // At that look the cell had finished at 15:10: idle at 15:40 exactly.
+        let later = at("2026-11-28T15:30:00Z");
+        let (decision, next) = lifecycle(
+            &session,
+            &valid,
+            Some(&pod),
+            active(Some("2026-11-28T15:10:00Z"), 0, false),
+            later,
+        );
+        assert_eq!(decision, Lifecycle::Run);
+        assert_eq!(next, Some(at("2026-11-28T15:40:00Z")));
+
+        // The sidecar's queue counts say busy even without the flag.
+        let answer: SidecarStatus = serde_json::from_str(
+            r#"{"kernel":{"state":"busy","restarts":0},"queue":{"queued":0,"running":1,"completed":0,"failed":0,"cancelled":0},"last_activity":"2026-11-28T14:00:00Z","clients":0,"ready":true}"#,
+        )
+        .expect("status");
+        assert!(answer.activity().busy);
+        // The last status stands in when the sidecar cannot be asked.
+        let status = NotebookSessionStatus {
+            queue: Some(QueueStatus {
+                queued: 2,
+                running: 0,
+                completed: 0,
+                failed: 0,
+            }),
+            ..NotebookSessionStatus::default()
+        };
+        assert!(Activity::from_status(Some(&status)).busy);
+        assert!(!Activity::from_status(None).busy);
+    }
+
+    #[test]
+    fn an_idle_suspend_keeps_its_reason_while_suspended() {
+        let pod: Pod = fixtures::object("pod-status-ready.yaml");
+        let mut session = fixtures::session("session-full.yaml");
+        let valid = validate(&session, &BuildConfig::default()).expect("valid");
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), Activity::default(), now());
+        let Lifecycle::SuspendForIdle(suspension) = decision else {
+            panic!("expected an idle suspend, got {decision:?}");
+        };
+        // The controller sets spec.suspend and writes the Suspended status.
+        session.spec.suspend = true;
+        let observed = Observed {
+            valid: Ok(&valid),
+            suspension: Some(suspension.clone()),
+            pod: None,
+            sidecar: SidecarObservation::NotAsked,
+        };
+        session.status = Some(build_status(&session, &observed, now()));
+        // Later reconciles see spec.suspend, and still say why.
+        let (decision, _) = lifecycle(&session, &valid, None, Activity::default(), now());
+        assert_eq!(decision, Lifecycle::Suspend(suspension));
     }
 
     #[test]

@@ -1,0 +1,383 @@
+"""Tier 4: the operator against a real control plane.
+
+One control plane per test session (tests/cluster/up, down at the end; the
+logs are printed when anything failed), the CRDs applied once, the operator
+started once as the real binary with the token of a ServiceAccount bound
+with exactly the RBAC the Helm chart renders, and the stand-in kubelet
+(kubelet.py) running kernel pods. Each test gets a fresh namespace; when it
+fails, what the namespace holds, the kubelet's and the operator's lines about
+it and the sidecar and kernel logs are printed.
+
+Nothing here skips: a missing tool or binary fails the tier.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import re
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import requests
+import yaml
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import BIN, free_port  # noqa: E402
+from kube import ApiError, Kube, path  # noqa: E402
+from kubelet import StandInKubelet  # noqa: E402
+
+OPERATOR_NS = "nbo-system"
+RELEASE = "nbo"
+# Sidecar status is read this often; the chart's default (30 s) would make
+# every "the counts moved" check wait half a minute.
+STATUS_INTERVAL = os.environ.get("NBO_TEST_STATUS_INTERVAL", "3s")
+NODE = "nbo-node"
+
+
+def run(cmd, timeout=120, **kw) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r.stdout
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep
+
+
+# -- the control plane ------------------------------------------------------------
+class Cluster:
+    def __init__(self, state: pathlib.Path, kubeconfig: pathlib.Path, bindir: pathlib.Path):
+        self.state = state
+        self.kubeconfig = kubeconfig
+        self.bindir = bindir
+        self.env = dict(line.split("=", 1) for line in (state / "env").read_text().splitlines() if "=" in line)
+
+    def kubectl(self, *args, timeout=120, input=None) -> str:
+        return run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args], timeout=timeout, input=input)
+
+    def log_tails(self, lines=40) -> str:
+        out = []
+        for f in sorted((self.state / "logs").glob("*.log")):
+            text = f.read_text(errors="replace").splitlines()
+            out.append(f"==> {f} <==\n" + "\n".join(text[-lines:]))
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="session")
+def k8s_bin() -> pathlib.Path:
+    """kube-apiserver, kubectl, helm... on PATH, built by tests/cluster/install
+    on a fresh machine (about 17 min), found in the cache otherwise (0.2 s)."""
+    bindir = pathlib.Path(run([str(HERE / "install")], timeout=3600).strip().splitlines()[-1])
+    os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ['PATH']}"
+    for tool in ("kubectl", "helm", "kube-apiserver", "etcd", "kwok"):
+        if not shutil.which(tool):
+            pytest.fail(f"{tool} is not in {bindir} after tests/cluster/install", pytrace=False)
+    return bindir
+
+
+@pytest.fixture(scope="session")
+def cluster(request, k8s_bin):
+    if not BIN.exists():
+        pytest.fail(f"{BIN} is missing: run cargo build first", pytrace=False)
+    t0 = time.monotonic()
+    bindir = k8s_bin
+    reuse = os.environ.get("NBO_TIER4_REUSE")
+    if reuse:
+        # For working on the tests: a control plane left running by
+        # `tests/cluster/up DIR`, used as it is and left running.
+        state = pathlib.Path(reuse).resolve()
+        yield Cluster(state, state / "admin.kubeconfig", bindir)
+        return
+    state = pathlib.Path(tempfile.mkdtemp(prefix="nbo-tier4-"))
+    env = {**os.environ, "NBO_K8S_BIN": str(bindir)}
+    try:
+        kubeconfig = pathlib.Path(run([str(HERE / "up"), str(state)], timeout=600, env=env).strip())
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"tests/cluster/up failed; state in {state}\n{e}", pytrace=False)
+    c = Cluster(state, kubeconfig, bindir)
+    print(f"\n[tier4] control plane up in {time.monotonic() - t0:.1f}s, state {state}", file=sys.stderr)
+    yield c
+    failed = request.session.testsfailed
+    if failed:
+        print(f"\n[tier4] {failed} test(s) failed; control plane logs (all in {state}/logs):\n"
+              + c.log_tails(), file=sys.stderr)
+    run([str(HERE / "down"), str(state)], timeout=180)
+    if not failed and not os.environ.get("NBO_KEEP_STATE"):
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube(cluster) -> Kube:
+    return Kube.from_kubeconfig(cluster.kubeconfig, cluster.state / "client-admin")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster, kube):
+    cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    for name in ("notebooksessions.notebook.dev", "assetleases.notebook.dev"):
+        kube.wait_for("CustomResourceDefinition", None, name, lambda o: o and any(
+            c["type"] == "Established" and c["status"] == "True" for c in o.get("status", {}).get("conditions") or []),
+            timeout=60, what=f"CRD {name} Established")
+
+
+# -- the operator, with the chart's RBAC ------------------------------------------------
+def render_chart(release: str, namespace: str, *sets: str) -> list[dict]:
+    args = ["helm", "template", release, str(ROOT / "charts" / "notebook-operator"), "--namespace", namespace,
+            "--kube-version", "1.37.2"]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(run(args)) if d]
+
+
+class Operator:
+    """One replica of the operator binary, as the chart's Deployment runs it:
+    its arguments and environment, a kubeconfig with the ServiceAccount token,
+    a loopback metrics address. Can be stopped and started again."""
+
+    def __init__(self, kube_admin: Kube, as_operator: Kube, kubeconfig: pathlib.Path, args: list[str],
+                 env: dict, identity: str, log: pathlib.Path, service_account: str):
+        self.admin = kube_admin
+        self.kube = as_operator  # the operator's own identity, for can-i checks
+        self.kubeconfig = kubeconfig
+        self.identity = identity
+        self.service_account = service_account
+        self.log_path = log
+        port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{port}"
+        self.args = [a for a in args if not a.startswith("--metrics-listen")] + [f"--metrics-listen=127.0.0.1:{port}"]
+        self.env = {**env, "KUBECONFIG": str(kubeconfig), "POD_NAME": identity}
+        self.lease = next(a.split("=", 1)[1] for a in args if a.startswith("--leader-election-lease="))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Operator":
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {time.strftime('%H:%M:%S')} {self.identity}\n".encode())
+            self.proc = subprocess.Popen([str(BIN), *self.args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
+        return self
+
+    def stop(self, timeout: float = 30):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def holder(self) -> str | None:
+        lease = self.admin.get_opt(path("Lease", OPERATOR_NS, self.lease))
+        return (lease or {}).get("spec", {}).get("holderIdentity")
+
+    def wait_leader(self, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while self.holder() != self.identity:
+            assert self.alive(), f"the operator exited with {self.proc.returncode}:\n{self.log()[-5000:]}"
+            assert time.monotonic() < deadline, f"{self.identity} never took the leader Lease:\n{self.log()[-5000:]}"
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    def metrics(self) -> str:
+        return requests.get(self.metrics_url + "/metrics", timeout=5).text
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="session")
+def operator_factory(cluster, kube, crds):
+    """Makes replicas of the operator binary with a kubeconfig holding only the
+    token of the chart's ServiceAccount, bound by the chart's own ClusterRoles,
+    Roles and bindings (rendered by helm template, applied as they are)."""
+    docs = render_chart(RELEASE, OPERATOR_NS, f"statusInterval={STATUS_INTERVAL}")
+    rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    rbac = [d for d in docs if d["kind"] in rbac_kinds]
+    kinds = sorted({d["kind"] for d in rbac})
+    assert kinds == sorted(rbac_kinds), f"the chart renders RBAC kinds {kinds}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
+    for d in rbac:
+        kube.apply(d)
+    sa = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    token = cluster.kubectl("-n", OPERATOR_NS, "create", "token", sa, "--duration=6h").strip()
+    kc = cluster.state / "operator.kubeconfig"
+    kc.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "nbo", "cluster": {"server": cluster.env["NBO_APISERVER"],
+                                                "certificate-authority": cluster.env["NBO_CA"]}}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "nbo", "user": "operator"}}],
+    }))
+    kc.chmod(0o600)
+    as_operator = Kube(cluster.env["NBO_APISERVER"], cluster.env["NBO_CA"], token=token)
+    who = as_operator.create("/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{OPERATOR_NS}:{sa}", who
+
+    # The chart's environment (POD_NAME comes from the downward API there).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "NOTEBOOK_", "POD_"))}
+    env.update({"POD_NAMESPACE": OPERATOR_NS,
+                "RUST_LOG": os.environ.get("NBO_OPERATOR_LOG", "info,notebook_operator=debug")})
+    for e in container["env"]:
+        if "value" in e and e["name"] != "RUST_LOG":
+            env[e["name"]] = e["value"]
+    made: list[Operator] = []
+
+    def make(identity: str) -> Operator:
+        op = Operator(kube, as_operator, kc, container["args"], env, identity,
+                      cluster.state / f"{identity}.log", sa)
+        made.append(op)
+        return op
+
+    yield make
+    for op in made:
+        op.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(operator_factory):
+    """The operator every test runs against (the Lease holder)."""
+    op = operator_factory("tier4-operator").start()
+    op.wait_leader()
+    yield op
+
+
+@pytest.fixture(scope="session")
+def kubelet(cluster, kube):
+    k = StandInKubelet(Kube.from_kubeconfig(cluster.kubeconfig, cluster.state / "client-kubelet"), NODE,
+                       cluster.state / "kubelet", BIN)
+    k.start()
+    yield k
+    k.stop()
+    try:
+        k.cleanup_volumes()
+    except Exception as e:  # noqa: BLE001
+        print(f"[tier4] could not delete the stand-in PVs: {e}", file=sys.stderr)
+
+
+def refusals(log: str) -> list[str]:
+    """Lines of an operator log where the apiserver said no (RBAC, or an
+    admission plugin checking permissions such as
+    OwnerReferencesPermissionEnforcement); creating objects in a namespace
+    being deleted is refused too, and expected."""
+    return [line for line in log.splitlines() if "forbidden" in line and "because it is being terminated" not in line]
+
+
+# -- one namespace per test --------------------------------------------------------------
+def _ns_name(request) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_")).strip("-")[:40].strip("-")
+    return f"{base}-{''.join(random.choices(string.ascii_lowercase + string.digits, k=4))}"
+
+
+def dump_namespace(kube: Kube, cluster: Cluster, kubelet: StandInKubelet, operator: Operator | None,
+                   ns: str) -> str:
+    out = [f"===== namespace {ns} ====="]
+    for kind in ("NotebookSession", "Pod", "Service", "PersistentVolumeClaim"):
+        try:
+            for o in kube.list(path(kind, ns)):
+                o["metadata"].pop("managedFields", None)
+                out.append(f"--- {kind} {o['metadata']['name']}\n" + yaml.safe_dump(o, sort_keys=False))
+        except Exception as e:  # noqa: BLE001
+            out.append(f"--- {kind}: {e}")
+    try:
+        out.append("--- Secrets: " + ", ".join(o["metadata"]["name"] for o in kube.list(path("Secret", ns))))
+        out.append("--- events\n" + cluster.kubectl("-n", ns, "get", "events", "--sort-by=.lastTimestamp",
+                                                     "-o", "wide", timeout=30))
+    except Exception as e:  # noqa: BLE001
+        out.append(f"--- events: {e}")
+    lines = [line for line in kubelet.log_path.read_text(errors="replace").splitlines() if f" {ns}/" in line]
+    out.append("--- stand-in kubelet\n" + "\n".join(lines[-150:]))
+    for f in sorted((kubelet.root / "pods" / ns).glob("*/*.log")):
+        text = f.read_text(errors="replace").splitlines()
+        out.append(f"--- {f.relative_to(kubelet.root)} (last 60 lines)\n" + "\n".join(text[-60:]))
+    if operator is not None:
+        lines = [line for line in operator.log().splitlines() if ns in line]
+        out.append("--- operator (lines naming the namespace)\n" + "\n".join(lines[-150:]))
+    return "\n".join(out)
+
+
+class Namespace(str):
+    """The namespace name, with what the test needs around it."""
+    kube: Kube
+    cluster: Cluster
+    kubelet: StandInKubelet
+
+
+def make_namespace(request, kube, cluster, kubelet, operator, labels=None):
+    name = _ns_name(request)
+    kube.create(path("Namespace"), {"apiVersion": "v1", "kind": "Namespace",
+                                     "metadata": {"name": name, "labels": {"nbo.test/tier4": "true",
+                                                                           **(labels or {})}}})
+    # The ServiceAccount admission plugin refuses pods until this exists.
+    kube.wait_for("ServiceAccount", name, "default", lambda o: o is not None, timeout=60,
+                  what=f"serviceaccount {name}/default")
+    kubelet.manage(name)
+    offset = operator.log_size() if operator else 0
+    ns = Namespace(name)
+    ns.kube, ns.cluster, ns.kubelet = kube, cluster, kubelet
+    yield ns
+    rep = getattr(request.node, "rep_call", None)
+    if rep is None or rep.failed:
+        text = dump_namespace(kube, cluster, kubelet, operator, name)
+        dump = cluster.state / "dumps" / f"{name}.txt"
+        dump.parent.mkdir(exist_ok=True)
+        dump.write_text(text)
+        print(f"\n[tier4] dump of {name} (also in {dump}):\n{text[-60000:]}")
+    kube.delete(path("Namespace", None, name))
+    if operator is not None:
+        # The chart's RBAC must be enough: the apiserver never said no, by
+        # RBAC or by an admission plugin that checks permissions
+        # (OwnerReferencesPermissionEnforcement). Only the refusal to create
+        # objects in a namespace being deleted is expected.
+        forbidden = refusals(operator.log_since(offset))
+        assert not forbidden, "the operator was refused by RBAC:\n" + "\n".join(forbidden[:20])
+        assert operator.alive(), f"the operator is not running (exit code {operator.proc.returncode})"
+
+
+@pytest.fixture
+def ns(request, kube, cluster, kubelet, operator):
+    yield from make_namespace(request, kube, cluster, kubelet, operator)
+
+
+@pytest.fixture
+def restricted_ns(request, kube, cluster, kubelet, operator):
+    """A namespace that enforces the restricted Pod Security Standard."""
+    yield from make_namespace(request, kube, cluster, kubelet, operator,
+                              {"pod-security.kubernetes.io/enforce": "restricted"})
+
+
+@pytest.fixture
+def bare_ns(request, kube, cluster, kubelet):
+    """A fresh namespace without the test operator's checks (packaging tests)."""
+    yield from make_namespace(request, kube, cluster, kubelet, None)
+
+
+__all__ = ["ApiError"]

@@ -1,0 +1,124 @@
+"""Helpers for tier-4 tests about NotebookSessions: create, wait, and talk to
+the session's sidecar the way an agent in the cluster would (pod IP, token
+from the session Secret)."""
+from __future__ import annotations
+
+import base64
+import datetime
+import time
+
+import requests
+
+from kube import Kube, path
+
+READY_TIMEOUT = 180  # a sidecar and an ipykernel start on a busy 2-core machine
+
+
+def session_obj(ns: str, name: str, **spec) -> dict:
+    spec.setdefault("kernel", {"image": "quay.io/jupyter/base-notebook:latest"})
+    return {"apiVersion": "notebook.dev/v1alpha1", "kind": "NotebookSession",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def create_session(kube: Kube, ns: str, name: str, **spec) -> dict:
+    return kube.create(path("NotebookSession", ns), session_obj(ns, name, **spec))
+
+
+def get_session(kube: Kube, ns: str, name: str) -> dict | None:
+    return kube.get_opt(path("NotebookSession", ns, name))
+
+
+def patch_session(kube: Kube, ns: str, name: str, patch: dict) -> dict:
+    return kube.patch(path("NotebookSession", ns, name), patch)
+
+
+def phase(s: dict | None) -> str | None:
+    return (s or {}).get("status", {}).get("phase")
+
+
+def cond(s: dict | None, type_: str) -> dict:
+    for c in (s or {}).get("status", {}).get("conditions", []):
+        if c["type"] == type_:
+            return c
+    return {}
+
+
+def wait_session(kube: Kube, ns: str, name: str, predicate, timeout: float = 60, what: str = "") -> dict | None:
+    return kube.wait_for("NotebookSession", ns, name, predicate, timeout, what or f"session {ns}/{name}")
+
+
+def wait_phase(kube: Kube, ns: str, name: str, want: str, timeout: float = READY_TIMEOUT) -> dict:
+    return wait_session(kube, ns, name, lambda s: phase(s) == want, timeout, f"session {ns}/{name} {want}")
+
+
+def wait_ready(kube: Kube, ns: str, name: str, timeout: float = READY_TIMEOUT) -> dict:
+    """Phase Ready with the Ready condition True and the pod known."""
+    return wait_session(kube, ns, name, lambda s: phase(s) == "Ready" and cond(s, "Ready").get("status") == "True"
+                        and s["status"].get("podName"), timeout, f"session {ns}/{name} Ready")
+
+
+def parse_time(text: str) -> float:
+    """RFC 3339 -> epoch seconds."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def rfc3339(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SidecarApi:
+    """The sidecar of a session's current pod, reached by pod IP with the
+    session token, as the operator and in-cluster agents reach it."""
+
+    def __init__(self, kube: Kube, ns: str, name: str):
+        s = kube.get(path("NotebookSession", ns, name))
+        secret = kube.get(path("Secret", ns, s["status"]["tokenSecretName"]))
+        self.token = base64.b64decode(secret["data"]["token"]).decode().strip()
+        pod = kube.get(path("Pod", ns, s["status"]["podName"]))
+        self.pod_uid = pod["metadata"]["uid"]
+        self.ip = pod["status"]["podIP"]
+        port = pod["spec"]["initContainers"][0]["ports"][0]["containerPort"]
+        self.url = f"http://{self.ip}:{port}"
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def submit(self, code: str, **kw) -> dict:
+        r = self.http.post(self.url + "/v1/executions", json={"code": code, **kw}, timeout=30)
+        assert r.status_code in (200, 202), r.text
+        return r.json()
+
+    def get(self, eid: str, wait: float = 0) -> dict:
+        r = self.http.get(f"{self.url}/v1/executions/{eid}", params={"wait": wait}, timeout=wait + 30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_final(self, eid: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            e = self.get(eid, wait=max(0.0, min(left, 30)))
+            if e["state"] in ("completed", "failed", "cancelled") or left <= 0:
+                return e
+
+    def wait_state(self, eid: str, states: tuple, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            e = self.get(eid)
+            if e["state"] in states or time.monotonic() > deadline:
+                return e
+            time.sleep(0.05)
+
+    def status(self) -> dict:
+        r = self.http.get(self.url + "/v1/status", timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def text_of(execution: dict) -> str:
+    parts = []
+    for o in execution["outputs"]:
+        if o["output_type"] == "stream":
+            parts.append(o["text"])
+        elif "data" in o:
+            parts.append(o["data"].get("text/plain", ""))
+    return "".join(parts)

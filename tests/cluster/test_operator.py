@@ -1,0 +1,285 @@
+"""Tier 4, issue 6: a NotebookSession becomes a kernel pod on a real
+kube-apiserver, run by the stand-in kubelet, reconciled by the operator binary
+holding nothing but the chart's RBAC."""
+import base64
+import re
+import time
+
+import pytest
+import requests
+
+from conftest import OPERATOR_NS, refusals
+from kube import ApiError, path
+from sessions import (SidecarApi, cond, create_session, get_session, phase, text_of, wait_ready,
+                      wait_session)
+
+RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+              "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def owned_by(obj: dict, session: dict) -> bool:
+    refs = obj["metadata"].get("ownerReferences", [])
+    return any(r["kind"] == "NotebookSession" and r["name"] == session["metadata"]["name"]
+               and r["uid"] == session["metadata"]["uid"] and r.get("controller") is True
+               and r["apiVersion"] == "notebook.dev/v1alpha1"
+               for r in refs)
+
+
+def wait_exists(kube, kind, ns, name, timeout=30):
+    return kube.wait_for(kind, ns, name, lambda o: o is not None, timeout, f"{kind} {ns}/{name}")
+
+
+def wait_gone(kube, kind, ns, name, timeout=60):
+    kube.wait_for(kind, ns, name, lambda o: o is None, timeout, f"{kind} {ns}/{name} deleted")
+
+
+def test_session_owns_pod_service_secret_and_claim_with_the_expected_spec(restricted_ns):
+    ns, kube = restricted_ns, restricted_ns.kube
+    create_session(kube, ns, "spec", kernel={
+        "image": "quay.io/jupyter/scipy-notebook:2026-01-01",
+        "env": [{"name": "OMP_NUM_THREADS", "value": "2"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+    }, storage={"size": "1Gi"}, idleTimeout="30m", podTemplate={
+        "nodeSelector": {"kubernetes.io/os": "linux"}, "labels": {"team": "research"},
+        "annotations": {"example.com/cost-center": "42"}})
+    session = get_session(kube, ns, "spec")
+
+    svc = wait_exists(kube, "Service", ns, "spec")
+    secret = wait_exists(kube, "Secret", ns, "spec-token")
+    pvc = wait_exists(kube, "PersistentVolumeClaim", ns, "spec-state")
+    pod = wait_exists(kube, "Pod", ns, "spec-kernel")  # admitted under Pod Security "restricted"
+    for o in (svc, secret, pvc, pod):
+        assert owned_by(o, session), o["metadata"]
+        assert o["metadata"]["labels"]["notebook.dev/session"] == "spec"
+        assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "notebook-operator"
+
+    # Service: the sidecar's port, selecting the session's pod.
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "notebook-session", "notebook.dev/session": "spec"}
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [("http", 8888, "http")]
+    # Secret: a client token and a kernel key, random, 256 bits each.
+    assert secret["type"] == "Opaque" and sorted(secret["data"]) == ["kernel-key", "token"]
+    values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert all(re.fullmatch("[0-9a-f]{64}", v) for v in values.values()) and len(set(values.values())) == 2
+    # Claim: the size asked for.
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+    # Pod: the sidecar as a native sidecar running the operator's image, the kernel from the spec.
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["metadata"]["labels"]["team"] == "research"
+    assert pod["metadata"]["annotations"]["example.com/cost-center"] == "42"
+    assert pod["metadata"]["annotations"]["notebook.dev/spec-hash"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    [sidecar] = spec["initContainers"]
+    assert sidecar["name"] == "sidecar" and sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == "notebook-operator:0.1.0"  # the chart's image, given to the operator
+    assert sidecar["args"][0] == "sidecar"
+    assert sidecar["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    [kernel] = spec["containers"]
+    assert kernel["name"] == "kernel" and kernel["image"] == "quay.io/jupyter/scipy-notebook:2026-01-01"
+    assert kernel["command"] == ["python", "-m", "ipykernel_launcher", "-f", "/run/notebook/kernel.json"]
+    assert kernel["env"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
+    assert kernel["resources"]["limits"] == {"memory": "1Gi"}
+    for c in (sidecar, kernel):
+        assert {k: c["securityContext"].get(k) for k in RESTRICTED} == RESTRICTED, c["name"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["state"]["persistentVolumeClaim"]["claimName"] == "spec-state"
+    assert volumes["token"]["secret"]["secretName"] == "spec-token"
+    assert "emptyDir" in volumes["runtime"]
+    assert not any(m["name"] == "token" for m in kernel["volumeMounts"]), "the kernel must not see the token"
+
+    # Status: what a user reads, for the generation it describes.
+    s = wait_ready(kube, ns, "spec")
+    st = s["status"]
+    assert st["observedGeneration"] == s["metadata"]["generation"]
+    assert st["endpoint"] == f"http://spec.{ns}.svc:8888"
+    assert st["mcpEndpoint"] == f"http://spec.{ns}.svc:8888/mcp"
+    assert st["tokenSecretName"] == "spec-token" and st["podName"] == "spec-kernel"
+    for t in ("SpecValid", "Ready", "PodScheduled", "KernelAlive"):
+        c = cond(s, t)
+        assert c.get("status") == "True", (t, st["conditions"])
+        assert c["observedGeneration"] == s["metadata"]["generation"] and c["lastTransitionTime"]
+    table = ns.cluster.kubectl("-n", ns, "get", "nbs", "spec")
+    assert re.search(r"NAME\s+PHASE\s+READY\s+ENDPOINT", table) and re.search(r"spec\s+Ready\s+True\s+http://", table), table
+
+    # Events on transitions.
+    events = kube.list(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+    reasons = {e.get("reason") for e in events if e["regarding"].get("name") == "spec"
+               and e["regarding"].get("kind") == "NotebookSession"}
+    assert "Ready" in reasons, reasons
+
+    # The Secret is created once and never rewritten: a reconcile (caused by
+    # any change) leaves it as it was.
+    before = kube.get(path("Secret", ns, "spec-token"))
+    kube.patch(path("NotebookSession", ns, "spec"), {"metadata": {"annotations": {"touch": "1"}}})
+    kube.patch(path("Pod", ns, "spec-kernel"), {"metadata": {"annotations": {"touch": "1"}}})
+    time.sleep(2)
+    after = kube.get(path("Secret", ns, "spec-token"))
+    assert after["data"] == before["data"] and after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert kube.get(path("Pod", ns, "spec-kernel"))["metadata"]["uid"] == pod["metadata"]["uid"], \
+        "an unchanged spec must not replace the pod"
+
+
+def test_session_becomes_ready_with_queue_counts_from_the_sidecar(ns):
+    kube = ns.kube
+    create_session(kube, ns, "counts")
+    s = wait_ready(kube, ns, "counts")
+    assert cond(s, "KernelAlive")["status"] == "True", s["status"]
+    assert s["status"]["queue"] == {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+    api = SidecarApi(kube, ns, "counts")
+    assert api.ip.startswith("127.") and api.ip != "127.0.0.1"
+
+    e = api.wait_final(api.submit("6 * 7")["id"])
+    assert e["state"] == "completed" and text_of(e) == "42", e
+    wait_session(kube, ns, "counts", lambda s: s["status"].get("queue", {}).get("completed") == 1,
+                 timeout=30, what="queue.completed 1 in status")
+
+    long = api.submit("import time; time.sleep(20)")["id"]
+    waiting = api.submit("1 + 1")["id"]
+    api.wait_state(long, ("running",), timeout=30)
+    s = wait_session(kube, ns, "counts", lambda s: s["status"].get("queue", {}).get("running") == 1
+                     and s["status"]["queue"].get("queued") == 1, timeout=30, what="queue running 1, queued 1")
+    assert cond(s, "KernelAlive")["reason"] == "KernelBusy", s["status"]
+    api.http.post(f"{api.url}/v1/executions/{long}/cancel", timeout=10)
+    assert api.wait_final(waiting)["state"] == "completed"
+    s = wait_session(kube, ns, "counts", lambda s: s["status"]["queue"]["completed"] == 2
+                     and s["status"]["queue"]["running"] == 0 and s["status"]["queue"]["queued"] == 0,
+                     timeout=30, what="queue drained in status")
+    assert s["status"].get("lastActivityTime"), s["status"]
+
+
+def test_a_deleted_pod_is_recreated(ns):
+    kube = ns.kube
+    create_session(kube, ns, "phoenix", storage={"size": "1Gi"})
+    wait_ready(kube, ns, "phoenix")
+    api = SidecarApi(kube, ns, "phoenix")
+    first = api.wait_final(api.submit("'before'")["id"])
+    assert first["state"] == "completed"
+
+    kube.delete(path("Pod", ns, "phoenix-kernel"))  # graceful, as kubectl delete does
+    s = wait_session(kube, ns, "phoenix", lambda s: phase(s) != "Ready", timeout=30, what="not Ready")
+    s = wait_ready(kube, ns, "phoenix")
+    again = SidecarApi(kube, ns, "phoenix")
+    assert again.pod_uid != api.pod_uid, "a new pod"
+    # The claim kept the queue's history across the pod's loss.
+    assert again.get(first["id"])["state"] == "completed"
+    assert text_of(again.wait_final(again.submit("'after'")["id"])) == "'after'"
+    wait_session(kube, ns, "phoenix", lambda s: s["status"]["queue"]["completed"] == 2, timeout=30,
+                 what="history and new work counted")
+
+
+def test_deleting_the_session_garbage_collects_what_it_owns(ns):
+    kube = ns.kube
+    create_session(kube, ns, "gone", storage={"size": "1Gi"})
+    wait_ready(kube, ns, "gone")
+    kube.delete(path("NotebookSession", ns, "gone"))
+    wait_gone(kube, "NotebookSession", ns, "gone")
+    # kube-controller-manager's garbage collector follows the owner references.
+    for kind, name in (("Pod", "gone-kernel"), ("Service", "gone"), ("Secret", "gone-token"),
+                       ("PersistentVolumeClaim", "gone-state")):
+        wait_gone(kube, kind, ns, name)
+
+
+def can_i(operator, verb, resource, ns=None, group="", sub="", name=""):
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "group": group,
+                                              "subresource": sub, "namespace": ns or "", "name": name}}}
+    return operator.kube.create("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)["status"]["allowed"]
+
+
+def test_the_operator_holds_the_chart_rbac_and_no_more(operator, ns):
+    """Every other test proves the chart's RBAC is enough (the namespace
+    fixture fails on any 'forbidden' in the operator's log); this one checks
+    the operator's token cannot do what it has no business doing."""
+    assert can_i(operator, "patch", "notebooksessions", ns, "notebook.dev", "status")
+    assert can_i(operator, "create", "pods", ns) and can_i(operator, "create", "secrets", ns)
+    assert can_i(operator, "update", "notebooksessions", ns, "notebook.dev", "finalizers")
+    assert can_i(operator, "update", "leases", OPERATOR_NS, "coordination.k8s.io", name="notebook-operator-leader")
+    denied = [
+        ("update", "secrets", ns, "", ""), ("patch", "secrets", ns, "", ""), ("delete", "secrets", ns, "", ""),
+        ("create", "pods", ns, "", "exec"), ("create", "pods", ns, "", "portforward"),
+        ("create", "notebooksessions", ns, "notebook.dev", ""),
+        ("update", "notebooksessions", ns, "notebook.dev", ""),
+        ("delete", "services", ns, "", ""), ("delete", "persistentvolumeclaims", ns, "", ""),
+        ("list", "nodes", None, "", ""), ("delete", "namespaces", None, "", ""),
+        ("create", "deployments", ns, "apps", ""), ("create", "serviceaccounts", ns, "", "token"),
+        ("create", "clusterrolebindings", None, "rbac.authorization.k8s.io", ""),
+        ("update", "leases", ns, "coordination.k8s.io", ""),
+        ("update", "customresourcedefinitions", None, "apiextensions.k8s.io", ""),
+    ]
+    allowed = [d for d in denied if can_i(operator, d[0], d[1], d[2], d[3], d[4])]
+    assert not allowed, f"the operator may do more than it needs: {allowed}"
+
+
+def test_an_invalid_session_is_refused_with_a_clear_message(ns):
+    kube = ns.kube
+    for spec, words in ((dict(idleTimeout="soon"), "positive duration"),
+                        (dict(idleTimeout="-5m"), "positive duration"),
+                        (dict(kernel={"image": ""}), "image")):
+        with pytest.raises(ApiError) as refused:
+            create_session(kube, ns, "bad", **spec)
+        assert refused.value.status == 422 and words in str(refused.value), refused.value
+    with pytest.raises(ApiError) as refused:
+        create_session(kube, ns, "9lives")
+    assert refused.value.status == 422 and "DNS-1035" in str(refused.value)
+
+
+def wait_healthz(op, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        assert op.alive(), op.log()[-3000:]
+        try:
+            if requests.get(op.metrics_url + "/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "no /healthz"
+        time.sleep(0.1)
+
+
+def test_a_second_replica_waits_for_the_lease_then_takes_over_and_replaces_no_pod(ns, operator, operator_factory):
+    kube = ns.kube
+    create_session(kube, ns, "steady")
+    wait_ready(kube, ns, "steady")
+    pod_uid = kube.get(path("Pod", ns, "steady-kernel"))["metadata"]["uid"]
+    standby = operator_factory("tier4-standby").start()
+    try:
+        wait_healthz(standby)
+        time.sleep(3)
+        assert operator.holder() == operator.identity
+        assert re.search(r"^notebook_operator_leader 0$", standby.metrics(), re.M), standby.metrics()
+        # The leader stops (SIGTERM releases the Lease): the standby takes
+        # over and reconciles.
+        operator.stop()
+        standby.wait_leader(timeout=30)
+        create_session(kube, ns, "later")
+        wait_ready(kube, ns, "later")
+        assert kube.get(path("Pod", ns, "steady-kernel"))["metadata"]["uid"] == pod_uid, \
+            "a new leader must not replace the pods of the old one"
+        assert not refusals(standby.log()), "the standby was refused:\n" + "\n".join(refusals(standby.log())[:5])
+    finally:
+        standby.stop()
+        operator.start()
+        operator.wait_leader(timeout=60)
+    s = wait_ready(kube, ns, "steady")
+    assert kube.get(path("Pod", ns, "steady-kernel"))["metadata"]["uid"] == pod_uid
+    assert s["status"]["podName"] == "steady-kernel"
+
+
+def test_a_foreground_deletion_shows_terminating_until_the_children_are_gone(ns):
+    kube = ns.kube
+    create_session(kube, ns, "fg", storage={"size": "1Gi"})
+    wait_ready(kube, ns, "fg")
+    kube.delete(path("NotebookSession", ns, "fg"), propagation="Foreground")
+    s = wait_session(kube, ns, "fg", lambda s: s is None or phase(s) == "Terminating", timeout=30,
+                     what="phase Terminating during the foreground deletion")
+    assert s is not None, "the session went before its pod: the owner references do not block its deletion"
+    assert cond(s, "Ready")["reason"] == "Terminating"
+    wait_gone(kube, "NotebookSession", ns, "fg")
+    # Foreground: the dependents went first.
+    for kind, name in (("Pod", "fg-kernel"), ("Service", "fg"), ("Secret", "fg-token")):
+        assert kube.get_opt(path(kind, ns, name)) is None, f"{kind} {name} outlived its session"
