@@ -220,6 +220,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         .await
         .map_err(Error::kube("read Pod"))?;
     let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
+    let sidecar_answered = matches!(sidecar, SidecarObservation::Answered(_));
     let (last_activity, clients) = match &sidecar {
         SidecarObservation::Answered(s) => (s.last_activity_time(), s.clients),
         _ => (
@@ -290,7 +291,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     let new = status::build_status(session, &observed, now);
     let phase = new.phase;
     write_status(&sessions, session, new, ctx).await?;
-    if phase == Some(SessionPhase::Ready) {
+    if phase == Some(SessionPhase::Ready) && sidecar_answered {
         sync_asset_leases(session, pod.as_ref(), token.as_deref(), ctx).await;
     }
 

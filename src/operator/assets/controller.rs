@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
@@ -173,7 +174,10 @@ async fn enforce(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
                 write_status(leases, lease, plan.status, ctx).await?;
                 return Ok(Action::requeue(wait));
             }
-            let finding = check(lease, leases, ctx).await?;
+            let finding = match check(lease, leases, ctx).await? {
+                Checked::Found(finding) => finding,
+                Checked::Restarted => return Ok(Action::await_change()),
+            };
             ctx.metrics.asset_lease(outcome(&finding));
             let verdict = decide::verdict(lease, Timestamp::now(), settings, finding);
             write_status(leases, lease, verdict.status, ctx).await?;
@@ -225,37 +229,58 @@ fn escape_field_value(value: &str) -> String {
     out
 }
 
+/// What a check came to.
+enum Checked {
+    /// A finding for the verdict.
+    Found(Finding),
+    /// The asset was written again after the lease began; the lease now
+    /// starts at that time (its watch event brings it back).
+    Restarted,
+}
+
 /// What the sidecar says about the asset of an expired lease. Errors are the
 /// apiserver's; everything about the session and its sidecar is a finding.
-async fn check(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<Finding, Error> {
+async fn check(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<Checked, Error> {
+    let found = |finding| Ok(Checked::Found(finding));
     let terms = match decide::terms(lease) {
         Ok(terms) => terms,
         Err(why) => return Err(Error::Sidecar(format!("the lease cannot be enforced: {why}"))),
     };
     let others = same_asset(lease, leases).await?;
     if let Some((other, until)) = decide::holder(lease, &others, Timestamp::now()) {
-        return Ok(Finding::HeldByLease { lease: other, until });
+        return found(Finding::HeldByLease { lease: other, until });
     }
     let target = match reach(lease, ctx).await? {
         Reach::Ready { ip, token } => (ip, token),
         Reach::Gone { reason, message } | Reach::NotReady { reason, message } => {
-            return Ok(Finding::Unreachable { reason, message })
+            return found(Finding::Unreachable { reason, message })
         }
     };
     let (ip, token) = (target.0.as_str(), target.1.as_str());
     let index = match ctx.sidecar.assets(ip, token).await {
         Ok(index) => index,
         Err(message) => {
-            return Ok(Finding::Unreachable {
+            return found(Finding::Unreachable {
                 reason: "SidecarUnreachable",
                 message: format!("reading the asset index: {message}"),
             })
         }
     };
-    if let Some(finding) = decide::from_index(&terms.asset, &index) {
-        return Ok(finding);
+    if let Some(at) = decide::restart_at(lease, &index) {
+        let patch = serde_json::json!({"spec": {"startTime": Time(at)}});
+        leases
+            .patch(&lease.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube(
+                "restart an AssetLease at its asset's new creation time",
+            ))?;
+        tracing::info!(lease = %lease.name_any(), start = %at, "the asset was written again: the lease starts again");
+        return Ok(Checked::Restarted);
     }
-    Ok(match ctx.sidecar.delete_asset(ip, token, &terms.asset).await {
+    if let Some(finding) = decide::from_index(&terms.asset, &index) {
+        return found(finding);
+    }
+    found(match ctx.sidecar.delete_asset(ip, token, &terms.asset).await {
         Ok(AssetDeletion::Deleted) => {
             tracing::info!(
                 lease = %lease.name_any(),

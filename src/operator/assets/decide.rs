@@ -29,6 +29,7 @@ use kube::ResourceExt;
 
 use crate::assets::name::is_valid;
 use crate::assets::ASSETS_DIR;
+use crate::operator::builders::{LABEL_MANAGED_BY, MANAGER};
 use crate::operator::crd::{parse_duration, AssetLease, AssetLeaseStatus, LeasePhase};
 use crate::operator::sidecar_client::SidecarAsset;
 
@@ -247,6 +248,33 @@ pub struct Verdict {
     pub status: AssetLeaseStatus,
     /// When to reconcile again.
     pub next: Next,
+}
+
+/// When the sidecar wrote the asset again after an operator-made lease began
+/// (the same content produced again), the instant that lease should start
+/// from instead: an asset is kept a full duration after its latest creation.
+/// The session controller does the same at its next status read; checking
+/// here too closes the gap between a rewrite and that read. Leases made by
+/// people are theirs to renew.
+pub fn restart_at(lease: &AssetLease, index: &[SidecarAsset]) -> Option<Timestamp> {
+    let made_by_operator = lease.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
+        && lease
+            .owner_references()
+            .iter()
+            .any(|owner| owner.kind == "NotebookSession" && owner.name == lease.spec.session_ref.name);
+    if !made_by_operator {
+        return None;
+    }
+    let asset = asset_name(&lease.spec.path).ok()?;
+    let created = ceil_second(index.iter().find(|e| e.name == asset)?.created_time()?);
+    let start = lease
+        .spec
+        .start_time
+        .as_ref()
+        .or(lease.metadata.creation_timestamp.as_ref())?
+        .0;
+    let began = lease.spec.renew_time.as_ref().map_or(start, |r| start.max(r.0));
+    (created > began).then_some(created)
 }
 
 /// The index entry's answer for an expired lease, when it settles the matter
@@ -829,6 +857,39 @@ spec:
         let plan = plan(&restarted, at("2026-11-28T10:13:00Z"), GRACE);
         assert_eq!(plan.status.phase, Some(LeasePhase::Active));
         assert_eq!(plan.step, Step::WaitUntil(at("2026-11-28T10:22:00Z")));
+    }
+
+    #[test]
+    fn an_asset_written_again_restarts_the_operators_lease() {
+        let mut ours = lease("");
+        ours.metadata.labels = Some([(LABEL_MANAGED_BY.to_string(), MANAGER.to_string())].into());
+        ours.spec.session_ref.name = "analysis".into();
+        ours.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "notebook.dev/v1alpha1".into(),
+                kind: "NotebookSession".into(),
+                name: "analysis".into(),
+                uid: "u".into(),
+                ..Default::default()
+            },
+        ]);
+        let mut rewritten = entry(&[], false);
+        rewritten.created_at = Some("2026-11-28T10:09:59.500Z".into());
+        assert_eq!(
+            restart_at(&ours, std::slice::from_ref(&rewritten)),
+            Some(at("2026-11-28T10:10:00Z"))
+        );
+        // Not newer than the start: nothing to restart.
+        let mut same = entry(&[], false);
+        same.created_at = Some("2026-11-28T10:00:00Z".into());
+        assert_eq!(restart_at(&ours, &[same]), None);
+        // Renewed after the rewrite: the renewal already covers it.
+        let mut renewed = ours.clone();
+        renewed.spec.renew_time = Some(Time(at("2026-11-28T10:10:00Z")));
+        assert_eq!(restart_at(&renewed, std::slice::from_ref(&rewritten)), None);
+        assert_eq!(restart_at(&ours, &[]), None);
+        // A person's lease is theirs to renew.
+        assert_eq!(restart_at(&lease(""), &[rewritten]), None);
     }
 
     #[test]
