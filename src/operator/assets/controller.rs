@@ -121,8 +121,8 @@ pub async fn reconcile(lease: Arc<AssetLease>, ctx: Arc<LeaseContext>) -> Result
     let leases: Api<AssetLease> = Api::namespaced(ctx.client.clone(), &namespace);
     let result = finalizer(&leases, FINALIZER, lease, |event| async {
         match event {
-            Finalized::Apply(lease) => enforce(&lease, &leases, &ctx).await,
-            Finalized::Cleanup(lease) => release(&lease, &leases, &ctx).await,
+            Finalized::Apply(lease) => enforce(&lease, &leases, &ctx).await.map(Wake::action),
+            Finalized::Cleanup(lease) => release(&lease, &leases, &ctx).await.map(Wake::action),
         }
     })
     .await;
@@ -144,39 +144,57 @@ pub fn error_policy(lease: Arc<AssetLease>, error: &Error, ctx: Arc<LeaseContext
     Action::requeue(delay)
 }
 
-/// An action that brings the lease back at `at`, measured from the moment
-/// this returns (not from the start of the reconcile).
-fn requeue_at(at: Timestamp) -> Action {
-    let until = at.duration_since(Timestamp::now());
-    Action::requeue(Duration::try_from(until).unwrap_or(Duration::ZERO))
+/// When to reconcile a lease again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// At this instant: the delay is measured when the reconcile returns,
+    /// not when it started, so the lease comes back exactly then.
+    At(Timestamp),
+    /// After this delay (a backoff).
+    After(Duration),
+    /// When the lease changes.
+    OnChange,
 }
 
-async fn enforce(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<Action, Error> {
+impl Wake {
+    fn action(self) -> Action {
+        match self {
+            Wake::At(at) => {
+                let until = at.duration_since(Timestamp::now());
+                Action::requeue(Duration::try_from(until).unwrap_or(Duration::ZERO))
+            }
+            Wake::After(delay) => Action::requeue(delay),
+            Wake::OnChange => Action::await_change(),
+        }
+    }
+}
+
+async fn enforce(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<Wake, Error> {
     let key = ObjectRef::from_obj(lease);
     let settings = ctx.config.settings;
     let plan = decide::plan(lease, Timestamp::now(), settings);
     match plan.step {
         Step::Invalid => {
             write_status(leases, lease, plan.status, ctx).await?;
-            Ok(Action::await_change())
+            Ok(Wake::OnChange)
         }
         Step::WaitUntil(at) => {
             write_status(leases, lease, plan.status, ctx).await?;
             ctx.clear_failures(&key);
-            Ok(requeue_at(at))
+            Ok(Wake::At(at))
         }
         Step::Remove => {
             remove(lease, leases, ctx).await?;
-            Ok(Action::await_change())
+            Ok(Wake::OnChange)
         }
         Step::Check => {
             if let Some(wait) = ctx.backing_off(&key) {
                 write_status(leases, lease, plan.status, ctx).await?;
-                return Ok(Action::requeue(wait));
+                return Ok(Wake::After(wait));
             }
             let finding = match check(lease, leases, ctx).await? {
                 Checked::Found(finding) => finding,
-                Checked::Restarted => return Ok(Action::await_change()),
+                Checked::Restarted => return Ok(Wake::OnChange),
             };
             ctx.metrics.asset_lease(outcome(&finding));
             let verdict = decide::verdict(lease, Timestamp::now(), settings, finding);
@@ -184,10 +202,10 @@ async fn enforce(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
             match verdict.next {
                 Next::At(at) => {
                     ctx.clear_failures(&key);
-                    Ok(requeue_at(at))
+                    Ok(Wake::At(at))
                 }
-                Next::Backoff => Ok(Action::requeue(ctx.record_failure(key))),
-                Next::AwaitChange => Ok(Action::await_change()),
+                Next::Backoff => Ok(Wake::After(ctx.record_failure(key))),
+                Next::AwaitChange => Ok(Wake::OnChange),
             }
         }
     }
@@ -374,14 +392,14 @@ async fn reach(lease: &AssetLease, ctx: &LeaseContext) -> Result<Reach, Error> {
 /// it. When the session is gone or not running the asset stays (a running
 /// session gives it a new lease at its next status read). Only a failure to
 /// reach a running session's sidecar keeps the finalizer, with backoff.
-async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<Action, Error> {
+async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<Wake, Error> {
     let others = same_asset(lease, leases).await?;
     let holder = decide::holder(lease, &others, Timestamp::now());
     let asset = match decide::release(lease, holder) {
         Release::Keep(why) => {
             ctx.metrics.asset_lease("kept");
             tracing::info!(lease = %lease.name_any(), "released; the asset stays: {why}");
-            return Ok(Action::await_change());
+            return Ok(Wake::OnChange);
         }
         Release::DeleteAsset(asset) => asset,
     };
@@ -397,7 +415,7 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
                 format!("released; {asset} stays because {message}"),
             )
             .await;
-            return Ok(Action::await_change());
+            return Ok(Wake::OnChange);
         }
     };
     let note = match ctx.sidecar.delete_asset(&ip, &token, &asset).await {
@@ -427,7 +445,7 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
     };
     publish(ctx, lease, EventType::Normal, "Released", note).await;
     ctx.clear_failures(&ObjectRef::from_obj(lease));
-    Ok(Action::await_change())
+    Ok(Wake::OnChange)
 }
 
 /// Removes a Reclaimed lease once its grace is over.
@@ -508,6 +526,11 @@ async fn publish(ctx: &LeaseContext, lease: &AssetLease, type_: EventType, reaso
     }
 }
 
+/// At most this many leases are reconciled at once, so that an operator
+/// starting with many expired leases does not send every sidecar all its
+/// checks at the same moment.
+pub const CONCURRENCY: u16 = 16;
+
 /// The Controller, wired: AssetLeases only. Sessions reach leases through
 /// owner references (the garbage collector) and through the session
 /// controller, which applies new leases.
@@ -517,11 +540,392 @@ pub fn controller(client: Client, namespace: Option<&str>) -> Controller<AssetLe
         None => Api::all(client),
     };
     Controller::new(api, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
 }
 
 #[cfg(test)]
 mod tests {
+    //! The I/O around the decisions, against a scripted fake apiserver and a
+    //! fake sidecar (both axum on loopback): which requests each step makes.
+
     use super::*;
+    use axum::extract::{Request, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use k8s_openapi::jiff::SignedDuration;
+    use serde_json::{json, Value};
+
+    const SHA: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+    /// One request a fake saw: method, path with query, body.
+    type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
+
+    #[derive(Clone)]
+    struct Fake {
+        seen: Seen,
+        objects: Arc<HashMap<String, Value>>,
+        lease: Value,
+    }
+
+    async fn record(seen: &Seen, request: Request) -> (String, String, Value) {
+        let method = request.method().to_string();
+        let uri = request.uri().to_string();
+        let bytes = axum::body::to_bytes(request.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        seen.lock()
+            .expect("lock")
+            .push((method.clone(), uri.clone(), body.clone()));
+        (method, uri, body)
+    }
+
+    fn json_response(code: StatusCode, value: Value) -> Response {
+        (code, [("content-type", "application/json")], value.to_string()).into_response()
+    }
+
+    async fn apiserver(State(fake): State<Fake>, request: Request) -> Response {
+        let (method, uri, body) = record(&fake.seen, request).await;
+        let path = uri.split('?').next().unwrap_or_default().to_string();
+        if method == "GET" && path.ends_with("/assetleases") {
+            return json_response(
+                StatusCode::OK,
+                json!({"apiVersion": "notebook.dev/v1alpha1", "kind": "AssetLeaseList",
+                       "metadata": {"resourceVersion": "7"}, "items": [fake.lease]}),
+            );
+        }
+        if method == "PATCH" && path.ends_with("/status") {
+            let mut lease = fake.lease.clone();
+            lease["status"] = body["status"].clone();
+            return json_response(StatusCode::OK, lease);
+        }
+        if method == "POST" && path.ends_with("/events") {
+            return json_response(StatusCode::CREATED, body);
+        }
+        if method == "GET" {
+            if let Some(object) = fake.objects.get(&path) {
+                return json_response(StatusCode::OK, object.clone());
+            }
+        }
+        json_response(
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404,
+                   "reason": "NotFound", "message": format!("{method} {path}: not here")}),
+        )
+    }
+
+    /// What the fake sidecar answers.
+    #[derive(Clone)]
+    struct Sidecar {
+        seen: Seen,
+        index: Value,
+        delete: (StatusCode, Value),
+    }
+
+    async fn sidecar(State(fake): State<Sidecar>, request: Request) -> Response {
+        let authorized = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some("Bearer tok");
+        let (method, _, _) = record(&fake.seen, request).await;
+        if !authorized {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": {"code": "unauthorized"}}),
+            );
+        }
+        match method.as_str() {
+            "GET" => json_response(StatusCode::OK, fake.index.clone()),
+            "DELETE" => json_response(fake.delete.0, fake.delete.1.clone()),
+            _ => json_response(StatusCode::METHOD_NOT_ALLOWED, Value::Null),
+        }
+    }
+
+    async fn serve(router: axum::Router) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        port
+    }
+
+    fn lease_json(start: &str, deleting: bool) -> Value {
+        let mut lease = json!({
+            "apiVersion": "notebook.dev/v1alpha1", "kind": "AssetLease",
+            "metadata": {"name": "analysis-0a1b2c3d4e5f6071.png", "namespace": "agents",
+                         "uid": "u-1", "generation": 1, "resourceVersion": "5",
+                         "creationTimestamp": start, "finalizers": [FINALIZER]},
+            "spec": {"sessionRef": {"name": "analysis"}, "path": format!("assets/{SHA}.png"),
+                     "duration": "10m", "startTime": start},
+        });
+        if deleting {
+            lease["metadata"]["deletionTimestamp"] = json!("2026-11-28T10:00:00Z");
+        }
+        lease
+    }
+
+    fn index(referenced_by: &[&str], pinned: bool) -> Value {
+        json!({"assets": [{"name": format!("{SHA}.png"), "path": format!("assets/{SHA}.png"), "size": 1048584,
+                           "mime": "image/png", "created_at": "2020-01-01T00:00:00Z",
+                           "referenced_by": referenced_by, "pinned": pinned}]})
+    }
+
+    struct World {
+        api: Seen,
+        side: Seen,
+        ctx: LeaseContext,
+        leases: Api<AssetLease>,
+        lease: AssetLease,
+    }
+
+    impl World {
+        fn sidecar_calls(&self) -> Vec<(String, String)> {
+            let seen = self.side.lock().expect("lock");
+            seen.iter().map(|(m, u, _)| (m.clone(), u.clone())).collect()
+        }
+        fn api_calls(&self) -> Vec<(String, String, Value)> {
+            self.api.lock().expect("lock").clone()
+        }
+        /// The status the controller applied last.
+        fn applied_status(&self) -> Value {
+            self.api_calls()
+                .into_iter()
+                .rev()
+                .find(|(m, u, _)| m == "PATCH" && u.contains("/status"))
+                .map(|(_, _, body)| body["status"].clone())
+                .unwrap_or(Value::Null)
+        }
+    }
+
+    async fn world(
+        lease: Value,
+        pod_ready: bool,
+        sidecar_index: Value,
+        delete: (StatusCode, Value),
+    ) -> World {
+        let side: Seen = Seen::default();
+        let side_port = serve(axum::Router::new().fallback(sidecar).with_state(Sidecar {
+            seen: side.clone(),
+            index: sidecar_index,
+            delete,
+        }))
+        .await;
+        let ready = if pod_ready { "True" } else { "False" };
+        let objects = HashMap::from([
+            (
+                "/apis/notebook.dev/v1alpha1/namespaces/agents/notebooksessions/analysis".to_string(),
+                json!({"apiVersion": "notebook.dev/v1alpha1", "kind": "NotebookSession",
+                       "metadata": {"name": "analysis", "namespace": "agents", "uid": "s-1"}, "spec": {}}),
+            ),
+            (
+                "/api/v1/namespaces/agents/pods/analysis-kernel".to_string(),
+                json!({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": "analysis-kernel", "namespace": "agents"},
+                       "status": {"podIP": "127.0.0.1", "phase": "Running",
+                                  "conditions": [{"type": "Ready", "status": ready}]}}),
+            ),
+            (
+                "/api/v1/namespaces/agents/secrets/analysis-token".to_string(),
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "analysis-token", "namespace": "agents"},
+                       "data": {"token": "dG9r"}}),
+            ),
+        ]);
+        let api: Seen = Seen::default();
+        let api_port = serve(axum::Router::new().fallback(apiserver).with_state(Fake {
+            seen: api.clone(),
+            objects: Arc::new(objects),
+            lease: lease.clone(),
+        }))
+        .await;
+        let url = format!("http://127.0.0.1:{api_port}").parse().expect("a URL");
+        let client = Client::try_from(kube::Config::new(url)).expect("a client");
+        let ctx = LeaseContext::new(
+            client.clone(),
+            LeaseControllerConfig {
+                settings: Settings {
+                    grace: Duration::from_secs(300),
+                },
+                namespace: None,
+                instance: None,
+            },
+            Arc::new(Metrics::default()),
+            SidecarClient::new(Duration::from_secs(2)).with_port(side_port),
+        );
+        World {
+            api,
+            side,
+            ctx,
+            leases: Api::namespaced(client, "agents"),
+            lease: serde_json::from_value(lease).expect("a lease"),
+        }
+    }
+
+    fn ok_deleted() -> (StatusCode, Value) {
+        (StatusCode::OK, json!({"deleted": format!("{SHA}.png")}))
+    }
+
+    #[tokio::test]
+    async fn an_expired_unreferenced_asset_is_deleted_through_the_sidecar_and_the_lease_reclaimed() {
+        let w = world(
+            lease_json("2020-01-01T00:00:00Z", false),
+            true,
+            index(&[], false),
+            ok_deleted(),
+        )
+        .await;
+        let before = floor_now();
+        let wake = enforce(&w.lease, &w.leases, &w.ctx).await.expect("enforced");
+        assert_eq!(
+            w.sidecar_calls(),
+            [
+                ("GET".to_string(), "/v1/assets".to_string()),
+                ("DELETE".to_string(), format!("/v1/assets/{SHA}.png"))
+            ]
+        );
+        let list = w
+            .api_calls()
+            .into_iter()
+            .find(|(m, u, _)| m == "GET" && u.contains("/assetleases?"));
+        let (_, uri, _) = list.expect("the other leases on the asset were listed");
+        assert!(
+            uri.contains("fieldSelector=spec.sessionRef.name%3Danalysis%2Cspec.path%3Dassets%2F0a1b"),
+            "{uri}"
+        );
+        let status = w.applied_status();
+        assert_eq!(status["phase"], "Reclaimed", "{status}");
+        // Removed one grace after the check.
+        let Wake::At(at) = wake else { panic!("{wake:?}") };
+        let grace = at.duration_since(before).as_secs();
+        assert!((300..=301).contains(&grace), "{wake:?}");
+    }
+
+    #[tokio::test]
+    async fn guarantee_6_a_notebook_saved_after_the_index_was_read_wins_over_the_delete() {
+        // The index still says "unreferenced"; the sidecar's delete, which
+        // re-reads the notebooks under its lock, refuses with 409.
+        let refused = (
+            StatusCode::CONFLICT,
+            json!({"error": {"code": "in_use"}, "referenced_by": ["report.ipynb"], "pinned": false}),
+        );
+        let w = world(
+            lease_json("2020-01-01T00:00:00Z", false),
+            true,
+            index(&[], false),
+            refused,
+        )
+        .await;
+        enforce(&w.lease, &w.leases, &w.ctx).await.expect("enforced");
+        let status = w.applied_status();
+        assert_eq!(status["phase"], "Retained", "{status}");
+        assert_eq!(status["referencedBy"], json!(["report.ipynb"]));
+    }
+
+    #[tokio::test]
+    async fn a_referenced_asset_is_not_even_asked_to_be_deleted() {
+        let w = world(
+            lease_json("2020-01-01T00:00:00Z", false),
+            true,
+            index(&["a.ipynb"], false),
+            ok_deleted(),
+        )
+        .await;
+        enforce(&w.lease, &w.leases, &w.ctx).await.expect("enforced");
+        assert_eq!(w.sidecar_calls(), [("GET".to_string(), "/v1/assets".to_string())]);
+        assert_eq!(w.applied_status()["phase"], "Retained");
+    }
+
+    #[tokio::test]
+    async fn an_active_lease_asks_nobody_and_wakes_at_its_expiry() {
+        let start = Timestamp::now()
+            .checked_add(SignedDuration::from_secs(60))
+            .expect("a time");
+        let start = decide::floor_second(start).to_string();
+        let w = world(lease_json(&start, false), true, index(&[], false), ok_deleted()).await;
+        let wake = enforce(&w.lease, &w.leases, &w.ctx).await.expect("enforced");
+        let expires: Timestamp = start.parse::<Timestamp>().expect("time") + SignedDuration::from_secs(600);
+        assert_eq!(wake, Wake::At(expires));
+        assert!(w.sidecar_calls().is_empty());
+        let calls: Vec<_> = w.api_calls().into_iter().map(|(m, u, _)| (m, u)).collect();
+        assert!(
+            calls
+                .iter()
+                .all(|(m, u)| m == "PATCH" && u.contains("/status") || m == "POST" && u.contains("/events")),
+            "{calls:?}"
+        );
+        assert_eq!(w.applied_status()["phase"], "Active");
+    }
+
+    #[tokio::test]
+    async fn a_session_that_is_not_ready_keeps_the_asset_and_backs_off() {
+        let w = world(
+            lease_json("2020-01-01T00:00:00Z", false),
+            false,
+            index(&[], false),
+            ok_deleted(),
+        )
+        .await;
+        let wake = enforce(&w.lease, &w.leases, &w.ctx).await.expect("enforced");
+        assert!(
+            matches!(wake, Wake::After(d) if d >= Duration::from_secs(1)),
+            "{wake:?}"
+        );
+        assert!(w.sidecar_calls().is_empty());
+        let status = w.applied_status();
+        let reachable = status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "SessionReachable").cloned())
+            .expect("a SessionReachable condition");
+        assert_eq!(
+            (reachable["status"].as_str(), reachable["reason"].as_str()),
+            (Some("False"), Some("SessionNotReady"))
+        );
+        // The watch event of that status write does not bring the next attempt forward.
+        let again = enforce(&w.lease, &w.leases, &w.ctx).await.expect("enforced");
+        assert!(matches!(again, Wake::After(_)), "{again:?}");
+        assert!(w.sidecar_calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn deleting_a_lease_by_hand_releases_its_asset() {
+        let w = world(
+            lease_json("2026-11-28T09:55:00Z", true),
+            true,
+            index(&[], false),
+            ok_deleted(),
+        )
+        .await;
+        let wake = release(&w.lease, &w.leases, &w.ctx).await.expect("released");
+        assert_eq!(wake, Wake::OnChange);
+        assert_eq!(
+            w.sidecar_calls(),
+            [("DELETE".to_string(), format!("/v1/assets/{SHA}.png"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_referenced_asset_survives_the_release_of_its_lease() {
+        let refused = (
+            StatusCode::CONFLICT,
+            json!({"error": {"code": "in_use"}, "referenced_by": ["report.ipynb"], "pinned": false}),
+        );
+        let w = world(
+            lease_json("2026-11-28T09:55:00Z", true),
+            true,
+            index(&[], false),
+            refused,
+        )
+        .await;
+        // The finalizer goes (Ok), the asset stays (the sidecar refused).
+        assert_eq!(
+            release(&w.lease, &w.leases, &w.ctx).await.expect("released"),
+            Wake::OnChange
+        );
+    }
+
+    fn floor_now() -> Timestamp {
+        decide::floor_second(Timestamp::now())
+    }
 
     #[test]
     fn field_selector_values_are_escaped() {
