@@ -220,7 +220,6 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         .await
         .map_err(Error::kube("read Pod"))?;
     let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
-    let sidecar_answered = matches!(sidecar, SidecarObservation::Answered(_));
     let (last_activity, clients) = match &sidecar {
         SidecarObservation::Answered(s) => (s.last_activity_time(), s.clients),
         _ => (
@@ -288,6 +287,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         sidecar,
     };
     let pod_ready = pod.as_ref().is_some_and(is_pod_ready);
+    let sidecar_answered = matches!(observed.sidecar, SidecarObservation::Answered(_));
     let new = status::build_status(session, &observed, now);
     let phase = new.phase;
     write_status(&sessions, session, new, ctx).await?;
