@@ -241,7 +241,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             settings: assets::decide::Settings {
                 grace: args.asset_lease_grace,
             },
-            namespace: args.namespace.clone(),
             instance: Some(identity_for_leases),
         },
         metrics.clone(),

@@ -35,8 +35,6 @@ use crate::operator::sidecar_client::{AssetDeletion, SidecarClient};
 pub struct LeaseControllerConfig {
     /// What the decisions need (the grace before a Reclaimed lease is removed).
     pub settings: Settings,
-    /// Restrict to one namespace; `None` watches all.
-    pub namespace: Option<String>,
     /// Reporting instance of Events (pod name).
     pub instance: Option<String>,
 }
@@ -393,8 +391,14 @@ async fn reach(lease: &AssetLease, ctx: &LeaseContext) -> Result<Reach, Error> {
 /// session gives it a new lease at its next status read). Only a failure to
 /// reach a running session's sidecar keeps the finalizer, with backoff.
 async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<Wake, Error> {
-    let others = same_asset(lease, leases).await?;
-    let holder = decide::holder(lease, &others, Timestamp::now());
+    // Only a lease that may still hold its asset needs to know about the others.
+    let holder = match decide::release(lease, None) {
+        Release::Keep(_) => None,
+        Release::DeleteAsset(_) => {
+            let others = same_asset(lease, leases).await?;
+            decide::holder(lease, &others, Timestamp::now())
+        }
+    };
     let asset = match decide::release(lease, holder) {
         Release::Keep(why) => {
             ctx.metrics.asset_lease("kept");
@@ -746,7 +750,6 @@ mod tests {
                 settings: Settings {
                     grace: Duration::from_secs(300),
                 },
-                namespace: None,
                 instance: None,
             },
             Arc::new(Metrics::default()),

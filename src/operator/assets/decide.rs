@@ -301,12 +301,27 @@ pub fn verdict(lease: &AssetLease, now: Timestamp, settings: Settings, finding: 
             next: Next::AwaitChange,
         };
     };
-    if let Step::WaitUntil(at) = step {
-        // Not due (renewed meanwhile): the answer does not apply.
-        return Verdict {
-            status,
-            next: Next::At(at),
-        };
+    match step {
+        Step::Check => {}
+        // Not due (renewed meanwhile, or reclaimed): the answer does not apply.
+        Step::WaitUntil(at) => {
+            return Verdict {
+                status,
+                next: Next::At(at),
+            }
+        }
+        Step::Remove => {
+            return Verdict {
+                status,
+                next: Next::At(now),
+            }
+        }
+        Step::Invalid => {
+            return Verdict {
+                status,
+                next: Next::AwaitChange,
+            }
+        }
     }
     let generation = lease.metadata.generation;
     let checked = floor_second(now);
