@@ -18,6 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::assets::LeaseSync;
 use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER, TOKEN_KEY};
 use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_namespace_terminating, is_not_found, Error};
@@ -55,6 +56,8 @@ pub struct Context {
     pub sidecar: SidecarClient,
     /// Consecutive failures per session, for the error backoff.
     failures: Mutex<HashMap<ObjectRef<NotebookSession>, u32>>,
+    /// Applies AssetLeases for new assets of Ready sessions, when the lease controller runs.
+    leases: Option<LeaseSync>,
 }
 
 impl Context {
@@ -76,7 +79,14 @@ impl Context {
             metrics,
             sidecar,
             failures: Mutex::new(HashMap::new()),
+            leases: None,
         }
+    }
+
+    /// Also gives every asset of a Ready session a lease, using the lease controller's cache.
+    pub fn with_lease_sync(mut self, leases: LeaseSync) -> Self {
+        self.leases = Some(leases);
+        self
     }
 
     fn record_failure(&self, key: ObjectRef<NotebookSession>) -> u32 {
@@ -278,9 +288,13 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         sidecar,
     };
     let pod_ready = pod.as_ref().is_some_and(is_pod_ready);
+    let sidecar_answered = matches!(observed.sidecar, SidecarObservation::Answered(_));
     let new = status::build_status(session, &observed, now);
     let phase = new.phase;
     write_status(&sessions, session, new, ctx).await?;
+    if phase == Some(SessionPhase::Ready) && sidecar_answered {
+        sync_asset_leases(session, pod.as_ref(), token.as_deref(), ctx).await;
+    }
 
     // Look again at the next deadline; while the pod is ready, every status
     // interval for the sidecar's counts (nothing else tells us they changed).
@@ -344,7 +358,8 @@ async fn ensure_secret(
     Ok(value(TOKEN_KEY))
 }
 
-fn is_pod_ready(pod: &Pod) -> bool {
+/// Whether the pod's Ready condition is True.
+pub fn is_pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -420,6 +435,21 @@ async fn converge_pod(
         Ok(either) => Ok(either.left()),
         Err(err) if is_not_found(&err) || matches!(&err, kube::Error::Api(s) if s.code == 409) => Ok(None),
         Err(err) => Err(Error::kube("delete Pod")(err)),
+    }
+}
+
+/// Gives the session's new assets their leases. A failure is logged and
+/// counted; the next status read tries again.
+async fn sync_asset_leases(session: &NotebookSession, pod: Option<&Pod>, token: Option<&str>, ctx: &Context) {
+    let (Some(leases), Some(pod), Some(token)) = (&ctx.leases, pod, token) else {
+        return;
+    };
+    let synced = leases
+        .sync(&ctx.client, &ctx.sidecar, &ctx.metrics, session, pod, token)
+        .await;
+    if let Err(err) = synced {
+        ctx.metrics.error("asset_lease_sync");
+        tracing::warn!(session = %session.name_any(), error = %err, "could not give new assets their leases");
     }
 }
 

@@ -37,6 +37,13 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// Label: what an AssetLease check or release came to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `deleted`, `in_use`, `held`, `missing`, `unreachable`, `released`, `kept`, `removed`.
+    pub outcome: String,
+}
+
 /// All operator metrics.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +59,10 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Sidecar status reads that failed.
     pub sidecar_status_failures: Counter,
+    /// AssetLease checks at expiry and releases, by outcome.
+    pub asset_leases: Family<OutcomeLabel, Counter>,
+    /// AssetLeases created or updated for new assets.
+    pub asset_leases_applied: Counter,
 }
 
 impl Default for Metrics {
@@ -64,6 +75,8 @@ impl Default for Metrics {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
         let sidecar_status_failures = Counter::default();
+        let asset_leases = Family::<OutcomeLabel, Counter>::default();
+        let asset_leases_applied = Counter::default();
         registry.register(
             "reconciles",
             "Reconciles of NotebookSessions by result",
@@ -82,6 +95,16 @@ impl Default for Metrics {
             "Reads of a sidecar's /v1/status that failed",
             sidecar_status_failures.clone(),
         );
+        registry.register(
+            "asset_lease_outcomes",
+            "AssetLease checks at expiry and releases, by outcome",
+            asset_leases.clone(),
+        );
+        registry.register(
+            "asset_leases_applied",
+            "AssetLeases created or updated for assets found in a sidecar's index",
+            asset_leases_applied.clone(),
+        );
         for phase in SessionPhase::ALL {
             sessions
                 .get_or_create(&PhaseLabel {
@@ -97,6 +120,8 @@ impl Default for Metrics {
             reconcile_duration,
             leader,
             sidecar_status_failures,
+            asset_leases,
+            asset_leases_applied,
         }
     }
 }
@@ -118,6 +143,15 @@ impl Metrics {
         self.errors
             .get_or_create(&CategoryLabel {
                 category: category.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one AssetLease outcome.
+    pub fn asset_lease(&self, outcome: &str) {
+        self.asset_leases
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
             })
             .inc();
     }
