@@ -463,6 +463,7 @@ async fn write_status(
     if old == Some(&new) {
         return Ok(());
     }
+    record_lifecycle_metrics(session, old, &new, ctx);
     for transition in status::transitions(old, &new) {
         let kind = if transition.warning {
             EventType::Warning
@@ -481,6 +482,38 @@ async fn write_status(
         .await
         .map_err(Error::kube("apply NotebookSession status"))?;
     Ok(())
+}
+
+/// Time to the first Ready (a session that was Ready before, and was
+/// suspended since, does not count again) and suspensions by reason.
+fn record_lifecycle_metrics(
+    session: &NotebookSession,
+    old: Option<&NotebookSessionStatus>,
+    new: &NotebookSessionStatus,
+    ctx: &Context,
+) {
+    let old_phase = old.and_then(|s| s.phase);
+    if new.phase == Some(SessionPhase::Ready)
+        && matches!(
+            old_phase,
+            None | Some(SessionPhase::Pending) | Some(SessionPhase::Starting)
+        )
+        && old.is_none_or(|s| s.last_activity_time.is_none())
+    {
+        if let Some(created) = &session.metadata.creation_timestamp {
+            let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
+            ctx.metrics.time_to_ready.observe(secs.max(0.0));
+        }
+    }
+    if new.phase == Some(SessionPhase::Suspended) && old_phase != Some(SessionPhase::Suspended) {
+        let reason = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::READY)
+            .map(|c| c.reason.clone())
+            .unwrap_or_else(|| "Suspended".into());
+        ctx.metrics.suspended(&reason);
+    }
 }
 
 async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, reason: &str, note: String) {
