@@ -409,7 +409,14 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
     };
     let (ip, token) = match reach(lease, ctx).await? {
         Reach::Ready { ip, token } => (ip, token),
-        Reach::Gone { message, .. } | Reach::NotReady { message, .. } => {
+        Reach::Gone { message, .. } => {
+            // The workspace goes with the session (and often the namespace,
+            // where no Event can be written any more).
+            ctx.metrics.asset_lease("kept");
+            tracing::info!(lease = %lease.name_any(), "released; {asset} goes with its session: {message}");
+            return Ok(Wake::OnChange);
+        }
+        Reach::NotReady { message, .. } => {
             ctx.metrics.asset_lease("kept");
             publish(
                 ctx,
