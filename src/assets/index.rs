@@ -176,13 +176,20 @@ impl AssetIndex {
                 let Some(index) = index.upgrade() else { return };
                 match ev {
                     Ok(ev) => {
-                        for p in ev
-                            .paths
-                            .iter()
-                            .filter(|p| p.extension().is_some_and(|x| x == "ipynb"))
-                        {
-                            let (index, p) = (index.clone(), p.clone());
-                            let _ = tokio::task::spawn_blocking(move || index.update(&p)).await;
+                        for p in ev.paths {
+                            let index = index.clone();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                if p.is_dir() {
+                                    // A new folder: notebooks written into it before
+                                    // its watch was added sent no event of their own.
+                                    for nb in notebooks_under(&p) {
+                                        index.update(&nb);
+                                    }
+                                } else if p.extension().is_some_and(|x| x == "ipynb") {
+                                    index.update(&p);
+                                }
+                            })
+                            .await;
                         }
                     }
                     Err(e) => {

@@ -104,6 +104,12 @@ pub fn store(workspace: &Path, asset: &NewAsset) -> std::io::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(&asset.name);
     if path.exists() {
+        // The same output again: its time is now, so a lease restarts from
+        // this use, not from the first one.
+        std::fs::File::options()
+            .write(true)
+            .open(&path)?
+            .set_modified(std::time::SystemTime::now())?;
         return Ok(());
     }
     let tmp = dir.join(format!(".{}.{}.tmp", asset.name, std::process::id()));
