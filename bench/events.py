@@ -8,7 +8,10 @@ parsing.
 """
 import asyncio
 import json
+import threading
 import time
+
+from jupyter_client import BlockingKernelClient
 
 from common import pct, start_sidecar
 
@@ -38,6 +41,24 @@ async def client(port, token, since, eid_fut, lat, ready):
             return
 
 
+def raw_iopub(s, stop, lat):
+    """The reference: the same kernel's iopub read straight over ZeroMQ."""
+    kc = BlockingKernelClient(connection_file=str(s.data_dir / "kernel.json"))
+    kc.load_connection_file()
+    kc.start_channels(shell=False, stdin=False, hb=False, control=False)
+    try:
+        while not stop.is_set():
+            try:
+                m = kc.get_iopub_msg(timeout=0.2)
+            except Exception:  # noqa: BLE001 - queue.Empty
+                continue
+            now = time.time()
+            if m["msg_type"] == "stream":
+                lat.extend(now - float(ts) for ts in m["content"]["text"].split())
+    finally:
+        kc.stop_channels()
+
+
 async def round_(s, n):
     since = s.http.get(s.url + "/v1/status").json()["events"]["newest_seq"]
     lat = []
@@ -57,7 +78,18 @@ def main():
     s = start_sidecar("--client-queue", "4096")
     try:
         print(f"event latency kernel print -> SSE client, {PRINTS} prints every 10 ms")
-        for n in (1, 100, 1000):
+        raw, stop = [], threading.Event()
+        t = threading.Thread(target=raw_iopub, args=(s, stop, raw))
+        t.start()
+        time.sleep(1)
+        lat = asyncio.run(round_(s, 1))
+        stop.set()
+        t.join()
+        print(f"  raw iopub (jupyter_client, same kernel, same run): p50 {pct(raw, 50) * 1000:7.2f} ms  "
+              f"p99 {pct(raw, 99) * 1000:7.2f} ms  ({len(raw)} samples)")
+        print(f"      1 clients: p50 {pct(lat, 50) * 1000:7.2f} ms  p99 {pct(lat, 99) * 1000:7.2f} ms  "
+              f"({len(lat)} samples)  ratio p50 {pct(lat, 50) / pct(raw, 50):.2f}x")
+        for n in (100, 1000):
             lat = asyncio.run(round_(s, n))
             print(f"  {n:>5} clients: p50 {pct(lat, 50) * 1000:7.2f} ms  p99 {pct(lat, 99) * 1000:7.2f} ms  ({len(lat)} samples)")
     finally:

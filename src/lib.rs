@@ -9,6 +9,8 @@ pub mod events;
 pub mod http;
 pub mod jupyter;
 pub mod kernel;
+pub mod mcp;
+pub mod notebook;
 pub mod operator;
 pub mod sidecar;
 pub mod store;

@@ -29,6 +29,9 @@ pub struct LocalArgs {
     pub token: Option<String>,
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Host names MCP clients may use (repeatable), besides the loopback names.
+    #[arg(long = "allowed-host", env = "NOTEBOOK_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub opts: SidecarOpts,
     /// The kernel command; `{connection_file}` is replaced by the connection
@@ -81,7 +84,7 @@ pub async fn run(args: LocalArgs) -> anyhow_like::Result {
         KernelSource::Spawn(launcher),
     );
     args.opts.apply(&mut cfg);
-    serve::run(cfg, args.listen, token.clone(), info, Some(process), |addr| {
+    serve::run(cfg, args.listen, token.clone(), info, Some(process), crate::mcp::McpOptions::new(args.allowed_hosts), |addr| {
         println!("notebook-operator local: serving http://{addr}");
         println!("token: {token}");
         println!("try: curl -H 'Authorization: Bearer {token}' -d '{{\"code\": \"1+1\"}}' http://{addr}/v1/executions");

@@ -42,6 +42,7 @@ pub async fn run(
     token: String,
     info: ConnectionInfo,
     process: Option<KernelProcess>,
+    mcp: crate::mcp::McpOptions,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     std::fs::create_dir_all(&cfg.data_dir)?;
@@ -121,10 +122,16 @@ pub async fn run(
         process,
     );
     let executor = tokio::spawn(executor.run());
+    let workspace = Arc::new(crate::notebook::Workspace::new(&svc.cfg.workspace)?);
+    let notebooks = crate::notebook::NotebookSync::new(svc.clone(), workspace);
+    notebooks.recover().await;
+    let stop_mcp = tokio_util::sync::CancellationToken::new();
 
     let token = auth::Token(Arc::new(token));
     let app = http::open_routes(svc.clone()).merge(
-        http::api_routes(svc.clone()).layer(middleware::from_fn_with_state(token, auth::require_token)),
+        http::api_routes(svc.clone())
+            .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
+            .layer(middleware::from_fn_with_state(token, auth::require_token)),
     );
     let listener = tokio::net::TcpListener::bind(listen).await?;
     on_listening(listener.local_addr()?);
@@ -137,6 +144,7 @@ pub async fn run(
     shutdown_signal().await;
     tracing::info!("stopping: no new executions; the running one gets the grace period");
     svc.begin_shutdown();
+    stop_mcp.cancel();
     let (done_tx, done_rx) = oneshot::channel();
     let _ = cmd_tx.send(Command::Shutdown(done_tx)).await;
     let grace = svc.cfg.shutdown_grace + svc.cfg.interrupt_grace + Duration::from_secs(5);

@@ -39,7 +39,7 @@ pub struct SidecarArgs {
     #[arg(long, default_value_t = 5555)]
     pub kernel_base_port: u16,
     /// Host names MCP clients may use (the Service's names, the pod IP).
-    #[arg(long = "allowed-host")]
+    #[arg(long = "allowed-host", env = "NOTEBOOK_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub opts: SidecarOpts,
@@ -59,9 +59,17 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
         KernelSource::External,
     );
     args.opts.apply(&mut cfg);
-    serve::run(cfg, args.listen, token, info, None, |addr| {
-        tracing::info!(%addr, "sidecar serving");
-    })
+    serve::run(
+        cfg,
+        args.listen,
+        token,
+        info,
+        None,
+        crate::mcp::McpOptions::new(args.allowed_hosts),
+        |addr| {
+            tracing::info!(%addr, "sidecar serving");
+        },
+    )
     .await?;
     Ok(())
 }

@@ -29,7 +29,8 @@ fn path_of(svc: &Service, name: &str) -> std::path::PathBuf {
     svc.cfg.workspace.join(ASSETS_DIR).join(name)
 }
 
-pub async fn list(State(svc): Svc) -> Result<Json<Value>, ApiError> {
+/// The asset index: every asset file with size, type, time, references and pin.
+pub async fn catalog(svc: &Service) -> Result<Vec<Value>, crate::store::StoreError> {
     let pins = svc.reader.pins().await?;
     let dir = svc.cfg.workspace.join(ASSETS_DIR);
     let mut items = Vec::new();
@@ -57,7 +58,11 @@ pub async fn list(State(svc): Svc) -> Result<Json<Value>, ApiError> {
         }
     }
     items.sort_by(|a, b| a["created_at"].as_str().cmp(&b["created_at"].as_str()));
-    Ok(Json(json!({"assets": items})))
+    Ok(items)
+}
+
+pub async fn list(State(svc): Svc) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"assets": catalog(&svc).await?})))
 }
 
 pub async fn content(State(svc): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {

@@ -18,6 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::assets::LeaseSync;
 use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER, TOKEN_KEY};
 use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_namespace_terminating, is_not_found, Error};
@@ -55,6 +56,8 @@ pub struct Context {
     pub sidecar: SidecarClient,
     /// Consecutive failures per session, for the error backoff.
     failures: Mutex<HashMap<ObjectRef<NotebookSession>, u32>>,
+    /// Applies AssetLeases for new assets of Ready sessions, when the lease controller runs.
+    leases: Option<LeaseSync>,
 }
 
 impl Context {
@@ -76,7 +79,14 @@ impl Context {
             metrics,
             sidecar,
             failures: Mutex::new(HashMap::new()),
+            leases: None,
         }
+    }
+
+    /// Also gives every asset of a Ready session a lease, using the lease controller's cache.
+    pub fn with_lease_sync(mut self, leases: LeaseSync) -> Self {
+        self.leases = Some(leases);
+        self
     }
 
     fn record_failure(&self, key: ObjectRef<NotebookSession>) -> u32 {
@@ -278,9 +288,13 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         sidecar,
     };
     let pod_ready = pod.as_ref().is_some_and(is_pod_ready);
+    let sidecar_answered = matches!(observed.sidecar, SidecarObservation::Answered(_));
     let new = status::build_status(session, &observed, now);
     let phase = new.phase;
     write_status(&sessions, session, new, ctx).await?;
+    if phase == Some(SessionPhase::Ready) && sidecar_answered {
+        sync_asset_leases(session, pod.as_ref(), token.as_deref(), ctx).await;
+    }
 
     // Look again at the next deadline; while the pod is ready, every status
     // interval for the sidecar's counts (nothing else tells us they changed).
@@ -344,7 +358,8 @@ async fn ensure_secret(
     Ok(value(TOKEN_KEY))
 }
 
-fn is_pod_ready(pod: &Pod) -> bool {
+/// Whether the pod's Ready condition is True.
+pub fn is_pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -423,6 +438,21 @@ async fn converge_pod(
     }
 }
 
+/// Gives the session's new assets their leases. A failure is logged and
+/// counted; the next status read tries again.
+async fn sync_asset_leases(session: &NotebookSession, pod: Option<&Pod>, token: Option<&str>, ctx: &Context) {
+    let (Some(leases), Some(pod), Some(token)) = (&ctx.leases, pod, token) else {
+        return;
+    };
+    let synced = leases
+        .sync(&ctx.client, &ctx.sidecar, &ctx.metrics, session, pod, token)
+        .await;
+    if let Err(err) = synced {
+        ctx.metrics.error("asset_lease_sync");
+        tracing::warn!(session = %session.name_any(), error = %err, "could not give new assets their leases");
+    }
+}
+
 async fn write_status(
     sessions: &Api<NotebookSession>,
     session: &NotebookSession,
@@ -433,6 +463,7 @@ async fn write_status(
     if old == Some(&new) {
         return Ok(());
     }
+    record_lifecycle_metrics(session, old, &new, ctx);
     for transition in status::transitions(old, &new) {
         let kind = if transition.warning {
             EventType::Warning
@@ -451,6 +482,38 @@ async fn write_status(
         .await
         .map_err(Error::kube("apply NotebookSession status"))?;
     Ok(())
+}
+
+/// Time to the first Ready (a session that was Ready before, and was
+/// suspended since, does not count again) and suspensions by reason.
+fn record_lifecycle_metrics(
+    session: &NotebookSession,
+    old: Option<&NotebookSessionStatus>,
+    new: &NotebookSessionStatus,
+    ctx: &Context,
+) {
+    let old_phase = old.and_then(|s| s.phase);
+    if new.phase == Some(SessionPhase::Ready)
+        && matches!(
+            old_phase,
+            None | Some(SessionPhase::Pending) | Some(SessionPhase::Starting)
+        )
+        && old.is_none_or(|s| s.last_activity_time.is_none())
+    {
+        if let Some(created) = &session.metadata.creation_timestamp {
+            let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
+            ctx.metrics.time_to_ready.observe(secs.max(0.0));
+        }
+    }
+    if new.phase == Some(SessionPhase::Suspended) && old_phase != Some(SessionPhase::Suspended) {
+        let reason = new
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::READY)
+            .map(|c| c.reason.clone())
+            .unwrap_or_else(|| "Suspended".into());
+        ctx.metrics.suspended(&reason);
+    }
 }
 
 async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, reason: &str, note: String) {

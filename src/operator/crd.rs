@@ -297,7 +297,9 @@ pub struct NotebookSessionStatus {
     printcolumn(name = "Path", type_ = "string", json_path = ".spec.path"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    selectable = ".spec.sessionRef.name",
+    selectable = ".spec.path"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AssetLeaseSpec {
@@ -312,12 +314,17 @@ pub struct AssetLeaseSpec {
             .message("path must be relative to the workspace and must not contain '..'")
     )]
     pub path: String,
-    /// How long the lease lasts from its creation or from `renewTime`.
+    /// How long the lease lasts from its start or from `renewTime`, whichever is later.
     #[serde(default = "default_lease_duration")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = kube::core::Rule::new(POSITIVE_DURATION)
         .message("must be a positive duration such as 24h"))]
     pub duration: String,
+    /// When the lease starts. Absent: when the object was created. The operator
+    /// sets it to the asset's creation time, so that an asset found late is not
+    /// kept longer than its session's `leaseDuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
     /// A holder bumps this to renew the lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renew_time: Option<Time>,
@@ -339,9 +346,12 @@ pub struct SessionRef {
 pub enum LeasePhase {
     /// Not expired yet.
     Active,
-    /// Expired, but a notebook references the asset or it is pinned; checked again later.
+    /// Expired, but a notebook references the asset, it is pinned, or another
+    /// lease still holds it; checked again one `duration` later.
     Retained,
-    /// Expired and unreferenced: the asset was deleted.
+    /// Expired and unreferenced: the asset was deleted (or was already gone,
+    /// see the AssetMissing condition). The lease object is removed after a
+    /// grace period.
     Reclaimed,
 }
 
@@ -358,7 +368,12 @@ pub struct AssetLeaseStatus {
     /// Notebooks that referenced the asset at the last check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub referenced_by: Vec<String>,
-    /// Standard conditions.
+    /// When the sidecar last answered about the asset after the lease expired:
+    /// a Retained lease is checked again one `duration` later, a Reclaimed one
+    /// is removed a grace period later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
+    /// Standard conditions: SpecValid, SessionReachable, InUse, AssetMissing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

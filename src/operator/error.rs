@@ -25,6 +25,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A sidecar could not be asked (transport error, timeout, unexpected answer).
+    #[error("sidecar: {0}")]
+    Sidecar(String),
+    /// Adding or removing a finalizer failed, or the reconcile inside it did.
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// Leader election failed or leadership was lost.
     #[error("leader election: {0}")]
     Leader(String),
@@ -55,11 +61,23 @@ impl Error {
                 },
                 _ => "transport",
             },
+            Error::Sidecar(_) => "sidecar",
+            Error::Finalizer(err) => match err.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.category(),
+                _ => "finalizer",
+            },
             Error::Crd(_) => "crd",
             Error::Encode { .. } => "encode",
             Error::Leader(_) => "leader_election",
             Error::Startup(_) => "startup",
         }
+    }
+}
+
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(err: kube::runtime::finalizer::Error<Error>) -> Self {
+        Error::Finalizer(Box::new(err))
     }
 }
 

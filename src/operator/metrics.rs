@@ -16,6 +16,13 @@ use prometheus_client::registry::Registry;
 
 use super::crd::{NotebookSession, SessionPhase};
 
+/// Label: why a session was suspended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `Idle`, `Suspended` (by spec), `ShutdownTime`.
+    pub reason: String,
+}
+
 /// Label: outcome of one reconcile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -37,6 +44,13 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// Label: what an AssetLease check or release came to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `deleted`, `in_use`, `held`, `missing`, `unreachable`, `released`, `kept`, `removed`.
+    pub outcome: String,
+}
+
 /// All operator metrics.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +66,14 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Sidecar status reads that failed.
     pub sidecar_status_failures: Counter,
+    /// AssetLease checks at expiry and releases, by outcome.
+    pub asset_leases: Family<OutcomeLabel, Counter>,
+    /// AssetLeases created or updated for new assets.
+    pub asset_leases_applied: Counter,
+    /// Seconds from a session's creation to its first Ready.
+    pub time_to_ready: Histogram,
+    /// Suspensions by reason.
+    pub suspends: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,6 +86,21 @@ impl Default for Metrics {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
         let sidecar_status_failures = Counter::default();
+        let asset_leases = Family::<OutcomeLabel, Counter>::default();
+        let asset_leases_applied = Counter::default();
+        let time_to_ready =
+            Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]);
+        let suspends = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "session_time_to_ready_seconds",
+            "Time from a NotebookSession's creation to its first Ready",
+            time_to_ready.clone(),
+        );
+        registry.register(
+            "session_suspends",
+            "NotebookSession suspensions by reason",
+            suspends.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of NotebookSessions by result",
@@ -82,6 +119,16 @@ impl Default for Metrics {
             "Reads of a sidecar's /v1/status that failed",
             sidecar_status_failures.clone(),
         );
+        registry.register(
+            "asset_lease_outcomes",
+            "AssetLease checks at expiry and releases, by outcome",
+            asset_leases.clone(),
+        );
+        registry.register(
+            "asset_leases_applied",
+            "AssetLeases created or updated for assets found in a sidecar's index",
+            asset_leases_applied.clone(),
+        );
         for phase in SessionPhase::ALL {
             sessions
                 .get_or_create(&PhaseLabel {
@@ -97,6 +144,10 @@ impl Default for Metrics {
             reconcile_duration,
             leader,
             sidecar_status_failures,
+            asset_leases,
+            asset_leases_applied,
+            time_to_ready,
+            suspends,
         }
     }
 }
@@ -118,6 +169,24 @@ impl Metrics {
         self.errors
             .get_or_create(&CategoryLabel {
                 category: category.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a suspension.
+    pub fn suspended(&self, reason: &str) {
+        self.suspends
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one AssetLease outcome.
+    pub fn asset_lease(&self, outcome: &str) {
+        self.asset_leases
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
             })
             .inc();
     }
@@ -236,6 +305,28 @@ mod tests {
         );
         assert!(
             text.contains("notebook_operator_sessions{phase=\"Failed\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn exposition_names_time_to_ready_and_suspends_by_reason() {
+        let metrics = Metrics::default();
+        metrics.time_to_ready.observe(3.5);
+        metrics.suspended("Idle");
+        metrics.suspended("Idle");
+        metrics.suspended("ShutdownTime");
+        let text = metrics.encode();
+        assert!(
+            text.contains("notebook_operator_session_time_to_ready_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notebook_operator_session_suspends_total{reason=\"Idle\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("notebook_operator_session_suspends_total{reason=\"ShutdownTime\"} 1"),
             "{text}"
         );
     }

@@ -1,6 +1,7 @@
 //! The operator: custom resources, pure builders of the objects a session owns,
 //! and the controllers that apply them.
 
+pub mod assets;
 pub mod builders;
 pub mod controller;
 pub mod crd;

@@ -12,6 +12,7 @@ use kube::api::Api;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::Client;
 
+use super::assets::{self, LeaseContext, LeaseControllerConfig, LeaseSync};
 use super::builders::BuildConfig;
 use super::controller::{self, Context, ControllerConfig};
 use super::crd;
@@ -65,6 +66,9 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "NOTEBOOK_OPERATOR_WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// How long a Reclaimed AssetLease stays before it is removed (Go duration; 0s removes it at once).
+    #[arg(long, env = "NOTEBOOK_OPERATOR_ASSET_LEASE_GRACE", default_value = "5m", value_parser = parse_grace)]
+    pub asset_lease_grace: Duration,
     /// Port the sidecars listen on (tests that run sidecars on the host change it).
     #[arg(long, default_value_t = super::builders::SIDECAR_PORT, hide = true)]
     pub sidecar_port: u16,
@@ -72,6 +76,13 @@ pub struct RunArgs {
 
 fn parse_flag_duration(text: &str) -> Result<Duration, String> {
     crd::parse_duration(text)
+}
+
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" | "0s" => Ok(Duration::ZERO),
+        other => crd::parse_duration(other),
+    }
 }
 
 /// Entry point from the command line.
@@ -204,6 +215,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         metrics.leader.set(1);
     }
 
+    let identity_for_leases = identity.clone();
     let config = ControllerConfig {
         build: BuildConfig {
             sidecar_image: args.sidecar_image.clone(),
@@ -215,11 +227,44 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         instance: Some(identity),
     };
     let sidecar = SidecarClient::new(Duration::from_secs(3)).with_port(args.sidecar_port);
-    let context = Arc::new(Context::new(client.clone(), config, metrics.clone(), sidecar));
+
+    // AssetLeases: their own controller, beside the sessions' and under the
+    // same leadership; its cache tells the session controller which assets
+    // have a lease already.
+    let lease_controller = assets::controller::controller(client.clone(), args.namespace.as_deref());
+    let lease_sync = LeaseSync {
+        store: lease_controller.store(),
+    };
+    let lease_context = Arc::new(LeaseContext::new(
+        client.clone(),
+        LeaseControllerConfig {
+            settings: assets::decide::Settings {
+                grace: args.asset_lease_grace,
+            },
+            instance: Some(identity_for_leases),
+        },
+        metrics.clone(),
+        sidecar.clone(),
+    ));
+    let leases = lease_controller
+        .run(
+            assets::controller::reconcile,
+            assets::controller::error_policy,
+            lease_context,
+        )
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(lease = %object.name, "reconciled"),
+                Err(err) => tracing::debug!(error = %err, "lease controller event"),
+            }
+        });
+
+    let context =
+        Arc::new(Context::new(client.clone(), config, metrics.clone(), sidecar).with_lease_sync(lease_sync));
     let controller = controller::controller(client.clone(), args.namespace.as_deref());
     let store = controller.store();
     slot.set(Arc::new(move || store.state()));
-    let controllers = controller
+    let sessions = controller
         .run(controller::reconcile, controller::error_policy, context)
         .for_each(|result| async move {
             match result {
@@ -227,6 +272,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 Err(err) => tracing::debug!(error = %err, "controller event"),
             }
         });
+    let controllers = async {
+        futures::join!(sessions, leases);
+    };
 
     let outcome = match elector.as_mut() {
         Some(elector) => {

@@ -1,4 +1,5 @@
-//! Reads a sidecar's `GET /v1/status` by pod IP with the session's bearer token.
+//! Talks to a sidecar by pod IP with the session's bearer token: `GET
+//! /v1/status`, `GET /v1/assets` and `DELETE /v1/assets/{name}`.
 //!
 //! Plain HTTP/1.1 over the hyper client that kube already builds; every read
 //! has a deadline and a size cap, and a failure is a value, never a panic.
@@ -11,14 +12,18 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use k8s_openapi::jiff::Timestamp;
+use serde::Deserialize;
 
 use super::builders::SIDECAR_PORT;
 use super::status::SidecarStatus;
 
-/// Largest status body accepted.
+/// Largest status or delete answer accepted.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest asset index accepted (some 20 000 assets).
+const MAX_INDEX_BODY: usize = 8 * 1024 * 1024;
 
-/// A small client for sidecar status reads.
+/// A small client for the sidecar routes the operator uses.
 #[derive(Clone)]
 pub struct SidecarClient {
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -51,6 +56,65 @@ impl SidecarClient {
 
     /// `GET http://<ip>:<port>/v1/status` with `Authorization: Bearer <token>`.
     pub async fn status(&self, pod_ip: &str, token: &str) -> Result<SidecarStatus, String> {
+        let (authority, code, body) = self
+            .call(hyper::Method::GET, pod_ip, token, "/v1/status", MAX_BODY)
+            .await?;
+        if !code.is_success() {
+            return Err(refusal(&authority, code, &body));
+        }
+        serde_json::from_slice::<SidecarStatus>(&body)
+            .map_err(|err| format!("{authority}: not a status: {err}"))
+    }
+
+    /// `GET /v1/assets`: the sidecar's asset index.
+    pub async fn assets(&self, pod_ip: &str, token: &str) -> Result<Vec<SidecarAsset>, String> {
+        let (authority, code, body) = self
+            .call(hyper::Method::GET, pod_ip, token, "/v1/assets", MAX_INDEX_BODY)
+            .await?;
+        if !code.is_success() {
+            return Err(refusal(&authority, code, &body));
+        }
+        serde_json::from_slice::<AssetIndex>(&body)
+            .map(|index| index.assets)
+            .map_err(|err| format!("{authority}: not an asset index: {err}"))
+    }
+
+    /// `DELETE /v1/assets/{name}`: the sidecar deletes the asset unless a
+    /// notebook references it or it is pinned, checked under its own lock.
+    pub async fn delete_asset(&self, pod_ip: &str, token: &str, name: &str) -> Result<AssetDeletion, String> {
+        // Asset names are `<sha256>.<ext>`; anything else never reaches the URL.
+        if !crate::assets::name::is_valid(name) {
+            return Err(format!("{name:?} is not an asset name"));
+        }
+        let path = format!("/v1/assets/{name}");
+        let (authority, code, body) = self
+            .call(hyper::Method::DELETE, pod_ip, token, &path, MAX_BODY)
+            .await?;
+        match code.as_u16() {
+            200 | 204 => Ok(AssetDeletion::Deleted),
+            404 => Ok(AssetDeletion::Missing),
+            409 => {
+                let refusal: InUse = serde_json::from_slice(&body)
+                    .map_err(|err| format!("{authority}: a 409 that is not an in-use answer: {err}"))?;
+                Ok(AssetDeletion::InUse {
+                    referenced_by: refusal.referenced_by,
+                    pinned: refusal.pinned,
+                })
+            }
+            _ => Err(refusal(&authority, code, &body)),
+        }
+    }
+
+    /// One request with the bearer token, under the client's deadline; the
+    /// body is read whole up to `limit` bytes.
+    async fn call(
+        &self,
+        method: hyper::Method,
+        pod_ip: &str,
+        token: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<(String, hyper::StatusCode, Bytes), String> {
         let ip: IpAddr = pod_ip
             .parse()
             .map_err(|_| format!("pod IP {pod_ip:?} is not an IP address"))?;
@@ -58,7 +122,9 @@ impl SidecarClient {
             IpAddr::V4(v4) => format!("{v4}:{}", self.port),
             IpAddr::V6(v6) => format!("[{v6}]:{}", self.port),
         };
-        let request = hyper::Request::get(format!("http://{authority}/v1/status"))
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{authority}{path}"))
             .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(hyper::header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
@@ -70,23 +136,81 @@ impl SidecarClient {
                 .await
                 .map_err(|err| format!("{authority}: {err}"))?;
             let code = response.status();
-            let body = Limited::new(response.into_body(), MAX_BODY)
+            let body = Limited::new(response.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|err| format!("{authority}: reading the body: {err}"))?
                 .to_bytes();
-            if !code.is_success() {
-                let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-                return Err(format!("{authority} answered {code}: {text}"));
-            }
-            serde_json::from_slice::<SidecarStatus>(&body)
-                .map_err(|err| format!("{authority}: not a status: {err}"))
+            Ok((code, body))
         };
         match tokio::time::timeout(self.timeout, read).await {
-            Ok(result) => result,
+            Ok(Ok((code, body))) => Ok((authority, code, body)),
+            Ok(Err(err)) => Err(err),
             Err(_) => Err(format!("{authority}: no answer within {:?}", self.timeout)),
         }
     }
+}
+
+fn refusal(authority: &str, code: hyper::StatusCode, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    format!("{authority} answered {code}: {text}")
+}
+
+/// One entry of the sidecar's `GET /v1/assets`.
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct SidecarAsset {
+    /// `<sha256>.<ext>`.
+    pub name: String,
+    /// Relative to the workspace: `assets/<name>`.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Content type.
+    pub mime: String,
+    /// When the file was written, RFC 3339.
+    pub created_at: Option<String>,
+    /// Notebooks whose outputs name the asset, per the sidecar's index.
+    pub referenced_by: Vec<String>,
+    /// Pinned assets are never deleted.
+    pub pinned: bool,
+}
+
+impl SidecarAsset {
+    /// Creation time as a timestamp, when the sidecar sent a readable one.
+    pub fn created_time(&self) -> Option<Timestamp> {
+        self.created_at.as_deref().and_then(|t| t.parse().ok())
+    }
+}
+
+#[derive(Deserialize)]
+struct AssetIndex {
+    #[serde(default)]
+    assets: Vec<SidecarAsset>,
+}
+
+#[derive(Deserialize)]
+struct InUse {
+    #[serde(default)]
+    referenced_by: Vec<String>,
+    #[serde(default)]
+    pinned: bool,
+}
+
+/// What `DELETE /v1/assets/{name}` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssetDeletion {
+    /// 200: the file is gone.
+    Deleted,
+    /// 409: a notebook references the asset or it is pinned; it stays.
+    InUse {
+        /// The notebooks that reference it, as the sidecar read them from disk.
+        referenced_by: Vec<String>,
+        /// Whether it is pinned.
+        pinned: bool,
+    },
+    /// 404: there is no such asset.
+    Missing,
 }
 
 #[cfg(test)]
@@ -139,5 +263,71 @@ mod tests {
         let client = SidecarClient::new(Duration::from_millis(500)).with_port(port);
         assert!(client.status("127.0.0.1", "t").await.is_err());
         assert!(client.status("not-an-ip", "t").await.is_err());
+    }
+
+    const SHA: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+
+    #[tokio::test]
+    async fn reads_the_asset_index_and_the_three_answers_of_delete() {
+        use axum::extract::Path;
+        use axum::http::StatusCode;
+        let router = axum::Router::new()
+            .route(
+                "/v1/assets",
+                get(|| async {
+                    axum::Json(serde_json::json!({"assets": [{
+                        "name": format!("{SHA}.png"), "path": format!("assets/{SHA}.png"), "size": 1048576,
+                        "mime": "image/png", "created_at": "2026-11-28T15:00:00.25Z",
+                        "referenced_by": ["a.ipynb"], "pinned": false
+                    }]}))
+                }),
+            )
+            .route(
+                "/v1/assets/{name}",
+                axum::routing::delete(|Path(name): Path<String>| async move {
+                    match name.split('.').nth(1) {
+                        Some("png") => (StatusCode::OK, format!(r#"{{"deleted":"{name}"}}"#)),
+                        Some("svg") => (
+                            StatusCode::CONFLICT,
+                            r#"{"error":{"code":"in_use"},"referenced_by":["b.ipynb"],"pinned":true}"#.into(),
+                        ),
+                        Some("gif") => (StatusCode::INTERNAL_SERVER_ERROR, "disk on fire".into()),
+                        _ => (StatusCode::NOT_FOUND, r#"{"error":{"code":"not_found"}}"#.into()),
+                    }
+                }),
+            );
+        let port = serve(router).await;
+        let client = SidecarClient::new(Duration::from_secs(2)).with_port(port);
+
+        let assets = client.assets("127.0.0.1", "t").await.expect("index");
+        assert_eq!(assets.len(), 1);
+        assert_eq!(assets[0].path, format!("assets/{SHA}.png"));
+        assert_eq!(assets[0].referenced_by, ["a.ipynb"]);
+        assert_eq!(
+            assets[0].created_time().map(|t| t.as_millisecond()),
+            Some(
+                "2026-11-28T15:00:00.25Z"
+                    .parse::<Timestamp>()
+                    .expect("time")
+                    .as_millisecond()
+            )
+        );
+
+        let deleted = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.png")).await;
+        assert_eq!(deleted, Ok(AssetDeletion::Deleted));
+        let in_use = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.svg")).await;
+        assert_eq!(
+            in_use,
+            Ok(AssetDeletion::InUse {
+                referenced_by: vec!["b.ipynb".into()],
+                pinned: true
+            })
+        );
+        let missing = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.pdf")).await;
+        assert_eq!(missing, Ok(AssetDeletion::Missing));
+        let broken = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.gif")).await;
+        assert!(broken.expect_err("500").contains("500"));
+        let traversal = client.delete_asset("127.0.0.1", "t", "../x").await;
+        assert!(traversal.is_err());
     }
 }

@@ -42,6 +42,9 @@ struct Current {
     outputs: Outputs,
     /// Stream text not yet published, coalesced: (name, text, flush at).
     pending_stream: Option<(String, String, Instant)>,
+    /// When stream text of this execution was last published: text that
+    /// comes after a quiet window goes out at once, a flood is coalesced.
+    last_stream_flush: Option<Instant>,
     deadline: Option<Instant>,
     /// Why the kernel was interrupted, if it was: decides the final state.
     interrupted_for: Option<&'static str>,
@@ -344,6 +347,7 @@ impl Executor {
                         idle: false,
                         outputs: Outputs::default(),
                         pending_stream: None,
+                        last_stream_flush: None,
                         deadline: None,
                         interrupted_for: None,
                         probe: Some(probe),
@@ -494,6 +498,7 @@ impl Executor {
             idle: false,
             outputs: Outputs::default(),
             pending_stream: None,
+            last_stream_flush: None,
             deadline: timeout.map(|t| Instant::now() + t),
             interrupted_for: None,
             probe: None,
@@ -619,6 +624,12 @@ impl Executor {
         if parent.as_deref() != Some(cur.msg_id.as_str()) {
             return;
         }
+        // Output still arriving after the reply: the idle status is behind it,
+        // so the fallback deadline moves with every message (under load iopub
+        // can lag the shell reply by seconds).
+        if cur.reply.is_some() {
+            cur.idle_deadline = Some(Instant::now() + IDLE_AFTER_REPLY);
+        }
         match (m.channel, msg_type.as_str()) {
             (Channel::Iopub, "status") => {
                 let state = m.msg.content.get("execution_state").and_then(Value::as_str);
@@ -729,11 +740,14 @@ impl Executor {
                     self.flush_stream();
                 }
                 let Some(cur) = &mut self.current else { return };
+                let now = Instant::now();
+                let quiet = cur.last_stream_flush.is_none_or(|t| now >= t + window);
+                let flush_at = cur.last_stream_flush.map_or(now, |t| t + window).max(now);
                 let p = cur
                     .pending_stream
-                    .get_or_insert_with(|| (name, String::new(), Instant::now() + window));
+                    .get_or_insert_with(|| (name, String::new(), flush_at));
                 p.1.push_str(text);
-                if p.1.len() >= STREAM_FLUSH_BYTES {
+                if quiet || p.1.len() >= STREAM_FLUSH_BYTES {
                     self.flush_stream();
                 }
             }
@@ -757,6 +771,7 @@ impl Executor {
     fn flush_stream(&mut self) {
         let Some(cur) = &mut self.current else { return };
         if let Some((name, text, _)) = cur.pending_stream.take() {
+            cur.last_stream_flush = Some(Instant::now());
             let id = cur.exec.id.clone();
             self.svc.bus.publish(
                 "output",

@@ -146,8 +146,66 @@ impl Outputs {
     }
 }
 
+/// Stream text longer than `max` bytes as its head and tail, with a line
+/// saying how much was left out and which execution holds all of it. The
+/// execution record keeps the whole text; notebooks and MCP results get this.
+pub fn head_tail(text: &str, max: usize, execution_id: &str) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let half = max / 2;
+    let mut head_end = half;
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - half;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    let left_out = &text[head_end..tail_start];
+    format!(
+        "{}\n[… {} bytes, {} lines left out; the whole output is in execution {execution_id} \
+         (GET /v1/executions/{execution_id})]\n{}",
+        &text[..head_end],
+        left_out.len(),
+        left_out.matches('\n').count(),
+        &text[tail_start..]
+    )
+}
+
+/// Outputs for a notebook: stream text capped by [`head_tail`].
+pub fn for_notebook(outputs: &[Value], max_stream: usize, execution_id: &str) -> Vec<Value> {
+    outputs
+        .iter()
+        .map(|o| {
+            let mut o = o.clone();
+            if o["output_type"] == "stream" {
+                if let Some(t) = o["text"].as_str() {
+                    if t.len() > max_stream {
+                        o["text"] = Value::String(head_tail(t, max_stream, execution_id));
+                    }
+                }
+            }
+            o
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_streams_keep_head_and_tail_and_say_what_was_left_out() {
+        let text: String = (0..10_000).map(|i| format!("{i}\n")).collect();
+        let cut = head_tail(&text, 1000, "e1");
+        assert!(cut.len() < 1200);
+        assert!(cut.starts_with("0\n1\n"));
+        assert!(cut.ends_with("9999\n"));
+        assert!(cut.contains("left out; the whole output is in execution e1"));
+        assert_eq!(head_tail("short", 1000, "e1"), "short");
+        let o = vec![json!({"output_type": "stream", "name": "stdout", "text": text})];
+        assert!(for_notebook(&o, 1000, "e1")[0]["text"].as_str().unwrap().len() < 1200);
+    }
+
     use super::*;
 
     #[test]

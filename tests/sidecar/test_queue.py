@@ -202,10 +202,22 @@ def test_sigterm_finishes_the_running_cell_and_keeps_the_queue(tmp_path):
                 if b'"started"' in line:
                     break
         s.proc.send_signal(signal.SIGTERM)
-        r = s.http.post(s.url + "/v1/executions", json={"code": "1"}, timeout=10)
+        # A request that raced the signal may still be accepted (and is then
+        # durable); within the grace every new one is refused with 503.
+        accepted = []
+        for _ in range(100):
+            r = s.http.post(s.url + "/v1/executions", json={"code": "'raced the signal'"}, timeout=10)
+            if r.status_code == 503:
+                break
+            assert r.status_code == 202, r.text
+            accepted.append(r.json()["id"])
+            time.sleep(0.01)
         assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "shutting_down"
         assert s.proc.wait(timeout=30) == 0
         s.start()
+        for eid in accepted:
+            assert s.wait_final(eid, timeout=60)["state"] == "completed"
         e = s.get(running)
         assert e["state"] == "completed" and text_of(e) == "'finished in grace'", e
         e = s.wait_final(queued, timeout=60)

@@ -1,0 +1,833 @@
+//! The MCP tools: the kernel's durable execution queue and the workspace's
+//! notebooks. One `Tools` value per MCP session, all sharing the sidecar's
+//! `Service` and the notebook write-back.
+//!
+//! Every failure a caller can cause (bad path, unknown cell, unknown id,
+//! bad argument) is a tool result with `isError: true` and a message that
+//! says what to change; the protocol-level error is kept for arguments that
+//! do not match the schema.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, GetTaskParams, GetTaskResult,
+    Implementation, RequestMetaObject, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_handler, tool_router, ErrorData, Peer, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::content::{self, Caps};
+use super::progress::{self, Progress};
+use super::tasks;
+use crate::notebook::model::{self, CellType, Position};
+use crate::notebook::{path, sync, NotebookError, NotebookSync, Workspace};
+use crate::sidecar::service::ControlError;
+use crate::sidecar::{Service, SubmitRequest};
+use crate::store::{self, Execution};
+
+/// How long `execute` and `run_cell` wait when the caller does not say.
+const DEFAULT_WAIT_S: f64 = 30.0;
+/// Longest wait one call may ask for; longer work is fetched with `get_execution`.
+const MAX_WAIT_S: f64 = 3600.0;
+/// How long a finished `run_cell` waits for its outputs to be in the file.
+const WRITE_WAIT: Duration = Duration::from_secs(10);
+/// `read_notebook`: text of one source or output, and of the whole answer.
+const READ_TEXT_BYTES: usize = 8 << 10;
+const READ_TOTAL_BYTES: usize = 256 << 10;
+
+type ToolResult = Result<CallToolResult, ErrorData>;
+
+fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+/// A JSON object as text (for every client) and as structured content.
+fn json_result(v: Value) -> CallToolResult {
+    let mut r = CallToolResult::success(vec![ContentBlock::text(v.to_string())]);
+    r.structured_content = Some(v);
+    r
+}
+
+fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration, CallToolResult> {
+    let s = seconds.unwrap_or(default);
+    if !s.is_finite() || s < 0.0 {
+        return Err(tool_error(format!(
+            "{field} must be a non-negative number of seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(s.min(MAX_WAIT_S)))
+}
+
+fn progress_of(meta: &RequestMetaObject, peer: Peer<RoleServer>) -> Option<Progress> {
+    meta.get_progress_token().map(|token| Progress { peer, token })
+}
+
+fn summary(e: &Execution) -> Value {
+    let mut code: String = e.code.chars().take(200).collect();
+    if code.len() < e.code.len() {
+        code.push('…');
+    }
+    json!({
+        "id": e.id, "state": e.state, "reason": e.reason, "key": e.key,
+        "notebook": e.notebook, "cell_id": e.cell_id, "execution_count": e.execution_count,
+        "created_at": e.created_at, "started_at": e.started_at, "finished_at": e.finished_at,
+        "outputs": e.outputs.len(), "code": code,
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExecuteParams {
+    /// The code to run in the kernel.
+    pub code: String,
+    /// Seconds to wait for the result (default 30, at most 3600). If the
+    /// execution is not finished by then, the call returns its id and state
+    /// (not an error): it keeps running, and get_execution fetches it later.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Idempotency key: a repeated key returns the first execution made
+    /// with it instead of running the code again.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SubmitParams {
+    /// The code to run in the kernel.
+    pub code: String,
+    /// Idempotency key: a repeated key returns the first execution made with it.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct GetExecutionParams {
+    /// The execution id returned by execute, submit or run_cell.
+    pub id: String,
+    /// Seconds to wait for the execution to finish (default 0: answer at once).
+    #[serde(default)]
+    pub wait_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ListExecutionsParams {
+    /// Only executions in this state: queued, running, completed, failed or cancelled.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Most executions to return, newest first (1 to 1000, default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct IdParams {
+    /// The execution id.
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AssetParams {
+    /// The asset's file name, `<sha256>.<ext>` (as in `assets/<name>`).
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct PathParams {
+    /// Notebook path relative to the workspace, ending in .ipynb.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CellKind {
+    #[default]
+    Code,
+    Markdown,
+    Raw,
+}
+
+impl From<CellKind> for CellType {
+    fn from(k: CellKind) -> Self {
+        match k {
+            CellKind::Code => CellType::Code,
+            CellKind::Markdown => CellType::Markdown,
+            CellKind::Raw => CellType::Raw,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InsertCellParams {
+    /// Notebook path relative to the workspace, ending in .ipynb.
+    pub path: String,
+    /// The cell's source.
+    pub source: String,
+    /// code (default), markdown or raw.
+    #[serde(default)]
+    pub cell_type: CellKind,
+    /// Insert before the cell now at this 0-based index (the cell count appends).
+    #[serde(default)]
+    pub index: Option<usize>,
+    /// Insert right after the cell with this id. Give index or after_id, not
+    /// both; with neither the cell is appended.
+    #[serde(default)]
+    pub after_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct EditCellParams {
+    /// Notebook path relative to the workspace, ending in .ipynb.
+    pub path: String,
+    /// The id of the cell to change (ids are listed by read_notebook).
+    pub cell_id: String,
+    /// The new source, replacing the old one.
+    pub source: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CellParams {
+    /// Notebook path relative to the workspace, ending in .ipynb.
+    pub path: String,
+    /// The cell's id.
+    pub cell_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunCellParams {
+    /// Notebook path relative to the workspace, ending in .ipynb.
+    pub path: String,
+    /// The id of the code cell to run.
+    pub cell_id: String,
+    /// Seconds to wait for the result (default 30). The outputs are written
+    /// into the notebook when the execution finishes, even after this call
+    /// has returned or the client has gone.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunAllParams {
+    /// Notebook path relative to the workspace, ending in .ipynb.
+    pub path: String,
+    /// Seconds to wait for the last cell (default 30); cells still queued or
+    /// running then go on, and their outputs still land in the notebook.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+}
+
+/// The MCP server of one session.
+#[derive(Clone)]
+pub struct Tools {
+    svc: Arc<Service>,
+    sync: Arc<NotebookSync>,
+    caps: Caps,
+    tool_router: ToolRouter<Tools>,
+}
+
+impl Tools {
+    pub fn new(svc: Arc<Service>, sync: Arc<NotebookSync>) -> Tools {
+        Tools {
+            svc,
+            sync,
+            caps: Caps::default(),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Tasks are executions, kept for the retention period.
+    fn task_ttl_ms(&self) -> u64 {
+        u64::try_from(self.svc.cfg.retention.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn ws(&self) -> &Arc<Workspace> {
+        self.sync.workspace()
+    }
+
+    async fn wait_result(
+        &self,
+        id: &str,
+        wait: Duration,
+        progress: Option<Progress>,
+    ) -> Result<(CallToolResult, Option<Execution>), CallToolResult> {
+        let t0 = Instant::now();
+        match progress::wait(&self.svc, id, wait, progress).await {
+            Ok(Some(e)) => {
+                let waited = (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+                Ok((content::execution_result(&e, waited, &self.caps), Some(e)))
+            }
+            Ok(None) => Err(tool_error(format!("no execution {id}"))),
+            Err(e) => Err(tool_error(format!("reading execution {id}: {e}"))),
+        }
+    }
+
+    async fn set_pin(&self, name: &str, pinned: bool) -> ToolResult {
+        if !crate::assets::name::is_valid(name) {
+            return Ok(tool_error(format!(
+                "{name:?} is not an asset name (<sha256>.<ext>)"
+            )));
+        }
+        let path = self.svc.cfg.workspace.join(crate::assets::ASSETS_DIR).join(name);
+        if pinned && !path.exists() {
+            return Ok(tool_error(format!("no asset {name}")));
+        }
+        Ok(match self.svc.writer.pin(name, pinned).await {
+            Ok(()) => json_result(json!({"name": name, "pinned": pinned})),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    async fn submit_code(&self, req: SubmitRequest) -> Result<Execution, CallToolResult> {
+        self.svc
+            .submit(req)
+            .await
+            .map(|(e, _)| e)
+            .map_err(|e| tool_error(e.to_string()))
+    }
+
+    /// The code cell `cell_id` of `path`: its normalised path and source.
+    async fn code_cell(&self, path_in: &str, cell_id: &str) -> Result<(String, String), NotebookError> {
+        let rel = path::display(&path::notebook(path_in)?);
+        let (p, id) = (path_in.to_string(), cell_id.to_string());
+        let source = self
+            .ws()
+            .run(move |ws| {
+                let nb = ws.read(&p)?;
+                let cell = model::cell(&nb, &id).ok_or_else(|| NotebookError::UnknownCell {
+                    path: p.clone(),
+                    id: id.clone(),
+                })?;
+                if model::cell_type(cell) != "code" {
+                    return Err(NotebookError::BadRequest(format!(
+                        "cell {id} is a {} cell; only code cells run",
+                        model::cell_type(cell)
+                    )));
+                }
+                Ok(model::source(cell))
+            })
+            .await?;
+        Ok((rel, source))
+    }
+}
+
+#[tool_router]
+impl Tools {
+    /// Runs code in the kernel and returns its outputs.
+    #[tool(
+        description = "Run code in the Jupyter kernel and return its outputs: text for printed output, results and errors (with traceback), images for PNG/JPEG. The execution is queued durably and runs in submission order. If it is not finished within timeout_s (default 30 s), the call returns its id and state instead of an error (a task handle, for clients that declared the MCP tasks extension); the execution continues and get_execution returns its result later. Sends progress notifications while waiting when the request has a progress token."
+    )]
+    async fn execute(
+        &self,
+        Parameters(p): Parameters<ExecuteParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let wants_task = ctx.client_capabilities().is_some_and(|c| c.supports_tasks());
+        let wait = match wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s") {
+            Ok(w) => w,
+            Err(r) => return Ok(r.into()),
+        };
+        let e = match self
+            .submit_code(SubmitRequest {
+                code: p.code,
+                key: p.key,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(e) => e,
+            Err(r) => return Ok(r.into()),
+        };
+        Ok(
+            match self
+                .wait_result(&e.id, wait, progress_of(&ctx.meta, ctx.peer.clone()))
+                .await
+            {
+                // Not finished in time, and the client takes tasks: a task handle.
+                Ok((_, Some(e))) if wants_task && !e.state.is_final() => {
+                    tasks::created(&e, self.task_ttl_ms())
+                }
+                Ok((r, _)) | Err(r) => r.into(),
+            },
+        )
+    }
+
+    #[tool(
+        description = "Queue code for the kernel without waiting; returns the execution id and state at once. Fetch the result with get_execution."
+    )]
+    async fn submit(&self, Parameters(p): Parameters<SubmitParams>) -> ToolResult {
+        Ok(
+            match self
+                .submit_code(SubmitRequest {
+                    code: p.code,
+                    key: p.key,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(e) => json_result(json!({"id": e.id, "state": e.state, "created_at": e.created_at})),
+                Err(r) => r,
+            },
+        )
+    }
+
+    #[tool(
+        description = "An execution's state and outputs by id, optionally waiting up to wait_s seconds for it to finish (push-based: returns as soon as it does)."
+    )]
+    async fn get_execution(&self, Parameters(p): Parameters<GetExecutionParams>) -> ToolResult {
+        let wait = match wait_for(p.wait_s, 0.0, "wait_s") {
+            Ok(w) => w,
+            Err(r) => return Ok(r),
+        };
+        Ok(match self.wait_result(&p.id, wait, None).await {
+            Ok((r, _)) | Err(r) => r,
+        })
+    }
+
+    #[tool(
+        description = "Recent executions, newest first, optionally only those in one state (queued, running, completed, failed, cancelled)."
+    )]
+    async fn list_executions(&self, Parameters(p): Parameters<ListExecutionsParams>) -> ToolResult {
+        let state = match p.state.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => match store::State::parse(s) {
+                Some(st) => Some(st),
+                None => {
+                    return Ok(tool_error(format!(
+                        "state {s:?} is not one of queued, running, completed, failed, cancelled"
+                    )))
+                }
+            },
+        };
+        let limit = p.limit.unwrap_or(50);
+        if !(1..=1000).contains(&limit) {
+            return Ok(tool_error("limit must be from 1 to 1000"));
+        }
+        Ok(match self.svc.list(state, limit).await {
+            Ok(list) => json_result(json!({"executions": list.iter().map(summary).collect::<Vec<_>>()})),
+            Err(e) => tool_error(format!("listing executions: {e}")),
+        })
+    }
+
+    #[tool(description = "Cancel an execution: a queued one is cancelled, the running one is interrupted.")]
+    async fn cancel_execution(&self, Parameters(p): Parameters<IdParams>) -> ToolResult {
+        Ok(match self.svc.cancel(&p.id).await {
+            Ok(out) => json_result(json!({"id": out.id, "result": out.result})),
+            Err(ControlError::NotFound(id)) => tool_error(format!("no execution {id}")),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "Interrupt the kernel (like Ctrl-C): the running execution stops with KeyboardInterrupt; queued ones then run."
+    )]
+    async fn interrupt_kernel(&self) -> ToolResult {
+        Ok(match self.svc.interrupt().await {
+            Ok(()) => json_result(json!({"interrupted": true})),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "Restart the kernel: all variables are lost; the running execution fails with reason kernel_restarted, queued ones run on the new kernel."
+    )]
+    async fn restart_kernel(&self) -> ToolResult {
+        Ok(match self.svc.restart().await {
+            Ok(()) => json_result(kernel_json(&self.svc)),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "The kernel's state (starting, idle, busy, restarting, dead), restart count, language, and the queue's counts."
+    )]
+    async fn kernel_status(&self) -> ToolResult {
+        let mut v = kernel_json(&self.svc);
+        if let Ok(status) = self.svc.status().await {
+            v["queue"] = status["queue"].clone();
+        }
+        Ok(json_result(v))
+    }
+
+    #[tool(description = "The notebooks (.ipynb) in the workspace, with size and modification time.")]
+    async fn list_notebooks(&self) -> ToolResult {
+        Ok(match self.ws().run(|ws| ws.list()).await {
+            Ok((list, truncated)) => json_result(json!({"notebooks": list, "truncated": truncated})),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "Create an empty notebook (nbformat 4.5) at a path relative to the workspace; missing directories are made. Fails if the file exists."
+    )]
+    async fn create_notebook(&self, Parameters(p): Parameters<PathParams>) -> ToolResult {
+        let nb = model::new_notebook(&self.svc.kernel_status().info);
+        Ok(match self.sync.edit(move |ws| ws.create(&p.path, &nb)).await {
+            Ok(path) => json_result(json!({"path": path, "cells": 0})),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "A notebook's cells in order: id, type, source, execution_count and a summary of each output (text capped; images named with their size)."
+    )]
+    async fn read_notebook(&self, Parameters(p): Parameters<PathParams>) -> ToolResult {
+        let path_in = p.path.clone();
+        Ok(match self.ws().run(move |ws| ws.read(&path_in)).await {
+            Ok(nb) => json_result(notebook_summary(&p.path, &nb)),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "Insert a cell into a notebook, at index or after the cell after_id (appended when neither is given); returns the new cell's id."
+    )]
+    async fn insert_cell(&self, Parameters(p): Parameters<InsertCellParams>) -> ToolResult {
+        let at = match (p.index, p.after_id) {
+            (Some(_), Some(_)) => return Ok(tool_error("give index or after_id, not both")),
+            (Some(i), None) => Position::Index(i),
+            (None, Some(id)) => Position::After(id),
+            (None, None) => Position::End,
+        };
+        let kind: CellType = p.cell_type.into();
+        let path_in = p.path.clone();
+        let source = p.source;
+        Ok(
+            match self
+                .sync
+                .edit(move |ws| ws.update(&path_in, |nb| model::insert(nb, at, kind, &source)))
+                .await
+            {
+                Ok((id, index)) => json_result(
+                    json!({"path": p.path, "cell_id": id, "index": index, "cell_type": kind.as_str()}),
+                ),
+                Err(e) => tool_error(e.to_string()),
+            },
+        )
+    }
+
+    #[tool(
+        description = "Replace the source of a cell, found by its id. A code cell's outputs stay until it runs again."
+    )]
+    async fn edit_cell(&self, Parameters(p): Parameters<EditCellParams>) -> ToolResult {
+        let (path_in, id, source) = (p.path.clone(), p.cell_id.clone(), p.source);
+        Ok(
+            match self
+                .sync
+                .edit(move |ws| ws.update(&path_in, |nb| model::edit(nb, &id, &source)))
+                .await
+            {
+                Ok(()) => json_result(json!({"path": p.path, "cell_id": p.cell_id})),
+                Err(e) => tool_error(e.to_string()),
+            },
+        )
+    }
+
+    #[tool(description = "Delete a cell, found by its id.")]
+    async fn delete_cell(&self, Parameters(p): Parameters<CellParams>) -> ToolResult {
+        let (path_in, id) = (p.path.clone(), p.cell_id.clone());
+        Ok(
+            match self
+                .sync
+                .edit(move |ws| ws.update(&path_in, |nb| model::delete(nb, &id)))
+                .await
+            {
+                Ok(_) => json_result(json!({"path": p.path, "deleted": p.cell_id})),
+                Err(e) => tool_error(e.to_string()),
+            },
+        )
+    }
+
+    #[tool(
+        description = "Run one code cell of a notebook in the kernel and return its outputs. The outputs and execution_count are written into the notebook when the execution finishes, even if this call has returned (timeout_s, default 30 s) or the client disconnected. Sends progress notifications while waiting when the request has a progress token."
+    )]
+    async fn run_cell(
+        &self,
+        Parameters(p): Parameters<RunCellParams>,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
+    ) -> ToolResult {
+        let wait = match wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s") {
+            Ok(w) => w,
+            Err(r) => return Ok(r),
+        };
+        let (rel, source) = match self.code_cell(&p.path, &p.cell_id).await {
+            Ok(x) => x,
+            Err(e) => return Ok(tool_error(e.to_string())),
+        };
+        let req = SubmitRequest {
+            code: source,
+            notebook: Some(rel),
+            cell_id: Some(p.cell_id.clone()),
+            ..Default::default()
+        };
+        let e = match self.submit_code(req).await {
+            Ok(e) => e,
+            Err(r) => return Ok(r),
+        };
+        let written = self.sync.track(&e.id);
+        let (mut result, exec) = match self.wait_result(&e.id, wait, progress_of(&meta, peer)).await {
+            Ok(x) => x,
+            Err(r) => return Ok(r),
+        };
+        if exec.is_some_and(|e| e.state.is_final()) {
+            match sync::written(written, WRITE_WAIT).await {
+                Some(Ok(())) => {}
+                Some(Err(msg)) => result.content.push(ContentBlock::text(format!(
+                    "The outputs could not be written into the notebook: {msg}"
+                ))),
+                None => result.content.push(ContentBlock::text(
+                    "The outputs are not yet written into the notebook; they will be.",
+                )),
+            }
+        }
+        Ok(result)
+    }
+
+    #[tool(
+        description = "Run every code cell of a notebook in order (each one an execution tied to its cell, queued at once; an error does not stop the later cells). Waits up to timeout_s (default 30 s) for the last one and returns each cell's execution id, state and count; outputs are written into the notebook as each finishes."
+    )]
+    async fn run_all(&self, Parameters(p): Parameters<RunAllParams>) -> ToolResult {
+        let wait = match wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s") {
+            Ok(w) => w,
+            Err(r) => return Ok(r),
+        };
+        let rel = match path::notebook(&p.path) {
+            Ok(r) => path::display(&r),
+            Err(e) => return Ok(tool_error(e.to_string())),
+        };
+        let path_in = p.path.clone();
+        let cells: Vec<(String, String)> = match self.ws().run(move |ws| ws.read(&path_in)).await {
+            Ok(nb) => nb["cells"]
+                .as_array()
+                .map(|cells| {
+                    cells
+                        .iter()
+                        .filter(|c| model::cell_type(c) == "code" && !model::source(c).trim().is_empty())
+                        .filter_map(|c| Some((model::cell_id(c)?.to_string(), model::source(c))))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Err(e) => return Ok(tool_error(e.to_string())),
+        };
+        let mut runs = Vec::with_capacity(cells.len());
+        for (cell_id, code) in cells {
+            let req = SubmitRequest {
+                code,
+                notebook: Some(rel.clone()),
+                cell_id: Some(cell_id.clone()),
+                ..Default::default()
+            };
+            match self.submit_code(req).await {
+                Ok(e) => {
+                    let written = self.sync.track(&e.id);
+                    runs.push((cell_id, e.id, written));
+                }
+                Err(r) => return Ok(r),
+            }
+        }
+        if let Some((_, last, _)) = runs.last() {
+            let _ = self.svc.wait(last, wait).await;
+        }
+        let mut cells_out = Vec::with_capacity(runs.len());
+        let mut first_error = None;
+        for (cell_id, id, written) in runs {
+            let e = self.svc.get(&id).await.ok().flatten();
+            if let Some(e) = &e {
+                if e.state.is_final() {
+                    let _ = sync::written(written, WRITE_WAIT).await;
+                }
+                if first_error.is_none() && e.state == store::State::Failed {
+                    let err = e
+                        .outputs
+                        .iter()
+                        .find(|o| o["output_type"] == "error")
+                        .or(e.error.as_ref());
+                    first_error = err.map(|o| json!({"cell_id": cell_id, "error": content::cap_text(&content::error_text(o), READ_TEXT_BYTES, "traceback")}));
+                }
+            }
+            cells_out.push(json!({
+                "cell_id": cell_id, "id": id,
+                "state": e.as_ref().map(|e| json!(e.state)).unwrap_or(Value::Null),
+                "execution_count": e.as_ref().and_then(|e| e.execution_count),
+            }));
+        }
+        Ok(json_result(
+            json!({"path": rel, "cells": cells_out, "first_error": first_error}),
+        ))
+    }
+
+    #[tool(
+        description = "The asset files of the workspace (large outputs moved to assets/<sha256>.<ext>): name, size, mime type, creation time, the notebooks that reference each, and whether it is pinned."
+    )]
+    async fn list_assets(&self) -> ToolResult {
+        Ok(match crate::http::assets::catalog(&self.svc).await {
+            Ok(items) => json_result(json!({"assets": items})),
+            Err(e) => tool_error(e.to_string()),
+        })
+    }
+
+    #[tool(
+        description = "Read one asset file by name (<sha256>.<ext>): images come back as image content (up to 1 MiB), text types as text, anything else as its size and URL."
+    )]
+    async fn read_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
+        if !crate::assets::name::is_valid(&p.name) {
+            return Ok(tool_error(format!(
+                "{:?} is not an asset name (<sha256>.<ext>)",
+                p.name
+            )));
+        }
+        let path = self
+            .svc
+            .cfg
+            .workspace
+            .join(crate::assets::ASSETS_DIR)
+            .join(&p.name);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => b,
+            Err(_) => return Ok(tool_error(format!("no asset {}", p.name))),
+        };
+        let ext = p.name.rsplit('.').next().unwrap_or_default();
+        let mime = crate::assets::name::mime_for_ext(ext)
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let url = format!("/v1/assets/{}", p.name);
+        Ok(
+            if mime.starts_with("image/") && mime != "image/svg+xml" && bytes.len() <= 1 << 20 {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                CallToolResult::success(vec![ContentBlock::image(b64, mime)])
+            } else if mime.starts_with("text/") || mime == "application/json" || mime == "image/svg+xml" {
+                let text = String::from_utf8_lossy(&bytes);
+                CallToolResult::success(vec![ContentBlock::text(content::cap_text(
+                    &text,
+                    256 << 10,
+                    &p.name,
+                ))])
+            } else {
+                json_result(json!({"name": p.name, "mime": mime, "size": bytes.len(), "url": url}))
+            },
+        )
+    }
+
+    #[tool(description = "Pin an asset: it is never deleted while pinned, whatever its lease says.")]
+    async fn pin_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
+        self.set_pin(&p.name, true).await
+    }
+
+    #[tool(
+        description = "Unpin an asset: it may be deleted again once its lease expired and no notebook references it."
+    )]
+    async fn unpin_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
+        self.set_pin(&p.name, false).await
+    }
+}
+
+fn kernel_json(svc: &Service) -> Value {
+    let k = svc.kernel_status();
+    json!({
+        "state": k.state, "restarts": k.restarts, "pid": k.pid,
+        "language_info": k.info.get("language_info").cloned().unwrap_or(Value::Null),
+        "implementation": k.info.get("implementation").cloned().unwrap_or(Value::Null),
+    })
+}
+
+/// Cells with ids, capped sources and output summaries, within READ_TOTAL_BYTES.
+fn notebook_summary(path: &str, nb: &Value) -> Value {
+    let cells = nb["cells"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut out = Vec::with_capacity(cells.len());
+    let mut used = 0usize;
+    let mut truncated = false;
+    for (i, c) in cells.iter().enumerate() {
+        let mut cell = json!({
+            "index": i,
+            "id": model::cell_id(c),
+            "cell_type": model::cell_type(c),
+            "source": content::cap_text(&model::source(c), READ_TEXT_BYTES, "source"),
+        });
+        if model::cell_type(c) == "code" {
+            cell["execution_count"] = c.get("execution_count").cloned().unwrap_or(Value::Null);
+            let outputs: Vec<Value> = c["outputs"]
+                .as_array()
+                .map(|o| {
+                    o.iter()
+                        .map(|o| content::summarise_output(o, READ_TEXT_BYTES))
+                        .collect()
+                })
+                .unwrap_or_default();
+            cell["outputs"] = json!(outputs);
+        }
+        let size = cell.to_string().len();
+        if used + size > READ_TOTAL_BYTES {
+            truncated = true;
+            break;
+        }
+        used += size;
+        out.push(cell);
+    }
+    json!({"path": path, "cell_count": cells.len(), "cells": out, "truncated": truncated})
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Tools {
+    /// `tasks/get`: the execution with this id, as a task.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        match self.svc.get(&request.task_id).await {
+            Ok(Some(e)) => Ok(GetTaskResult::new(tasks::detailed(
+                &e,
+                &self.caps,
+                self.task_ttl_ms(),
+            ))),
+            Ok(None) => Err(ErrorData::invalid_params(
+                format!("no task {}", request.task_id),
+                None,
+            )),
+            Err(e) => Err(ErrorData::internal_error(
+                format!("reading task {}: {e}", request.task_id),
+                None,
+            )),
+        }
+    }
+
+    /// `tasks/cancel`: cancels the execution (a queued one at once, the
+    /// running one by interrupting the kernel).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        match self.svc.cancel(&request.task_id).await {
+            Ok(_) => Ok(()),
+            Err(ControlError::NotFound(id)) => Err(ErrorData::invalid_params(format!("no task {id}"), None)),
+            Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
+        }
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
+        .with_server_info(Implementation::new(
+            "notebook-operator",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(
+            "A Jupyter kernel with a durable execution queue and the notebooks of its workspace. \
+                 Use execute to run code and get its outputs; long work returns an execution id that \
+                 get_execution fetches later, so nothing is lost to a timeout. Build notebooks with \
+                 create_notebook, insert_cell and run_cell: outputs are saved into the file.",
+        )
+    }
+}
