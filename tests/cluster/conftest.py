@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import BIN, free_port  # noqa: E402
-from kube import ApiError, Kube, path  # noqa: E402
+from kube import Kube, path  # noqa: E402
 from kubelet import StandInKubelet  # noqa: E402
 
 OPERATOR_NS = "nbo-system"
@@ -379,5 +379,3 @@ def bare_ns(request, kube, cluster, kubelet):
     """A fresh namespace without the test operator's checks (packaging tests)."""
     yield from make_namespace(request, kube, cluster, kubelet, None)
 
-
-__all__ = ["ApiError"]

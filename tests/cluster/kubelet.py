@@ -143,24 +143,29 @@ class Container:
             except ProcessLookupError:
                 pass
 
-    def stop(self, grace: float):
-        """SIGTERM, then SIGKILL after `grace` seconds; waits for the exit."""
+    def stop(self, grace: float) -> str:
+        """SIGTERM, then SIGKILL after `grace` seconds; waits for the exit.
+        Says how it went, for the log."""
         if self.proc is None:
-            return
+            return f"{self.name}: never started"
+        t0 = time.monotonic()
         self.signal(signal.SIGTERM)
+        how = "exited on SIGTERM"
         try:
             self.proc.wait(timeout=max(0.1, grace))
         except subprocess.TimeoutExpired:
+            how = f"SIGKILL after {grace:.1f}s"
             self.signal(signal.SIGKILL)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                pass
+                how += " (still there)"
         # Whatever else is left in the process group (a kernel's children).
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        return f"{self.name}: {how} in {time.monotonic() - t0:.2f}s"
 
     def state(self) -> dict:
         if self.waiting is not None:
@@ -507,10 +512,9 @@ class PodRunner(threading.Thread):
         deleting = self.terminating.is_set()
         grace = self.kubelet.grace_of(self.pod) if deleting else 0
         deadline = time.monotonic() + grace
-        for c in self.main:
-            c.stop(max(0.5, deadline - time.monotonic()))
-        for c in reversed(self.init):
-            c.stop(max(2.0, deadline - time.monotonic()))
+        stops = [c.stop(max(0.5, deadline - time.monotonic())) for c in self.main]
+        stops += [c.stop(max(2.0, deadline - time.monotonic())) for c in reversed(self.init)]
+        self.log("stopped: " + "; ".join(stops))
         if deleting and not self.kubelet.stopping.is_set():
             self.kube.delete(path("Pod", self.ns, self.name), grace=0, uid=self.uid)
             self.log("deletion confirmed (grace 0)")
