@@ -175,11 +175,15 @@ impl AssetIndex {
             while let Some(ev) = rx.recv().await {
                 let Some(index) = index.upgrade() else { return };
                 match ev {
+                    // Reads (our own scans among them) are not changes: reacting to
+                    // them would make every scan trigger the next.
+                    Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
                     Ok(ev) => {
+                        let created = matches!(ev.kind, notify::EventKind::Create(_));
                         for p in ev.paths {
                             let index = index.clone();
                             let _ = tokio::task::spawn_blocking(move || {
-                                if p.is_dir() {
+                                if created && p.is_dir() {
                                     // A new folder: notebooks written into it before
                                     // its watch was added sent no event of their own.
                                     for nb in notebooks_under(&p) {

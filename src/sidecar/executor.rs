@@ -867,6 +867,12 @@ impl Executor {
         if let Some(c) = self.current.take() {
             self.finish_current(c, State::Failed, Some("kernel_died")).await;
         }
+        if self.shutdown.is_some() {
+            // Stopping anyway (a pod being deleted takes the kernel with it):
+            // no restart, so the sidecar exits at once.
+            self.conn = None;
+            return;
+        }
         if let Err(e) = self.restart_kernel(why).await {
             warn!(error = %e, "kernel restart failed");
         }

@@ -14,7 +14,10 @@ PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAE
 def test_stream_output(shared_sidecar):
     e = shared_sidecar.run("print('hello'); import sys; print('oops', file=sys.stderr)")
     assert e["state"] == "completed"
-    streams = {o["name"]: o["text"] for o in e["outputs"] if o["output_type"] == "stream"}
+    streams = {}
+    for o in e["outputs"]:
+        if o["output_type"] == "stream":  # stdout and stderr may interleave in chunks
+            streams[o["name"]] = streams.get(o["name"], "") + o["text"]
     assert streams == {"stdout": "hello\n", "stderr": "oops\n"}
 
 
