@@ -46,7 +46,22 @@ fn subscribe(
     })?;
     svc.touch();
     let start = since.unwrap_or_else(|| svc.bus.newest());
-    Ok(frames(sub, svc.reader.clone(), start))
+    // A client leaving is activity too: idle time counts from its departure,
+    // not from its arrival.
+    let on_leave = LeaveGuard(svc.clone());
+    Ok(frames(sub, svc.reader.clone(), start).map(move |f| {
+        let _keep = &on_leave;
+        f
+    }))
+}
+
+/// Marks activity when the stream it lives in is dropped (the client left).
+struct LeaveGuard(Arc<Service>);
+
+impl Drop for LeaveGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+    }
 }
 
 pub async fn sse(

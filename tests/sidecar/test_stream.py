@@ -204,3 +204,19 @@ def stalled_client_scenario(s: Sidecar):
     # All 200,000 lines are in the record, in order.
     text = "".join(o["text"] for o in e["outputs"] if o["output_type"] == "stream")
     assert text == "".join(f"line {i:>10}\n" for i in range(200000))
+
+
+def test_a_client_leaving_counts_as_activity(shared_sidecar):
+    """Idle time counts from when the last client left, not from when it came."""
+    s = shared_sidecar
+    c = SseClient("127.0.0.1", s.port, s.token, "")
+    c._headers(10)  # the subscription exists once the response headers arrive
+    joined = s.http.get(s.url + "/v1/status").json()["last_activity"]
+    time.sleep(1.1)  # a client that stays connected for a while
+    c.close()
+    deadline = time.monotonic() + 10
+    while s.http.get(s.url + "/v1/status").json()["last_activity"] == joined:
+        assert time.monotonic() < deadline, "leaving was not recorded as activity"
+        time.sleep(0.02)
+    left = s.http.get(s.url + "/v1/status").json()["last_activity"]
+    assert left > joined
