@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -517,24 +517,7 @@ fn record_lifecycle_metrics(
 }
 
 async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, reason: &str, note: String) {
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
-        tracing::warn!(error = %err, session = %session.name_any(), "could not record an event");
-    }
+    crate::operator::events::publish(&ctx.recorder, session, type_, reason, note).await;
 }
 
 /// The Controller, wired: NotebookSessions, and the objects they own (only

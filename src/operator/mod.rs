@@ -6,6 +6,7 @@ pub mod builders;
 pub mod controller;
 pub mod crd;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod run;

@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalized};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -517,24 +517,7 @@ async fn write_status(
 }
 
 async fn publish(ctx: &LeaseContext, lease: &AssetLease, type_: EventType, reason: &str, note: String) {
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &lease.object_ref(&())).await {
-        tracing::warn!(error = %err, lease = %lease.name_any(), "could not record an event");
-    }
+    crate::operator::events::publish(&ctx.recorder, lease, type_, reason, note).await;
 }
 
 /// At most this many leases are reconciled at once, so that an operator

@@ -1,0 +1,31 @@
+//! Recording Kubernetes Events for the objects the controllers reconcile.
+
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+
+/// Longest Event note, in bytes; longer notes are cut on a character boundary.
+const MAX_NOTE: usize = 1000;
+
+/// Records one Event on `object`; a failure is logged, never an error.
+pub async fn publish<K>(recorder: &Recorder, object: &K, type_: EventType, reason: &str, mut note: String)
+where
+    K: Resource<DynamicType = ()>,
+{
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(error = %err, kind = %K::kind(&()), name = %object.name_any(), "could not record an event");
+    }
+}
