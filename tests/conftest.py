@@ -1,6 +1,5 @@
 """Fixtures shared by the Python test tiers; helpers live in harness.py."""
 import os
-import signal
 import sys
 
 import pytest
@@ -14,11 +13,7 @@ from harness import Sidecar  # noqa: E402
 def sidecar(tmp_path):
     s = Sidecar(tmp_path).start()
     yield s
-    s.stop()
-    try:
-        os.kill(s.kernel_pid(), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
+    s.close()
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +21,4 @@ def shared_sidecar(tmp_path_factory):
     """One sidecar for tests that do not disturb each other."""
     s = Sidecar(tmp_path_factory.mktemp("shared")).start()
     yield s
-    s.stop()
-    try:
-        os.kill(s.kernel_pid(), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
+    s.close()

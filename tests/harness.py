@@ -41,7 +41,33 @@ def free_port_block(n: int = 5) -> int:
     raise RuntimeError("no block of free ports")
 
 
-class Sidecar:
+class SidecarHttp:
+    """The sidecar's execution API, for any object with `url` and `http`
+    (a requests.Session that sends the bearer token)."""
+
+    def submit(self, code: str, **kw) -> dict:
+        r = self.http.post(self.url + "/v1/executions", json={"code": code, **kw}, timeout=30)
+        assert r.status_code in (200, 202), r.text
+        return r.json()
+
+    def get(self, eid: str, wait: float = 0) -> dict:
+        r = self.http.get(f"{self.url}/v1/executions/{eid}", params={"wait": wait}, timeout=wait + 30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_final(self, eid: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            e = self.get(eid, wait=max(0.0, min(left, 30)))
+            if e["state"] in ("completed", "failed", "cancelled") or left <= 0:
+                return e
+
+    def run(self, code: str, timeout: float = 60, **kw) -> dict:
+        return self.wait_final(self.submit(code, **kw)["id"], timeout)
+
+
+class Sidecar(SidecarHttp):
     """The real binary in `local` mode, on loopback, with its own data dir."""
 
     def __init__(self, root: pathlib.Path, *extra: str, token: str = "test-token"):
@@ -103,6 +129,14 @@ class Sidecar:
                 self.proc.kill()
                 self.proc.wait()
 
+    def close(self):
+        """Stops the sidecar and, in case it could not, its kernel."""
+        self.stop()
+        try:
+            os.kill(self.kernel_pid(), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
     def kernel_pid(self) -> int:
         return int((self.data_dir / "kernel.pid").read_text())
 
@@ -112,28 +146,6 @@ class Sidecar:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-    # -- API -------------------------------------------------------------
-    def submit(self, code: str, **kw) -> dict:
-        r = self.http.post(self.url + "/v1/executions", json={"code": code, **kw}, timeout=30)
-        assert r.status_code in (200, 202), r.text
-        return r.json()
-
-    def get(self, eid: str, wait: float = 0) -> dict:
-        r = self.http.get(f"{self.url}/v1/executions/{eid}", params={"wait": wait}, timeout=wait + 30)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_final(self, eid: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            e = self.get(eid, wait=max(0.0, min(left, 30)))
-            if e["state"] in ("completed", "failed", "cancelled") or left <= 0:
-                return e
-
-    def run(self, code: str, timeout: float = 60, **kw) -> dict:
-        return self.wait_final(self.submit(code, **kw)["id"], timeout)
 
     def kernel(self) -> dict:
         return self.http.get(self.url + "/v1/kernel", timeout=10).json()

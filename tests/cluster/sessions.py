@@ -9,6 +9,7 @@ import time
 
 import requests
 
+from harness import SidecarHttp
 from kube import Kube, path
 
 READY_TIMEOUT = 180  # a sidecar and an ipykernel start on a busy 2-core machine
@@ -66,7 +67,7 @@ def rfc3339(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class SidecarApi:
+class SidecarApi(SidecarHttp):
     """The sidecar of a session's current pod, reached by pod IP with the
     session token, as the operator and in-cluster agents reach it."""
 
@@ -81,24 +82,6 @@ class SidecarApi:
         self.url = f"http://{self.ip}:{port}"
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {self.token}"
-
-    def submit(self, code: str, **kw) -> dict:
-        r = self.http.post(self.url + "/v1/executions", json={"code": code, **kw}, timeout=30)
-        assert r.status_code in (200, 202), r.text
-        return r.json()
-
-    def get(self, eid: str, wait: float = 0) -> dict:
-        r = self.http.get(f"{self.url}/v1/executions/{eid}", params={"wait": wait}, timeout=wait + 30)
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait_final(self, eid: str, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            e = self.get(eid, wait=max(0.0, min(left, 30)))
-            if e["state"] in ("completed", "failed", "cancelled") or left <= 0:
-                return e
 
     def wait_state(self, eid: str, states: tuple, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout

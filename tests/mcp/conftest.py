@@ -2,7 +2,6 @@
 with a temp data dir and the venv's python as the kernel, driven by the
 official MCP Python SDK."""
 import os
-import signal
 import sys
 
 import pytest
@@ -14,24 +13,16 @@ sys.path.insert(0, HERE)
 from harness import Sidecar  # noqa: E402
 
 
-def _stop(s: Sidecar):
-    s.stop()
-    try:
-        os.kill(s.kernel_pid(), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
-
-
 @pytest.fixture(scope="module")
 def mcp_sidecar(tmp_path_factory):
     """One sidecar per test module; tests use their own notebooks and keys."""
     s = Sidecar(tmp_path_factory.mktemp("mcp")).start()
     yield s
-    _stop(s)
+    s.close()
 
 
 @pytest.fixture
 def fresh_sidecar(tmp_path):
     s = Sidecar(tmp_path).start()
     yield s
-    _stop(s)
+    s.close()
