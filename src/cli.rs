@@ -27,6 +27,8 @@ pub enum Command {
     Local(Box<LocalArgs>),
     /// Run the sidecar in a session pod, beside the kernel container.
     Sidecar(Box<SidecarArgs>),
+    /// Serve agents: MCP and the session routes behind Kubernetes authentication and RBAC.
+    Gateway(Box<crate::gateway::GatewayArgs>),
 }
 
 fn init_tracing() {
@@ -71,5 +73,6 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Local(args) => block_on(crate::cmd::local::run(*args)),
         Command::Sidecar(args) => block_on(crate::cmd::sidecar::run(*args)),
+        Command::Gateway(args) => block_on(crate::gateway::run(*args)),
     }
 }

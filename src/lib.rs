@@ -6,6 +6,7 @@ pub mod assets;
 pub mod cli;
 pub mod cmd;
 pub mod events;
+pub mod gateway;
 pub mod http;
 pub mod jupyter;
 pub mod kernel;

@@ -239,6 +239,12 @@ impl Tools {
         }
     }
 
+    /// The definitions (name, description, input schema) of every tool, as
+    /// `tools/list` shows them; the gateway offers the same tools per session.
+    pub fn definitions() -> Vec<rmcp::model::Tool> {
+        Self::tool_router().list_all()
+    }
+
     /// Tasks are executions, kept for the retention period.
     fn task_ttl_ms(&self) -> u64 {
         u64::try_from(self.svc.cfg.retention.as_millis()).unwrap_or(u64::MAX)

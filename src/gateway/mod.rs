@@ -1,0 +1,168 @@
+//! `notebook-operator gateway`: one authenticated endpoint for agents.
+//!
+//! MCP at `/mcp` (sessions are created, listed, suspended and deleted as
+//! NotebookSession objects; kernel tools are forwarded to a session's
+//! sidecar) and HTTP at `/sessions/{namespace}/{name}/...` (the sidecar's
+//! routes, streams included). Who is asking is settled by a TokenReview of
+//! the bearer token, and what they may do by SubjectAccessReviews on
+//! `notebooksessions`, so the cluster's own RBAC decides.
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod forward;
+pub mod mcp_client;
+pub mod review;
+pub mod sessions;
+pub mod tools;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{any, get};
+use axum::{middleware, Router};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::cmd::local::anyhow_like;
+use crate::operator::builders::SIDECAR_PORT;
+use crate::operator::crd;
+
+pub use error::GatewayError;
+
+/// Flags of `notebook-operator gateway`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GatewayArgs {
+    /// Address to serve MCP and the session routes on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Port the session sidecars listen on (reached by pod IP).
+    #[arg(long, default_value_t = SIDECAR_PORT)]
+    pub sidecar_port: u16,
+    /// Most live (not suspended, not deleting) sessions one user may have
+    /// made through the gateway; 0: no cap.
+    #[arg(long, env = "GATEWAY_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    pub max_sessions_per_user: usize,
+    /// How long a TokenReview or SubjectAccessReview answer is reused (0s: never).
+    #[arg(long, env = "GATEWAY_REVIEW_TTL", default_value = "10s", value_parser = parse_ttl)]
+    pub review_ttl: Duration,
+    /// Namespace of requests that name none, for users that are not ServiceAccounts
+    /// (a ServiceAccount's default is its own namespace).
+    #[arg(long, env = "GATEWAY_DEFAULT_NAMESPACE", default_value = "default")]
+    pub default_namespace: String,
+}
+
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" | "0s" => Ok(Duration::ZERO),
+        other => crd::parse_duration(other),
+    }
+}
+
+/// What the gateway decides with.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub default_namespace: String,
+    pub max_sessions_per_user: usize,
+}
+
+/// Shared by every request.
+pub struct Gateway {
+    pub kube: kube::Client,
+    pub reviewer: review::Reviewer,
+    pub upstreams: upstream::Upstreams,
+    pub http: client::HttpClient,
+    pub mcp: mcp_client::McpForwarder,
+    pub cfg: GatewayConfig,
+}
+
+impl Gateway {
+    pub fn new(kube: kube::Client, args: &GatewayArgs) -> Gateway {
+        let http = client::http_client();
+        Gateway {
+            reviewer: review::Reviewer::new(kube.clone(), args.review_ttl),
+            upstreams: upstream::Upstreams::new(kube.clone(), args.sidecar_port),
+            mcp: mcp_client::McpForwarder::new(http.clone()),
+            http,
+            kube,
+            cfg: GatewayConfig {
+                default_namespace: args.default_namespace.clone(),
+                max_sessions_per_user: args.max_sessions_per_user,
+            },
+        }
+    }
+}
+
+/// How long an agent's MCP session may stay idle.
+const MCP_SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// Largest MCP request body (code and cell sources are at most 1 MiB on the sidecar).
+const MCP_BODY_LIMIT: usize = 8 << 20;
+
+/// Every route; all but the probes behind the token review.
+pub fn router(gw: Arc<Gateway>, shutdown: CancellationToken) -> Router {
+    // Any Host and Origin: the gateway sits behind Services and Ingresses
+    // with names of their own, and every request carries its credentials in
+    // a header a browser never adds by itself (no cookies), so DNS rebinding
+    // gains an attacker nothing.
+    let config = StreamableHttpServerConfig::default()
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_max_request_body_bytes(MCP_BODY_LIMIT)
+        .with_cancellation_token(shutdown);
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive = Some(MCP_SESSION_IDLE);
+    let tools = tools::GatewayTools::new(gw.clone());
+    let mcp = StreamableHttpService::new(move || Ok(tools.clone()), Arc::new(sessions), config);
+    let authenticated = Router::new()
+        .route_service("/mcp", mcp)
+        .route("/sessions/{ns}/{name}", any(forward::session_root))
+        .route("/sessions/{ns}/{name}/{*rest}", any(forward::session_path))
+        .layer(middleware::from_fn_with_state(gw.clone(), auth::authenticate))
+        .with_state(gw);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .merge(authenticated)
+}
+
+/// Entry point of the subcommand.
+pub async fn run(args: GatewayArgs) -> anyhow_like::Result {
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("no Kubernetes client configuration (KUBECONFIG or in-cluster): {e}"))?;
+    let gw = Arc::new(Gateway::new(kube, &args));
+    let shutdown = CancellationToken::new();
+    let app = router(gw, shutdown.clone());
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", args.listen))?;
+    tracing::info!(listen = %args.listen, sidecar_port = args.sidecar_port,
+                   max_sessions_per_user = args.max_sessions_per_user, "gateway serving");
+    let stop = shutdown.clone();
+    crate::http::serve(listener, app, async move {
+        terminated().await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    })
+    .await?;
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

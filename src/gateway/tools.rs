@@ -1,0 +1,632 @@
+//! The gateway's MCP server: tools that create and manage NotebookSessions
+//! (the object is the request; the gateway keeps no state of its own), and
+//! every kernel tool of the sidecar with a `session` argument, forwarded to
+//! that session's sidecar with its token.
+//!
+//! Each call is made as the user the bearer token of its own HTTP request
+//! names (reviewed by the auth middleware) and is checked with a
+//! SubjectAccessReview before anything is read, created or forwarded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::ResourceExt;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, ErrorData, RoleServer, ServerHandler};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tracing::Instrument;
+
+use super::error::GatewayError;
+use super::review::{Access, User};
+use super::sessions::{self, NewSession};
+use super::Gateway;
+use crate::operator::crd::NotebookSession;
+
+/// Longest wait one call may ask for.
+const MAX_WAIT_S: f64 = 3600.0;
+/// How long `delete_session` waits for the object to be gone by default.
+const DEFAULT_DELETE_WAIT_S: f64 = 30.0;
+
+type ToolResult = Result<CallToolResult, ErrorData>;
+
+fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+fn json_result(v: Value) -> CallToolResult {
+    let mut r = CallToolResult::success(vec![ContentBlock::text(v.to_string())]);
+    r.structured_content = Some(v);
+    r
+}
+
+fn seconds(s: Option<f64>, default: f64, field: &str) -> Result<Duration, CallToolResult> {
+    let s = s.unwrap_or(default);
+    if !s.is_finite() || s < 0.0 {
+        return Err(tool_error(format!(
+            "{field} must be a non-negative number of seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(s.min(MAX_WAIT_S)))
+}
+
+/// The reviewed user of the HTTP request that carried this MCP message.
+fn user_of(ctx: &RequestContext<RoleServer>) -> Result<User, CallToolResult> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<User>())
+        .cloned()
+        .ok_or_else(|| tool_error("unauthenticated: the request carried no reviewed user"))
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CreateSessionParams {
+    /// Name of the session (lowercase letters, digits, '-'); generated (nb-xxxxx) when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Namespace; default: your ServiceAccount's namespace, else the gateway's default.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Kernel image; default: the operator's default kernel image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Suspend the session after this long without activity (e.g. 30m, 1h).
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    /// Size of a persistent volume for the workspace and queue (e.g. 1Gi); none: ephemeral.
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// Seconds to wait for the session to be Ready (default 0: return at once).
+    #[serde(default)]
+    pub wait_ready_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct NamespaceParams {
+    /// Namespace; default: your ServiceAccount's namespace, else the gateway's default.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SessionParams {
+    /// The session: its name, or namespace/name.
+    pub name: String,
+    /// Namespace; default: your ServiceAccount's namespace, else the gateway's default.
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct DeleteSessionParams {
+    /// The session: its name, or namespace/name.
+    pub name: String,
+    /// Namespace; default: your ServiceAccount's namespace, else the gateway's default.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Seconds to wait until the session, its pod and its other objects are gone (default 30).
+    #[serde(default)]
+    pub wait_s: Option<f64>,
+}
+
+/// The MCP server of one agent connection.
+#[derive(Clone)]
+pub struct GatewayTools {
+    gw: Arc<Gateway>,
+    kernel_tools: Arc<Vec<Tool>>,
+    tool_router: ToolRouter<GatewayTools>,
+}
+
+impl GatewayTools {
+    pub fn new(gw: Arc<Gateway>) -> GatewayTools {
+        GatewayTools {
+            gw,
+            kernel_tools: Arc::new(kernel_tools()),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    fn api(&self, ns: &str) -> Api<NotebookSession> {
+        Api::namespaced(self.gw.kube.clone(), ns)
+    }
+
+    async fn allow(
+        &self,
+        user: &User,
+        verb: &'static str,
+        ns: &str,
+        name: Option<&str>,
+    ) -> Result<(), CallToolResult> {
+        self.gw
+            .reviewer
+            .authorize(
+                user,
+                Access {
+                    verb,
+                    namespace: ns.to_string(),
+                    name: name.map(str::to_string),
+                },
+            )
+            .await
+            .map_err(|e| tool_error(e.to_string()))
+    }
+
+    /// Refuses when `user` already has as many live sessions as allowed.
+    async fn check_cap(&self, user: &User) -> Result<(), CallToolResult> {
+        let cap = self.gw.cfg.max_sessions_per_user;
+        if cap == 0 {
+            return Ok(());
+        }
+        let all: Api<NotebookSession> = Api::all(self.gw.kube.clone());
+        let selector = format!(
+            "{}={}",
+            sessions::REQUESTED_BY,
+            sessions::requested_by_label(&user.username)
+        );
+        let list = all
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| tool_error(format!("counting your sessions: {e}")))?;
+        let live = sessions::live_sessions_of(&list.items, &user.username);
+        match sessions::over_cap(live, cap, &user.username) {
+            Some(msg) => Err(tool_error(msg)),
+            None => Ok(()),
+        }
+    }
+
+    /// `(namespace, name)` of a session argument, and the user asking.
+    fn target(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<(User, String, String), CallToolResult> {
+        let user = user_of(ctx)?;
+        let (ns, name) = sessions::session_ref(name, namespace, &user, &self.gw.cfg.default_namespace)
+            .map_err(tool_error)?;
+        Ok((user, ns, name))
+    }
+
+    async fn set_suspend(
+        &self,
+        p: SessionParams,
+        ctx: RequestContext<RoleServer>,
+        suspend: bool,
+    ) -> ToolResult {
+        let (user, ns, name) = match self.target(&ctx, &p.name, p.namespace.as_deref()) {
+            Ok(t) => t,
+            Err(r) => return Ok(r),
+        };
+        if let Err(r) = self.allow(&user, "patch", &ns, Some(&name)).await {
+            return Ok(r);
+        }
+        if !suspend {
+            if let Ok(Some(s)) = self.api(&ns).get_opt(&name).await {
+                if s.spec.suspend && s.annotations().get(sessions::REQUESTED_BY) == Some(&user.username) {
+                    if let Err(r) = self.check_cap(&user).await {
+                        return Ok(r);
+                    }
+                }
+            }
+        }
+        let patch = json!({"spec": {"suspend": suspend}});
+        Ok(
+            match self
+                .api(&ns)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(s) => json_result(sessions::summary(&s)),
+                Err(e) => tool_error(GatewayError::kube("patch the NotebookSession")(e).to_string()),
+            },
+        )
+    }
+
+    /// A kernel tool on the session named by the `session` argument.
+    async fn forward(&self, request: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> ToolResult {
+        let mut args = request.arguments.unwrap_or_default();
+        let session = match args.remove("session") {
+            Some(Value::String(s)) => s,
+            _ => {
+                return Ok(tool_error(
+                    "session is required: the name of a session (or namespace/name) from create_session or list_sessions",
+                ))
+            }
+        };
+        let namespace = match args.remove("namespace") {
+            Some(Value::String(s)) => Some(s),
+            None | Some(Value::Null) => None,
+            Some(_) => return Ok(tool_error("namespace must be a string")),
+        };
+        let (user, ns, name) = match self.target(&ctx, &session, namespace.as_deref()) {
+            Ok(t) => t,
+            Err(r) => return Ok(r),
+        };
+        let span = tracing::info_span!("tool", tool = %request.name, session = %format!("{ns}/{name}"),
+                                       user = %user.username);
+        async move {
+            if let Err(r) = self.allow(&user, "get", &ns, Some(&name)).await {
+                return Ok(r);
+            }
+            let up = match self.gw.upstreams.resolve(&ns, &name).await {
+                Ok(up) => up,
+                Err(e) => return Ok(tool_error(e.to_string())),
+            };
+            let mut params = json!({"name": request.name, "arguments": Value::Object(args)});
+            if let Some(meta) = &request.meta {
+                params["_meta"] = serde_json::to_value(meta).unwrap_or(Value::Null);
+            }
+            // Progress notifications of the sidecar, passed on in order.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+            let peer = ctx.peer.clone();
+            let relay = tokio::spawn(async move {
+                while let Some(p) = rx.recv().await {
+                    if let Ok(p) = serde_json::from_value::<ProgressNotificationParam>(p) {
+                        if peer.notify_progress(p).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let on_progress = move |p: Value| {
+                let _ = tx.send(p);
+            };
+            let answer = self.gw.mcp.call_tool(&up, params, &on_progress).await;
+            drop(on_progress);
+            let _ = relay.await;
+            Ok(match answer {
+                Ok(Ok(result)) => match serde_json::from_value::<CallToolResult>(result) {
+                    Ok(r) => r,
+                    Err(e) => tool_error(format!("the sidecar's answer is not a tool result: {e}")),
+                },
+                Ok(Err(message)) => tool_error(message),
+                Err(e) => {
+                    self.gw.upstreams.forget(&ns, &name);
+                    tool_error(e.to_string())
+                }
+            })
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+#[tool_router]
+impl GatewayTools {
+    #[tool(
+        description = "Create a Jupyter kernel session (a NotebookSession object) and, with wait_ready_s, wait until it is Ready. Returns its namespace, name, phase and readiness; use the kernel tools (execute, run_cell, ...) with session=<name> (or namespace/name) to work in it, and delete_session when done."
+    )]
+    async fn create_session(
+        &self,
+        Parameters(p): Parameters<CreateSessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let user = match user_of(&ctx) {
+            Ok(u) => u,
+            Err(r) => return Ok(r),
+        };
+        let wait = match seconds(p.wait_ready_s, 0.0, "wait_ready_s") {
+            Ok(w) => w,
+            Err(r) => return Ok(r),
+        };
+        let ns = sessions::namespace_for(p.namespace.as_deref(), &user, &self.gw.cfg.default_namespace);
+        let new = NewSession {
+            name: p.name,
+            image: p.image,
+            idle_timeout: p.idle_timeout,
+            storage: p.storage,
+        };
+        let obj = match sessions::desired(&new, &ns, &user) {
+            Ok(o) => o,
+            Err(e) => return Ok(tool_error(e)),
+        };
+        if let Err(r) = self.allow(&user, "create", &ns, None).await {
+            return Ok(r);
+        }
+        if let Err(r) = self.check_cap(&user).await {
+            return Ok(r);
+        }
+        let api = self.api(&ns);
+        let created = match api.create(&PostParams::default(), &obj).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(tool_error(
+                    GatewayError::kube("create the NotebookSession")(e).to_string(),
+                ))
+            }
+        };
+        let name = created.name_any();
+        tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session created");
+        let t0 = Instant::now();
+        let mut latest = created;
+        if !wait.is_zero() {
+            let cond = |s: Option<&NotebookSession>| {
+                s.is_none_or(|s| sessions::is_ready(s) || sessions::is_failed(s))
+            };
+            match tokio::time::timeout(wait, await_condition(api.clone(), &name, cond)).await {
+                Ok(Ok(Some(s))) => latest = s,
+                Ok(Ok(None)) => {
+                    return Ok(tool_error(format!(
+                        "session {ns}/{name} was deleted while starting"
+                    )))
+                }
+                Ok(Err(e)) => return Ok(tool_error(format!("watching session {ns}/{name}: {e}"))),
+                Err(_) => {
+                    if let Ok(Some(s)) = api.get_opt(&name).await {
+                        latest = s;
+                    }
+                }
+            }
+        }
+        let mut v = sessions::summary(&latest);
+        v["waited_s"] = json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+        Ok(json_result(v))
+    }
+
+    #[tool(
+        description = "The sessions in a namespace (default: your own), with phase, readiness and who asked for each."
+    )]
+    async fn list_sessions(
+        &self,
+        Parameters(p): Parameters<NamespaceParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let user = match user_of(&ctx) {
+            Ok(u) => u,
+            Err(r) => return Ok(r),
+        };
+        let ns = sessions::namespace_for(p.namespace.as_deref(), &user, &self.gw.cfg.default_namespace);
+        if !sessions::is_dns_label(&ns) {
+            return Ok(tool_error(format!("{ns:?} is not a namespace name")));
+        }
+        if let Err(r) = self.allow(&user, "list", &ns, None).await {
+            return Ok(r);
+        }
+        Ok(match self.api(&ns).list(&ListParams::default()).await {
+            Ok(list) => json_result(json!({
+                "namespace": ns,
+                "sessions": list.items.iter().map(sessions::summary).collect::<Vec<_>>(),
+            })),
+            Err(e) => tool_error(GatewayError::kube("list NotebookSessions")(e).to_string()),
+        })
+    }
+
+    #[tool(description = "One session: phase, readiness, queue counts, last activity.")]
+    async fn get_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let (user, ns, name) = match self.target(&ctx, &p.name, p.namespace.as_deref()) {
+            Ok(t) => t,
+            Err(r) => return Ok(r),
+        };
+        if let Err(r) = self.allow(&user, "get", &ns, Some(&name)).await {
+            return Ok(r);
+        }
+        Ok(match self.api(&ns).get_opt(&name).await {
+            Ok(Some(s)) => json_result(sessions::summary(&s)),
+            Ok(None) => tool_error(format!("no session {ns}/{name}")),
+            Err(e) => tool_error(GatewayError::kube("read the NotebookSession")(e).to_string()),
+        })
+    }
+
+    #[tool(
+        description = "Delete a session: its kernel pod, token, service and storage go with it. Waits up to wait_s (default 30 s) until everything is gone."
+    )]
+    async fn delete_session(
+        &self,
+        Parameters(p): Parameters<DeleteSessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        let (user, ns, name) = match self.target(&ctx, &p.name, p.namespace.as_deref()) {
+            Ok(t) => t,
+            Err(r) => return Ok(r),
+        };
+        let wait = match seconds(p.wait_s, DEFAULT_DELETE_WAIT_S, "wait_s") {
+            Ok(w) => w,
+            Err(r) => return Ok(r),
+        };
+        if let Err(r) = self.allow(&user, "delete", &ns, Some(&name)).await {
+            return Ok(r);
+        }
+        let api = self.api(&ns);
+        // Foreground: the object stays until the objects it owns are gone,
+        // so "gone" below means the pod is gone too.
+        let uid = match api.delete(&name, &DeleteParams::foreground()).await {
+            Ok(either) => either.either(|s| s.uid(), |_| None),
+            Err(e) => {
+                return Ok(tool_error(
+                    GatewayError::kube("delete the NotebookSession")(e).to_string(),
+                ))
+            }
+        };
+        self.gw.upstreams.forget(&ns, &name);
+        tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session deleted");
+        let gone = match uid {
+            None => true,
+            Some(uid) => matches!(
+                tokio::time::timeout(wait, await_condition(api, &name, conditions::is_deleted(&uid))).await,
+                Ok(Ok(_))
+            ),
+        };
+        Ok(json_result(
+            json!({"namespace": ns, "name": name, "deleted": true, "gone": gone}),
+        ))
+    }
+
+    #[tool(
+        description = "Suspend a session: its kernel pod is removed (variables are lost), its storage, token and queue history are kept. resume_session starts it again."
+    )]
+    async fn suspend_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        self.set_suspend(p, ctx, true).await
+    }
+
+    #[tool(
+        description = "Resume a suspended session: a new kernel pod starts; get_session shows when it is Ready."
+    )]
+    async fn resume_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        self.set_suspend(p, ctx, false).await
+    }
+}
+
+/// The sidecar's kernel tools, each with a required `session` argument
+/// (and an optional `namespace`).
+pub fn kernel_tools() -> Vec<Tool> {
+    crate::mcp::Tools::definitions()
+        .into_iter()
+        .map(with_session_argument)
+        .collect()
+}
+
+fn with_session_argument(mut tool: Tool) -> Tool {
+    let mut schema: Map<String, Value> = (*tool.input_schema).clone();
+    let props = schema
+        .entry("properties")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(props) = props.as_object_mut() {
+        props.insert(
+            "session".into(),
+            json!({"type": "string", "description": "The session to run this in: its name, or namespace/name (see create_session, list_sessions)."}),
+        );
+        props.insert(
+            "namespace".into(),
+            json!({"type": "string", "description": "Namespace of the session; default: your ServiceAccount's namespace, else the gateway's default."}),
+        );
+    }
+    let required = schema.entry("required").or_insert_with(|| Value::Array(vec![]));
+    if let Some(req) = required.as_array_mut() {
+        req.insert(0, Value::String("session".into()));
+    }
+    schema.insert("type".into(), Value::String("object".into()));
+    tool.input_schema = Arc::new(schema);
+    tool
+}
+
+impl ServerHandler for GatewayTools {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if self.tool_router.has_route(&request.name) {
+            return self
+                .tool_router
+                .call(ToolCallContext::new(self, request, context))
+                .await;
+        }
+        if self.kernel_tools.iter().any(|t| t.name == request.name) {
+            return self.forward(request, context).await.map(Into::into);
+        }
+        Err(ErrorData::invalid_params(
+            format!("no tool {}", request.name),
+            None,
+        ))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut tools = self.tool_router.list_all();
+        tools.extend(self.kernel_tools.iter().cloned());
+        Ok(ListToolsResult {
+            tools,
+            ..ListToolsResult::default()
+        })
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tool_router
+            .get(name)
+            .cloned()
+            .or_else(|| self.kernel_tools.iter().find(|t| t.name == name).cloned())
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "notebook-operator-gateway",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "Jupyter kernels on Kubernetes. create_session (with wait_ready_s) gives you a kernel; \
+                 run code with execute, build notebooks with create_notebook, insert_cell and run_cell, \
+                 each with session=<name>. Executions are queued durably: a long one returns an id that \
+                 get_execution fetches later. delete_session when you are done.",
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_tool_takes_a_required_session() {
+        let tools = kernel_tools();
+        assert!(tools.len() >= 20, "{}", tools.len());
+        for t in &tools {
+            let props = t.input_schema["properties"].as_object().unwrap();
+            assert!(
+                props.contains_key("session") && props.contains_key("namespace"),
+                "{}",
+                t.name
+            );
+            let required: Vec<&str> = t.input_schema["required"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert!(required.contains(&"session"), "{}", t.name);
+        }
+        let execute = tools.iter().find(|t| t.name == "execute").unwrap();
+        let required = execute.input_schema["required"].as_array().unwrap();
+        assert!(required.contains(&json!("code")));
+    }
+
+    #[test]
+    fn no_kernel_tool_already_has_an_argument_named_session_or_namespace() {
+        for t in crate::mcp::Tools::definitions() {
+            let props = t.input_schema.get("properties").and_then(Value::as_object);
+            assert!(
+                props.is_none_or(|p| !p.contains_key("session") && !p.contains_key("namespace")),
+                "{} would lose an argument to the gateway",
+                t.name
+            );
+        }
+    }
+
+    #[test]
+    fn session_tools_and_kernel_tools_do_not_share_names() {
+        let own: Vec<String> = GatewayTools::tool_router()
+            .list_all()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(own.len(), 6, "{own:?}");
+        for t in kernel_tools() {
+            assert!(!own.contains(&t.name.to_string()), "{}", t.name);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Where a session's sidecar is and how to speak for it: the pod IP of the
+//! session's kernel pod (which must be owned by the session) and the bearer
+//! token from the session Secret. Answers are cached briefly and dropped as
+//! soon as the sidecar refuses or cannot be reached, so a replaced pod or a
+//! new token is picked up at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+
+use super::error::GatewayError;
+use super::review::TtlCache;
+use crate::operator::builders::{pod_name, secret_name, service_host, TOKEN_KEY};
+use crate::operator::crd::NotebookSession;
+
+/// How long a resolved sidecar address and token are reused.
+const TTL: Duration = Duration::from_secs(30);
+
+/// A session's sidecar, ready to be called.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Pod IP and sidecar port.
+    pub addr: SocketAddr,
+    /// The name the sidecar answers to (its Service host), sent as `Host`.
+    pub host: String,
+    /// The session's bearer token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves sessions to sidecars, with a short cache.
+pub struct Upstreams {
+    client: Client,
+    port: u16,
+    cache: Mutex<TtlCache<(String, String), Upstream>>,
+}
+
+impl Upstreams {
+    pub fn new(client: Client, port: u16) -> Upstreams {
+        Upstreams {
+            client,
+            port,
+            cache: Mutex::new(TtlCache::new(TTL, 4096)),
+        }
+    }
+
+    /// The sidecar of session `ns/name`: NotFound when there is no such
+    /// session, NotReady while it has no running pod.
+    pub async fn resolve(&self, ns: &str, name: &str) -> Result<Upstream, GatewayError> {
+        let key = (ns.to_string(), name.to_string());
+        if let Some(up) = self.lock().get(&key, Instant::now()) {
+            return Ok(up);
+        }
+        let sessions: Api<NotebookSession> = Api::namespaced(self.client.clone(), ns);
+        let session = sessions
+            .get_opt(name)
+            .await
+            .map_err(GatewayError::kube("read the NotebookSession"))?
+            .ok_or_else(|| GatewayError::NotFound(format!("no NotebookSession {ns}/{name}")))?;
+        if session.spec.suspend {
+            return Err(GatewayError::NotReady(format!(
+                "session {ns}/{name} is suspended; resume it first"
+            )));
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let pod = pods
+            .get_opt(&pod_name(name))
+            .await
+            .map_err(GatewayError::kube("read the kernel pod"))?
+            .ok_or_else(|| GatewayError::NotReady(format!("session {ns}/{name} has no kernel pod yet")))?;
+        let ip = pod_ip_of(&pod, &session).map_err(GatewayError::NotReady)?;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret = secrets
+            .get_opt(&secret_name(name))
+            .await
+            .map_err(GatewayError::kube("read the session Secret"))?
+            .ok_or_else(|| GatewayError::NotReady(format!("session {ns}/{name} has no token Secret yet")))?;
+        let token = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(TOKEN_KEY))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                GatewayError::NotReady(format!("the Secret of session {ns}/{name} holds no token"))
+            })?;
+        let up = Upstream {
+            addr: SocketAddr::new(ip, self.port),
+            host: service_host(&session),
+            token,
+        };
+        self.lock().insert(key, up.clone(), Instant::now());
+        Ok(up)
+    }
+
+    /// Forget what is known of `ns/name` (the sidecar refused or vanished).
+    pub fn forget(&self, ns: &str, name: &str) {
+        let key = (ns.to_string(), name.to_string());
+        // An entry read with an instant past any TTL is dropped.
+        let _ = self.lock().get(&key, Instant::now() + TTL);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TtlCache<(String, String), Upstream>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The IP of a running kernel pod that belongs to `session`.
+pub fn pod_ip_of(pod: &Pod, session: &NotebookSession) -> Result<IpAddr, String> {
+    let uid = session.uid().unwrap_or_default();
+    let owned = pod
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "NotebookSession");
+    if !owned {
+        return Err(format!(
+            "pod {} is not the kernel pod of session {}",
+            pod.name_any(),
+            session.name_any()
+        ));
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(format!("the kernel pod {} is being deleted", pod.name_any()));
+    }
+    let status = pod.status.as_ref();
+    if status.and_then(|s| s.phase.as_deref()) != Some("Running") {
+        return Err(format!("the kernel pod {} is not running yet", pod.name_any()));
+    }
+    status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| format!("the kernel pod {} has no IP yet", pod.name_any()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn session() -> NotebookSession {
+        serde_json::from_value(json!({
+            "apiVersion": "notebook.dev/v1alpha1", "kind": "NotebookSession",
+            "metadata": {"name": "s1", "namespace": "ns", "uid": "uid-1"},
+            "spec": {}
+        }))
+        .unwrap()
+    }
+
+    fn pod(owner_uid: &str, phase: &str, ip: Option<&str>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "s1-kernel", "namespace": "ns", "ownerReferences": [{
+                "apiVersion": "notebook.dev/v1alpha1", "kind": "NotebookSession", "name": "s1",
+                "uid": owner_uid, "controller": true}]},
+            "status": {"phase": phase, "podIP": ip}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_running_pod_owned_by_the_session_is_used() {
+        let s = session();
+        assert_eq!(
+            pod_ip_of(&pod("uid-1", "Running", Some("10.0.0.7")), &s),
+            Ok("10.0.0.7".parse().unwrap())
+        );
+        assert!(pod_ip_of(&pod("uid-2", "Running", Some("10.0.0.7")), &s)
+            .unwrap_err()
+            .contains("not the kernel pod"));
+        assert!(pod_ip_of(&pod("uid-1", "Pending", None), &s)
+            .unwrap_err()
+            .contains("not running"));
+        assert!(pod_ip_of(&pod("uid-1", "Running", None), &s)
+            .unwrap_err()
+            .contains("no IP"));
+        assert!(pod_ip_of(&pod("uid-1", "Running", Some("nonsense")), &s).is_err());
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_output() {
+        let up = Upstream {
+            addr: "127.0.0.1:8888".parse().unwrap(),
+            host: "s1.ns.svc".into(),
+            token: "secret-token".into(),
+        };
+        assert!(!format!("{up:?}").contains("secret-token"));
+    }
+}
