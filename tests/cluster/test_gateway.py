@@ -98,9 +98,10 @@ class Agent:
 
 # -- MCP through the gateway ----------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def mcp_at(url: str, token: str | None):
+async def mcp_at(url: str, token: str | None, extra_headers: dict | None = None):
     """An initialized MCP ClientSession (official SDK) at url with that bearer token."""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    headers.update(extra_headers or {})
     async with create_mcp_http_client(headers=headers) as http:
         async with streamable_http_client(url, http_client=http) as (read, write):
             async with ClientSession(read, write) as session:
@@ -531,13 +532,17 @@ def test_gateway_overhead_on_execute(ns, gateway, kube):
     kube.create(path("NotebookSession", ns), session_obj(ns, "bench"))
     wait_ready(kube, ns, "bench")
     direct = SidecarApi(kube, ns, "bench")
+    port = direct.url.rsplit(":", 1)[1]
     n, warm = 100, 10
     args = {"code": "1+1"}
 
     async def main():
         times = {"gateway": [], "direct": []}
         with anyio.fail_after(600):
-            async with mcp_at(gateway.url + "/mcp", agent.token) as gw, mcp_at(direct.url + "/mcp", direct.token) as sc:
+            # The sidecar's MCP checks Host (DNS rebinding): address it by its
+            # Service name, as an agent in the cluster would.
+            async with mcp_at(gateway.url + "/mcp", agent.token) as gw, \
+                    mcp_at(direct.url + "/mcp", direct.token, {"Host": f"bench.{ns}.svc:{port}"}) as sc:
                 for i in range(warm + n):
                     order = (("gateway", gw, {"session": "bench", "namespace": str(ns), **args}),
                              ("direct", sc, args))
