@@ -312,9 +312,11 @@ def test_refusals_by_token_and_rbac(ns, ns_b, gateway, kube):
     http = agent.http()
     for method, route in (("GET", "v1/status"), ("POST", "v1/executions"), ("GET", "v1/events?since=0"),
                           ("GET", "v1/executions"), ("POST", "v1/kernel/restart")):
-        r = http.request(method, f"{gateway.url}/sessions/{b}/target/{route}", json={"code": "1"}, timeout=30)
+        # A connection each: see test_a_refused_request_with_a_body_keeps_or_closes_its_connection_cleanly.
+        r = requests.request(method, f"{gateway.url}/sessions/{b}/target/{route}", json={"code": "1"},
+                             headers={"Authorization": f"Bearer {agent.token}"}, timeout=30)
         assert r.status_code == 403, (method, route, r.status_code, r.text)
-        assert "error" in r.json(), r.text
+        assert "error" in r.json() and "forbidden" in r.json()["error"], r.text
     # A session in B that does not exist is 403 too: no existence oracle.
     r = http.get(f"{gateway.url}/sessions/{b}/no-such-session/v1/status", timeout=30)
     assert r.status_code == 403, (r.status_code, r.text)
@@ -334,6 +336,69 @@ def test_refusals_by_token_and_rbac(ns, ns_b, gateway, kube):
     s = get_session(kube, b, "target")
     assert s is not None and not s["metadata"].get("deletionTimestamp") and not s["spec"].get("suspend"), s
     assert sessions_in(kube, a) == [] and sessions_in(kube, b) == ["target"]
+
+
+def raw_exchange(sock, request: bytes, body: bytes = b"", timeout: float = 30) -> tuple[int, dict, bytes]:
+    """Sends one HTTP/1.1 request on sock, its body in a second write a moment
+    after the head (as clients do, so the server may answer before the body
+    arrived), and reads one response (Content-Length bodies)."""
+    sock.sendall(request)
+    if body:
+        time.sleep(0.1)
+        sock.sendall(body)
+    sock.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before a response: {buf!r}"
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    while len(body) < int(headers.get("content-length", "0")):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed inside the body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_a_refused_request_with_a_body_keeps_or_closes_its_connection_cleanly(ns, ns_b, gateway, kube):
+    """An agent's HTTP client reuses connections (requests.Session, httpx). A
+    request with a body that the gateway refuses (403, 404) must leave the
+    connection usable, or say `Connection: close` when the gateway closes it
+    (RFC 9112 9.6); closing silently makes the client's next request on it
+    fail with 'Remote end closed connection without response'."""
+    import socket
+    agent = Agent(ns, "agent")
+    kube.create(path("NotebookSession", ns_b), session_obj(ns_b, "target", kernel={"image": NEVER_STARTS}))
+    body = json.dumps({"code": "print('x')\n" * 200}).encode()
+    silent = []
+    for route, want in ((f"/sessions/{ns_b}/target/v1/executions", 403),
+                        (f"/sessions/{ns}/no-such-session/v1/executions", 404)):
+        for attempt in range(3):  # the first answer may wait for the review; later ones come from its cache
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+                status, headers, _ = raw_exchange(sock, (
+                    f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
+                    f"Authorization: Bearer {agent.token}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode(), body)
+                assert status == want, (route, status, headers)
+                says_close = headers.get("connection", "").lower() == "close"
+                time.sleep(0.3)
+                sock.setblocking(False)
+                try:
+                    closed = sock.recv(1) == b""
+                except BlockingIOError:
+                    closed = False
+                if closed and not says_close:
+                    silent.append((route, status, attempt))
+                if not closed:
+                    # Still open: it must serve the next request.
+                    sock.setblocking(True)
+                    status, _, _ = raw_exchange(sock, (
+                        f"GET /sessions/{ns}/no-such-session/v1/status HTTP/1.1\r\nHost: x\r\n"
+                        f"Authorization: Bearer {agent.token}\r\n\r\n").encode())
+                    assert status == 404, status
+    assert not silent, f"the gateway closed the connection after these answers without Connection: close: {silent}"
 
 
 # -- the event stream through the gateway -----------------------------------------------------------
