@@ -4,7 +4,8 @@ One control plane per test session (tests/cluster/up, down at the end; the
 logs are printed when anything failed), the CRDs applied once, the operator
 started once as the real binary with the token of a ServiceAccount bound
 with exactly the RBAC the Helm chart renders, and the stand-in kubelet
-(kubelet.py) running kernel pods. Each test gets a fresh namespace; when it
+(kubelet.py) running kernel pods; the gateway, when a test asks for it, with
+the chart's gateway RBAC the same way. Each test gets a fresh namespace; when it
 fails, what the namespace holds, the kubelet's and the operator's lines about
 it and the sidecar and kernel logs are printed.
 
