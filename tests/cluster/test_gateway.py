@@ -162,6 +162,38 @@ def wait_gone(kube, kind, ns, name, timeout=60):
     kube.wait_for(kind, ns, name, lambda o: o is None, timeout, f"{kind} {ns}/{name} gone")
 
 
+# -- the gateway's own rights --------------------------------------------------------------------
+def gateway_can(gateway, verb, resource, ns=None, group="", sub="", name="") -> bool:
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "group": group,
+                                              "subresource": sub, "namespace": ns or "", "name": name}}}
+    return gateway.kube.create("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)["status"]["allowed"]
+
+
+def test_the_gateway_holds_the_chart_rbac_and_no_more(ns, gateway):
+    """Every gateway test proves the chart's RBAC is enough (no refusal of the
+    gateway's identity in its log); this one checks what its token must not do:
+    callers reach kernels only through it, so it must not become a way around RBAC."""
+    allowed = [("create", "tokenreviews", None, "authentication.k8s.io", ""),
+               ("create", "subjectaccessreviews", None, "authorization.k8s.io", ""),
+               ("get", "secrets", ns, "", ""), ("get", "pods", ns, "", ""),
+               *[(v, "notebooksessions", ns, "notebook.dev", "") for v in SESSION_VERBS]]
+    missing = [a for a in allowed if not gateway_can(gateway, *a)]
+    assert not missing, f"the gateway lacks what it needs: {missing}"
+    denied = [
+        ("list", "secrets", ns, "", ""), ("watch", "secrets", ns, "", ""), ("create", "secrets", ns, "", ""),
+        ("update", "secrets", ns, "", ""), ("list", "pods", ns, "", ""), ("create", "pods", ns, "", ""),
+        ("delete", "pods", ns, "", ""), ("create", "pods", ns, "", "exec"), ("create", "pods", ns, "", "portforward"),
+        ("get", "pods", ns, "", "log"), ("update", "notebooksessions", ns, "notebook.dev", ""),
+        ("patch", "notebooksessions", ns, "notebook.dev", "status"), ("delete", "assetleases", ns, "notebook.dev", ""),
+        ("create", "serviceaccounts", ns, "", "token"), ("impersonate", "users", None, "", ""),
+        ("impersonate", "serviceaccounts", ns, "", ""), ("create", "rolebindings", ns, "rbac.authorization.k8s.io", ""),
+        ("list", "nodes", None, "", ""), ("delete", "namespaces", None, "", ""), ("create", "deployments", ns, "apps", ""),
+    ]
+    extra = [d for d in denied if gateway_can(gateway, *d)]
+    assert not extra, f"the gateway may do more than it needs: {extra}"
+
+
 # -- create, use, delete ----------------------------------------------------------------------------
 def test_agent_session_roundtrip(ns, gateway, kube):
     """create_session waits for Ready; execute and a notebook run through the
