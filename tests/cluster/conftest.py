@@ -4,7 +4,8 @@ One control plane per test session (tests/cluster/up, down at the end; the
 logs are printed when anything failed), the CRDs applied once, the operator
 started once as the real binary with the token of a ServiceAccount bound
 with exactly the RBAC the Helm chart renders, and the stand-in kubelet
-(kubelet.py) running kernel pods. Each test gets a fresh namespace; when it
+(kubelet.py) running kernel pods; the gateway, when a test asks for it, with
+the chart's gateway RBAC the same way. Each test gets a fresh namespace; when it
 fails, what the namespace holds, the kubelet's and the operator's lines about
 it and the sidecar and kernel logs are printed.
 
@@ -36,10 +37,15 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import BIN, free_port  # noqa: E402
 from kube import Kube, path  # noqa: E402
-from kubelet import StandInKubelet  # noqa: E402
+from kubelet import SIDECAR_PORT_DEFAULT, StandInKubelet  # noqa: E402
 
 OPERATOR_NS = "nbo-system"
 RELEASE = "nbo"
+# The chart's names for this release: the operator's objects and the gateway's.
+FULLNAME = f"{RELEASE}-notebook-operator"
+GATEWAY_FULLNAME = f"{FULLNAME}-gateway"
+# The per-user cap the gateway runs with here (the chart's default is 10).
+GATEWAY_MAX_SESSIONS_PER_USER = 3
 # Sidecar status is read this often; the chart's default (30 s) would make
 # every "the counts moved" check wait half a minute.
 STATUS_INTERVAL = os.environ.get("NBO_TEST_STATUS_INTERVAL", "3s")
@@ -145,6 +151,39 @@ def render_chart(release: str, namespace: str, *sets: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(run(args)) if d]
 
 
+def is_gateway(doc: dict) -> bool:
+    """An object of the chart's gateway (its own component label)."""
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "gateway"
+
+
+def rendered(docs: list[dict], kind: str, name: str) -> dict:
+    """The one rendered object of that kind and name."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"the chart renders {len(found)} {kind} named {name}: " \
+                            f"{[(d['kind'], d['metadata']['name']) for d in docs]}"
+    return found[0]
+
+
+def service_account_kubeconfig(cluster, sa: str, user: str) -> tuple[str, Kube, pathlib.Path]:
+    """A token of ServiceAccount OPERATOR_NS/sa (kubectl create token), a
+    client with it, and a kubeconfig holding only that token."""
+    token = cluster.kubectl("-n", OPERATOR_NS, "create", "token", sa, "--duration=6h").strip()
+    kc = cluster.state / f"{user}.kubeconfig"
+    kc.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": user,
+        "clusters": [{"name": "nbo", "cluster": {"server": cluster.env["NBO_APISERVER"],
+                                                "certificate-authority": cluster.env["NBO_CA"]}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "nbo", "user": user}}],
+    }))
+    kc.chmod(0o600)
+    as_sa = Kube(cluster.env["NBO_APISERVER"], cluster.env["NBO_CA"], token=token)
+    who = as_sa.create("/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                       {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{OPERATOR_NS}:{sa}", who
+    return token, as_sa, kc
+
+
 class Operator:
     """One replica of the operator binary, as the chart's Deployment runs it:
     its arguments and environment, a kubeconfig with the ServiceAccount token,
@@ -218,29 +257,18 @@ def operator_factory(cluster, kube, crds):
     Roles and bindings (rendered by helm template, applied as they are)."""
     docs = render_chart(RELEASE, OPERATOR_NS, f"statusInterval={STATUS_INTERVAL}")
     rbac_kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-    rbac = [d for d in docs if d["kind"] in rbac_kinds]
+    # The chart renders the gateway's ServiceAccount and RBAC too: those are
+    # the gateway fixture's, not the operator's.
+    rbac = [d for d in docs if d["kind"] in rbac_kinds and not is_gateway(d)]
     kinds = sorted({d["kind"] for d in rbac})
     assert kinds == sorted(rbac_kinds), f"the chart renders RBAC kinds {kinds}"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
     for d in rbac:
         kube.apply(d)
-    sa = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    sa = rendered(docs, "ServiceAccount", FULLNAME)["metadata"]["name"]
+    deployment = rendered(docs, "Deployment", FULLNAME)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    token = cluster.kubectl("-n", OPERATOR_NS, "create", "token", sa, "--duration=6h").strip()
-    kc = cluster.state / "operator.kubeconfig"
-    kc.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-        "clusters": [{"name": "nbo", "cluster": {"server": cluster.env["NBO_APISERVER"],
-                                                "certificate-authority": cluster.env["NBO_CA"]}}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "nbo", "user": "operator"}}],
-    }))
-    kc.chmod(0o600)
-    as_operator = Kube(cluster.env["NBO_APISERVER"], cluster.env["NBO_CA"], token=token)
-    who = as_operator.create("/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
-    assert who["status"]["userInfo"]["username"] == f"system:serviceaccount:{OPERATOR_NS}:{sa}", who
+    token, as_operator, kc = service_account_kubeconfig(cluster, sa, "operator")
 
     # The chart's environment (POD_NAME comes from the downward API there).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "NOTEBOOK_", "POD_"))}
@@ -268,6 +296,122 @@ def operator(operator_factory):
     op = operator_factory("tier4-operator").start()
     op.wait_leader()
     yield op
+
+
+# -- the gateway, with the chart's RBAC ---------------------------------------------------
+_running_gateways: list["Gateway"] = []
+
+
+class Gateway:
+    """`notebook-operator gateway` as the chart's Deployment runs it, on a
+    loopback port, with a kubeconfig holding only its ServiceAccount's token."""
+
+    def __init__(self, kube_admin: Kube, as_gateway: Kube, kubeconfig: pathlib.Path, args: list[str], env: dict,
+                 log: pathlib.Path, service_account: str):
+        self.admin = kube_admin
+        self.kube = as_gateway
+        self.kubeconfig = kubeconfig
+        self.service_account = service_account
+        self.username = f"system:serviceaccount:{OPERATOR_NS}:{service_account}"
+        self.log_path = log
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        self.env = {**env, "KUBECONFIG": str(kubeconfig)}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "Gateway":
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {time.strftime('%H:%M:%S')} {' '.join(self.args)}\n".encode())
+            self.proc = subprocess.Popen([str(BIN), *self.args], stdout=log, stderr=subprocess.STDOUT,
+                                         env=self.env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.alive(), f"the gateway exited with {self.proc.returncode}:\n{self.log()[-5000:]}"
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"the gateway's /readyz never answered 200:\n{self.log()[-5000:]}"
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    def own_refusals(self, text: str) -> list[str]:
+        """Lines where the apiserver refused the gateway's own identity (the
+        chart's RBAC was not enough), not the callers it turned away."""
+        return [line for line in text.splitlines() if "forbidden" in line and self.username in line
+                and "because it is being terminated" not in line]
+
+
+@pytest.fixture(scope="session")
+def gateway(request, cluster, kube, crds):
+    """The gateway binary with exactly the chart's gateway ServiceAccount,
+    ClusterRole and binding (rendered by helm template, applied as they are),
+    the rendered Deployment's arguments and environment, listening on
+    loopback and reaching the stand-in kubelet's sidecars on their port."""
+    docs = render_chart(RELEASE, OPERATOR_NS, f"gateway.maxSessionsPerUser={GATEWAY_MAX_SESSIONS_PER_USER}")
+    rbac = [d for d in docs if is_gateway(d) and d["kind"] in
+            {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}]
+    assert sorted(d["kind"] for d in rbac) == ["ClusterRole", "ClusterRoleBinding", "ServiceAccount"], rbac
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
+    for d in rbac:
+        kube.apply(d)
+    sa = rendered(docs, "ServiceAccount", GATEWAY_FULLNAME)["metadata"]["name"]
+    deployment = rendered(docs, "Deployment", GATEWAY_FULLNAME)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    _, as_gateway, kc = service_account_kubeconfig(cluster, sa, "gateway")
+    # The Deployment's arguments, but loopback instead of 0.0.0.0, and the
+    # sidecar port the stand-in kubelet's sidecars listen on.
+    port_args = {"--listen", "--sidecar-port"}
+    args, it = [], iter(container["args"])
+    for a in it:
+        flag = a.split("=", 1)[0]
+        if flag in port_args:
+            if "=" not in a:
+                next(it)
+            continue
+        args.append(a)
+    assert args[0] == "gateway", container["args"]
+    assert "--max-sessions-per-user" in args and str(GATEWAY_MAX_SESSIONS_PER_USER) in args, args
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "NOTEBOOK_", "POD_", "GATEWAY_"))}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+    env["RUST_LOG"] = os.environ.get("NBO_GATEWAY_LOG", "info,notebook_operator=debug")
+    gw = Gateway(kube, as_gateway, kc, [], env, cluster.state / "gateway.log", sa)
+    gw.args = args + ["--listen", f"127.0.0.1:{gw.port}", "--sidecar-port", str(SIDECAR_PORT_DEFAULT)]
+    gw.start()
+    _running_gateways.append(gw)
+    yield gw
+    _running_gateways.remove(gw)
+    gw.stop()
+    if request.session.testsfailed:
+        print(f"\n[tier4] gateway log (last 80 lines of {gw.log_path}):\n" + "\n".join(gw.log().splitlines()[-80:]),
+              file=sys.stderr)
 
 
 @pytest.fixture(scope="session")
@@ -321,6 +465,9 @@ def dump_namespace(kube: Kube, cluster: Cluster, kubelet: StandInKubelet, operat
     if operator is not None:
         lines = [line for line in operator.log().splitlines() if ns in line]
         out.append("--- operator (lines naming the namespace)\n" + "\n".join(lines[-150:]))
+    for gw in _running_gateways:
+        lines = [line for line in gw.log().splitlines() if ns in line]
+        out.append("--- gateway (lines naming the namespace)\n" + "\n".join(lines[-150:]))
     return "\n".join(out)
 
 

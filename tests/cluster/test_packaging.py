@@ -1,12 +1,15 @@
 """Tier 4: what users install from, against the real apiserver: the Helm
 chart (lint, install, uninstall), manifests/install.yaml (server-side dry
-run, and generated from the chart), and the example session."""
+run, and generated from the chart), the gateway's objects as rendered, and
+the example session."""
 import os
+import subprocess
 import time
 
+import pytest
 import yaml
 
-from conftest import ROOT, dump_namespace, run
+from conftest import ROOT, dump_namespace, is_gateway, render_chart, rendered, run
 from kube import path
 from sessions import wait_ready
 
@@ -29,8 +32,11 @@ def test_helm_install_creates_the_operator(bare_ns, kube):
               timeout=300)
     assert "STATUS: deployed" in out, out
     full = f"{release}-notebook-operator"
+    gw = f"{full}-gateway"
     for kind, namespace, name in (("ServiceAccount", ns, full), ("Deployment", ns, full),
                                   ("Service", ns, f"{full}-metrics"),
+                                  ("ServiceAccount", ns, gw), ("Deployment", ns, gw), ("Service", ns, gw),
+                                  ("ClusterRole", None, gw), ("ClusterRoleBinding", None, gw),
                                   ("ClusterRole", None, f"{full}-manager"),
                                   ("ClusterRole", None, f"{full}-crd-reader"),
                                   ("ClusterRoleBinding", None, f"{full}-manager"),
@@ -39,18 +45,29 @@ def test_helm_install_creates_the_operator(bare_ns, kube):
                                   ("RoleBinding", ns, f"{full}-leader-election")):
         assert kube.get_opt(path(kind, namespace, name)), f"{kind} {name} missing after helm install"
     assert kube.list(path("NetworkPolicy", ns)), "the NetworkPolicy asked for"
-    # The Deployment's pod passes admission (restricted Pod Security) and is
-    # scheduled; no kubelet pulls its image at this tier, so it stays Pending.
-    deadline = time.monotonic() + 60
-    while True:
-        pods = kube.list(path("Pod", ns), labelSelector=f"app.kubernetes.io/instance={release}")
-        if (pods and pods[0]["spec"].get("nodeName")) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert pods and pods[0]["spec"].get("nodeName") == "nbo-node", pods
+    # Each Deployment's pod (operator and gateway) passes admission
+    # (restricted Pod Security) and is scheduled; no kubelet pulls the image
+    # at this tier, so they stay Pending.
+    for name, selector in ((full, f"app.kubernetes.io/name=notebook-operator,app.kubernetes.io/instance={release}"),
+                           (gw, f"app.kubernetes.io/component=gateway,app.kubernetes.io/instance={release}")):
+        deadline = time.monotonic() + 60
+        while True:
+            pods = kube.list(path("Pod", ns), labelSelector=selector)
+            if (pods and pods[0]["spec"].get("nodeName")) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(pods) == 1 and pods[0]["spec"].get("nodeName") == "nbo-node", (name, pods)
+        assert pods[0]["metadata"]["name"].startswith(name + "-"), (name, pods[0]["metadata"]["name"])
+    # Neither Deployment's selector picks the other's pod.
+    for name in (full, gw):
+        sel = kube.get(path("Deployment", ns, name))["spec"]["selector"]["matchLabels"]
+        picked = kube.list(path("Pod", ns), labelSelector=",".join(f"{k}={v}" for k, v in sel.items()))
+        assert [p["metadata"]["name"].rsplit("-", 2)[0] for p in picked] == [name], (name, picked)
     out = run(["helm", "uninstall", release, "--namespace", ns, "--kubeconfig", str(ns.cluster.kubeconfig)], timeout=300)
     assert kube.get_opt(path("Deployment", ns, full)) is None
+    assert kube.get_opt(path("Deployment", ns, gw)) is None
     assert kube.get_opt(path("ClusterRole", None, f"{full}-manager")) is None
+    assert kube.get_opt(path("ClusterRole", None, gw)) is None
     # The chart's CRDs stay (Helm never deletes CRDs): sessions survive an uninstall.
     assert kube.get_opt(path("CustomResourceDefinition", None, "notebooksessions.notebook.dev"))
 
@@ -86,3 +103,171 @@ def test_the_example_session_applies_and_becomes_ready(kube, kubelet, operator, 
         raise
     finally:
         kube.delete(path("Namespace", None, ns))
+
+
+# -- the gateway's objects, as the chart renders them -------------------------------------
+GATEWAY = "rel-notebook-operator-gateway"
+GATEWAY_RULES = [
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+    {"apiGroups": ["notebook.dev"], "resources": ["notebooksessions"],
+     "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+]
+
+
+def normalised(rules: list[dict]) -> list[tuple]:
+    return sorted((tuple(sorted(r.get("apiGroups", []))), tuple(sorted(r.get("resources", []))),
+                   tuple(sorted(r.get("verbs", []))), tuple(sorted(r.get("resourceNames", []))),
+                   tuple(sorted(r.get("nonResourceURLs", [])))) for r in rules)
+
+
+def gateway_docs(docs):
+    return [d for d in docs if is_gateway(d)]
+
+
+def test_the_gateway_rbac_is_exactly_what_it_needs(k8s_bin):
+    docs = render_chart("rel", "sys")
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in gateway_docs(docs))
+    assert kinds == sorted([("ServiceAccount", GATEWAY), ("ClusterRole", GATEWAY), ("ClusterRoleBinding", GATEWAY),
+                            ("Deployment", GATEWAY), ("Service", GATEWAY)]), kinds
+    role = rendered(docs, "ClusterRole", GATEWAY)
+    assert normalised(role["rules"]) == normalised(GATEWAY_RULES), yaml.safe_dump(role["rules"])
+    assert "aggregationRule" not in role
+    binding = rendered(docs, "ClusterRoleBinding", GATEWAY)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": GATEWAY}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": "sys"}]
+    assert rendered(docs, "ServiceAccount", GATEWAY)["metadata"]["namespace"] == "sys"
+    # No other binding names the gateway's ServiceAccount.
+    for d in docs:
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding") and d is not binding:
+            assert all(s.get("name") != GATEWAY for s in d.get("subjects", [])), d
+    # The operator's own objects are the same whether the gateway is on or off.
+    off = render_chart("rel", "sys", "gateway.enabled=false")
+    assert not gateway_docs(off), [(d["kind"], d["metadata"]["name"]) for d in gateway_docs(off)]
+    assert [d for d in docs if not is_gateway(d)] == off
+
+
+def test_the_gateway_deployment_runs_the_one_image_under_restricted_pod_security(k8s_bin):
+    docs = render_chart("rel", "sys", "image.tag=1.2.3", "gateway.maxSessionsPerUser=7", "gateway.reviewTTL=30s")
+    dep = rendered(docs, "Deployment", GATEWAY)
+    op = rendered(docs, "Deployment", "rel-notebook-operator")
+    pod = dep["spec"]["template"]["spec"]
+    assert dep["spec"]["replicas"] == 1
+    assert pod["serviceAccountName"] == GATEWAY
+    assert pod.get("automountServiceAccountToken", True), "the gateway needs its token for the reviews"
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    assert pod["securityContext"] == op["spec"]["template"]["spec"]["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["image"] == "notebook-operator:1.2.3" == op["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}
+    args = c["args"]
+    assert args[0] == "gateway"
+    flags = dict(zip(args[1::2], args[2::2]))
+    assert flags == {"--listen": "0.0.0.0:8080", "--sidecar-port": "8888", "--max-sessions-per-user": "7",
+                     "--review-ttl": "30s"}, args
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
+    # The default cap the values document.
+    default = rendered(render_chart("rel", "sys"), "Deployment", GATEWAY)
+    dargs = default["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert dict(zip(dargs[1::2], dargs[2::2]))["--max-sessions-per-user"] == "10"
+    # Its pods are its own: the operator's selector does not pick them, nor the reverse.
+    g_labels = dep["spec"]["template"]["metadata"]["labels"]
+    o_labels = op["spec"]["template"]["metadata"]["labels"]
+    o_sel, g_sel = op["spec"]["selector"]["matchLabels"], dep["spec"]["selector"]["matchLabels"]
+    assert not o_sel.items() <= g_labels.items() and not g_sel.items() <= o_labels.items()
+    assert g_sel.items() <= g_labels.items()
+
+
+def test_the_gateway_pod_is_admitted_by_restricted_pod_security(cluster, bare_ns, kube):
+    ns = str(bare_ns)
+    kube.patch(path("Namespace", None, ns),
+               {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    docs = render_chart("rel", ns)
+    for d in docs:
+        if is_gateway(d) and d["kind"] in ("ServiceAccount", "Deployment"):
+            out = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(d))
+            assert "(server dry run)" in out, out
+    # The pod itself, as its ReplicaSet would create it: admission lets it in
+    # without a warning (Pod Security admission refuses, or warns, otherwise).
+    dep = rendered(docs, "Deployment", GATEWAY)
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "gateway-probe", "namespace": ns, "labels": dep["spec"]["template"]["metadata"]["labels"]},
+           "spec": {**dep["spec"]["template"]["spec"], "serviceAccountName": "default"}}
+    r = subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "apply", "--dry-run=server", "-f", "-"],
+                       input=yaml.safe_dump(pod), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "(server dry run)" in r.stdout, r.stdout + r.stderr
+    assert "PodSecurity" not in r.stderr and "violate" not in r.stderr, r.stderr
+    # And the same check refuses a pod that breaks the standard (the check can fail).
+    bad = {**pod, "spec": {**pod["spec"], "securityContext": {}}}
+    r = subprocess.run(["kubectl", "--kubeconfig", str(cluster.kubeconfig), "apply", "--dry-run=server", "-f", "-"],
+                       input=yaml.safe_dump(bad), capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "restricted" in r.stderr, r.stdout + r.stderr
+
+
+def test_the_gateway_service_fronts_its_pods_on_port_80(k8s_bin):
+    docs = render_chart("rel", "sys")
+    svc = rendered(docs, "Service", GATEWAY)
+    dep = rendered(docs, "Deployment", GATEWAY)
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    metrics = rendered(docs, "Service", "rel-notebook-operator-metrics")
+    assert not metrics["spec"]["selector"].items() <= labels.items(), "the metrics Service must not pick the gateway"
+    lb = rendered(render_chart("rel", "sys", "gateway.service.type=LoadBalancer", "gateway.service.port=8443"),
+                  "Service", GATEWAY)
+    assert lb["spec"]["type"] == "LoadBalancer" and lb["spec"]["ports"][0]["port"] == 8443
+
+
+def test_the_gateway_ingress_only_when_enabled(cluster, bare_ns):
+    assert not [d for d in render_chart("rel", "sys") if d["kind"] == "Ingress"]
+    docs = render_chart("rel", str(bare_ns), "gateway.ingress.enabled=true", "gateway.ingress.className=nginx",
+                        "gateway.ingress.host=nb.example.org",
+                        r"gateway.ingress.annotations.nginx\.ingress\.kubernetes\.io/proxy-buffering=off",
+                        "gateway.ingress.tls[0].secretName=nb-tls", "gateway.ingress.tls[0].hosts[0]=nb.example.org")
+    ing = rendered(docs, "Ingress", GATEWAY)
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["metadata"]["annotations"] == {"nginx.ingress.kubernetes.io/proxy-buffering": "off"}
+    assert ing["spec"]["tls"] == [{"secretName": "nb-tls", "hosts": ["nb.example.org"]}]
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "nb.example.org"
+    (p,) = rule["http"]["paths"]
+    assert p["path"] == "/" and p["pathType"] == "Prefix"
+    assert p["backend"] == {"service": {"name": GATEWAY, "port": {"name": "http"}}}
+    # The apiserver accepts it as rendered.
+    out = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(ing))
+    assert "(server dry run)" in out, out
+    # Without the gateway there is no Ingress to it, even if asked.
+    assert not [d for d in render_chart("rel", "sys", "gateway.enabled=false", "gateway.ingress.enabled=true")
+                if d["kind"] == "Ingress"]
+    with pytest.raises(RuntimeError, match="gateway.ingress.host"):
+        render_chart("rel", "sys", "gateway.ingress.enabled=true", "gateway.ingress.host=")
+
+
+def test_the_network_policy_admits_the_gateway_when_enabled(k8s_bin):
+    def peers(*sets):
+        docs = render_chart("rel", "sys", "networkPolicy.enabled=true", "networkPolicy.sessionNamespaces={a}", *sets)
+        (np,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+        return np["spec"]["ingress"][0]["from"]
+
+    dep = rendered(render_chart("rel", "sys"), "Deployment", GATEWAY)
+    gw_labels = dep["spec"]["template"]["metadata"]["labels"]
+
+    def admits_gateway(from_):
+        return any(p.get("podSelector", {}).get("matchLabels")
+                   and p["podSelector"]["matchLabels"].items() <= gw_labels.items()
+                   and p.get("namespaceSelector") == {"matchLabels": {"kubernetes.io/metadata.name": "sys"}}
+                   for p in from_)
+
+    on, off = peers(), peers("gateway.enabled=false")
+    assert admits_gateway(on), on
+    assert not admits_gateway(off), off
+    assert len(on) == len(off) + 1

@@ -33,3 +33,31 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "notebook-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
+
+{{- /* The gateway: its own names and labels, so that no selector of the
+operator (Deployment, metrics Service, NetworkPolicy peer) picks its pods. */ -}}
+{{- define "notebook-operator.gateway.fullname" -}}
+{{- printf "%s-gateway" (include "notebook-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "notebook-operator.gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-gateway" (include "notebook-operator.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "notebook-operator.gateway.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "notebook-operator.gateway.selectorLabels" . }}
+app.kubernetes.io/part-of: {{ include "notebook-operator.name" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "notebook-operator.gateway.serviceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create }}
+{{- default (include "notebook-operator.gateway.fullname" .) .Values.gateway.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.gateway.serviceAccount.name }}
+{{- end }}
+{{- end }}
