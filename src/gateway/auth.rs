@@ -14,11 +14,12 @@ use super::error::GatewayError;
 use super::Gateway;
 
 pub async fn authenticate(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+    let has_body = super::forward::has_body(req.headers());
     let token = match bearer(req.headers()) {
         Some(t) => t.to_string(),
         None => {
-            return GatewayError::Unauthenticated("send Authorization: Bearer <Kubernetes token>".into())
-                .into_response()
+            let e = GatewayError::Unauthenticated("send Authorization: Bearer <Kubernetes token>".into());
+            return super::forward::refusal(e.into_response(), has_body);
         }
     };
     match gw.reviewer.authenticate(&token).await {
@@ -28,7 +29,7 @@ pub async fn authenticate(State(gw): State<Arc<Gateway>>, mut req: Request, next
         }
         Err(e) => {
             tracing::info!(error = %e, path = %req.uri().path(), "refused");
-            e.into_response()
+            super::forward::refusal(e.into_response(), has_body)
         }
     }
 }

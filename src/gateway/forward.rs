@@ -50,13 +50,34 @@ async fn forward(
 ) -> Response {
     let span = tracing::info_span!("forward", session = %format!("{ns}/{name}"), user = %user.username,
                                    method = %req.method(), path = %rest);
+    let has_body = has_body(req.headers());
     match forward_inner(&gw, &user, &ns, &name, &rest, req)
         .instrument(span)
         .await
     {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => refusal(e.into_response(), has_body),
     }
+}
+
+/// Whether a request announces a body.
+pub fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+/// A refusal sent before the request body was read: the server will not
+/// read it either and closes the connection, so it says so (a client that
+/// reused the connection would otherwise find it closed under its next request).
+pub fn refusal(mut resp: Response, request_had_body: bool) -> Response {
+    if request_had_body {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 async fn forward_inner(
@@ -245,6 +266,23 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(to[header::ACCEPT], "text/event-stream");
         assert_eq!(to["last-event-id"], "42");
+    }
+
+    #[test]
+    fn a_refusal_of_a_request_with_a_body_says_the_connection_closes() {
+        let mut h = HeaderMap::new();
+        assert!(!has_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(!has_body(&h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert!(has_body(&h));
+        let mut chunked = HeaderMap::new();
+        chunked.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(has_body(&chunked));
+        let resp = refusal(GatewayError::NotFound("x".into()).into_response(), true);
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
+        let resp = refusal(GatewayError::NotFound("x".into()).into_response(), false);
+        assert!(resp.headers().get(header::CONNECTION).is_none());
     }
 
     #[test]
