@@ -267,7 +267,10 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
                 suspension.message.clone(),
             )
             .await;
-            let patch = serde_json::json!({"spec": {"suspend": true}});
+            let patch = serde_json::json!({
+                "metadata": {"annotations": {status::IDLE_SUSPENDED_ANNOTATION: suspension.message}},
+                "spec": {"suspend": true},
+            });
             sessions
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -275,7 +278,19 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
             Some(suspension)
         }
         Lifecycle::Suspend(suspension) => Some(suspension),
-        Lifecycle::Run => None,
+        Lifecycle::Run => {
+            if session
+                .annotations()
+                .contains_key(status::IDLE_SUSPENDED_ANNOTATION)
+            {
+                let patch = serde_json::json!({"metadata": {"annotations": {status::IDLE_SUSPENDED_ANNOTATION: null}}});
+                sessions
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(Error::kube("remove the idle-suspended annotation"))?;
+            }
+            None
+        }
     };
 
     // Converge the pod.

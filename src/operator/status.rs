@@ -24,6 +24,11 @@ pub const POD_SCHEDULED: &str = "PodScheduled";
 pub const SPEC_VALID: &str = "SpecValid";
 /// Reason of a session suspended because it was idle for `idleTimeout`.
 pub const IDLE_TIMEOUT: &str = "IdleTimeout";
+/// Annotation the operator sets, in the same patch as `spec.suspend`, when
+/// it suspends an idle session (its value says why), and removes once the
+/// session runs again. The status cannot carry this: a reconcile may see the
+/// new spec before its own status write has come back through the watch.
+pub const IDLE_SUSPENDED_ANNOTATION: &str = "notebook.dev/idle-suspended";
 
 /// Waiting reasons of a container that mean "this will not start on its own soon".
 const STUCK_REASONS: [&str; 7] = [
@@ -504,7 +509,8 @@ pub fn lifecycle(
                     .filter(|c| c.reason == IDLE_TIMEOUT)
                     .map(|c| c.message.clone())
             });
-        let suspension = match idle_before {
+        let marked = session.annotations().get(IDLE_SUSPENDED_ANNOTATION).cloned();
+        let suspension = match marked.or(idle_before) {
             Some(message) => Suspension {
                 reason: IDLE_TIMEOUT,
                 message,
@@ -948,6 +954,32 @@ mod tests {
         // Later reconciles see spec.suspend, and still say why.
         let (decision, _) = lifecycle(&session, &valid, None, Activity::default(), now());
         assert_eq!(decision, Lifecycle::Suspend(suspension));
+    }
+
+    #[test]
+    fn an_idle_suspend_keeps_its_reason_when_the_status_seen_is_older_than_the_spec() {
+        let pod: Pod = fixtures::object("pod-status-ready.yaml");
+        let mut session = fixtures::session("session-full.yaml");
+        let valid = validate(&session, &BuildConfig::default()).expect("valid");
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), Activity::default(), now());
+        let Lifecycle::SuspendForIdle(suspension) = decision else {
+            panic!("expected an idle suspend, got {decision:?}");
+        };
+        // The next reconcile sees the controller's spec patch (suspend and
+        // the annotation) before its status write: the status is still Ready.
+        session.spec.suspend = true;
+        session
+            .annotations_mut()
+            .insert(IDLE_SUSPENDED_ANNOTATION.into(), suspension.message.clone());
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), Activity::default(), now());
+        assert_eq!(decision, Lifecycle::Suspend(suspension));
+        // Without the annotation (a manual suspend), the reason says so.
+        session.annotations_mut().remove(IDLE_SUSPENDED_ANNOTATION);
+        let (decision, _) = lifecycle(&session, &valid, Some(&pod), Activity::default(), now());
+        assert!(
+            matches!(decision, Lifecycle::Suspend(ref s) if s.reason == "Suspended"),
+            "{decision:?}"
+        );
     }
 
     #[test]
