@@ -77,6 +77,9 @@ pub struct Gateway {
     pub http: client::HttpClient,
     pub mcp: mcp_client::McpForwarder,
     pub cfg: GatewayConfig,
+    /// Held from counting a user's sessions to creating (or resuming) one,
+    /// so that concurrent requests of one replica cannot pass the cap together.
+    pub cap_lock: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
@@ -88,6 +91,7 @@ impl Gateway {
             mcp: mcp_client::McpForwarder::new(http.clone()),
             http,
             kube,
+            cap_lock: tokio::sync::Mutex::new(()),
             cfg: GatewayConfig {
                 default_namespace: args.default_namespace.clone(),
                 max_sessions_per_user: args.max_sessions_per_user,

@@ -210,7 +210,13 @@ impl GatewayTools {
         if let Err(r) = self.allow(&user, "patch", &ns, Some(&name)).await {
             return Ok(r);
         }
-        if !suspend {
+        let capped = !suspend && self.gw.cfg.max_sessions_per_user > 0;
+        let _guard = if capped {
+            Some(self.gw.cap_lock.lock().await)
+        } else {
+            None
+        };
+        if capped {
             if let Ok(Some(s)) = self.api(&ns).get_opt(&name).await {
                 if s.spec.suspend && s.annotations().get(sessions::REQUESTED_BY) == Some(&user.username) {
                     if let Err(r) = self.check_cap(&user).await {
@@ -333,11 +339,19 @@ impl GatewayTools {
         if let Err(r) = self.allow(&user, "create", &ns, None).await {
             return Ok(r);
         }
+        let api = self.api(&ns);
+        let capped = self.gw.cfg.max_sessions_per_user > 0;
+        let guard = if capped {
+            Some(self.gw.cap_lock.lock().await)
+        } else {
+            None
+        };
         if let Err(r) = self.check_cap(&user).await {
             return Ok(r);
         }
-        let api = self.api(&ns);
-        let created = match api.create(&PostParams::default(), &obj).await {
+        let created = api.create(&PostParams::default(), &obj).await;
+        drop(guard);
+        let created = match created {
             Ok(s) => s,
             Err(e) => {
                 return Ok(tool_error(

@@ -616,6 +616,32 @@ def test_per_user_session_cap(ns, gateway, kube):
     assert sessions_in(kube, ns) == ["o0", "s0", "s1", "s2"]
 
 
+def test_concurrent_creates_do_not_pass_the_cap_together(ns, gateway, kube):
+    """Twice the cap of create_session calls from one user at the same time,
+    each on its own connection: exactly the cap's worth are created."""
+    cap = GATEWAY_MAX_SESSIONS_PER_USER
+    agent = Agent(ns, "racer")
+    results: dict[str, object] = {}
+
+    async def one(name):
+        async with mcp_at(gateway.url + "/mcp", agent.token) as session:
+            results[name] = await session.call_tool(
+                "create_session", {"namespace": str(ns), "name": name, "image": NEVER_STARTS})
+
+    async def main():
+        with anyio.fail_after(180):
+            async with anyio.create_task_group() as tg:
+                for i in range(2 * cap):
+                    tg.start_soon(one, f"r{i}")
+    anyio.run(main)
+    made = sorted(n for n, r in results.items() if not r.is_error)
+    for n, r in results.items():
+        if r.is_error:
+            refused(r, str(cap))
+    assert len(results) == 2 * cap and len(made) == cap, {n: texts(r) for n, r in results.items()}
+    assert sessions_in(kube, ns) == made
+
+
 # -- what the gateway costs -------------------------------------------------------------------------
 def percentile(xs: list[float], p: float) -> float:
     xs = sorted(xs)
