@@ -72,7 +72,9 @@ impl McpForwarder {
         params: Value,
         on_progress: &(dyn Fn(Value) + Send + Sync),
     ) -> Result<Result<Value, String>, GatewayError> {
-        for attempt in 0..2 {
+        // A sidecar that restarted no longer knows the MCP session: open a
+        // new one and try once more.
+        for _ in 0..2 {
             let session = self.session(up).await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
@@ -86,11 +88,9 @@ impl McpForwarder {
                         "the sidecar sent no answer to tools/call".into(),
                     ))
                 }
-                Err(Failure::SessionGone) if attempt == 0 => self.drop_session(up, &session.id),
                 Err(Failure::SessionGone) => {
-                    return Err(GatewayError::Upstream(
-                        "the sidecar keeps refusing its MCP session".into(),
-                    ))
+                    tracing::info!(sidecar = %up.addr, "the sidecar no longer knows its MCP session; opening a new one");
+                    self.drop_session(up, &session.id)
                 }
                 Err(Failure::Other(e)) => {
                     self.drop_session(up, &session.id);
@@ -98,7 +98,9 @@ impl McpForwarder {
                 }
             }
         }
-        unreachable!("the loop returns on its second attempt")
+        Err(GatewayError::Upstream(
+            "the sidecar refused a fresh MCP session twice".into(),
+        ))
     }
 
     /// The MCP session with this sidecar, opening one if there is none.

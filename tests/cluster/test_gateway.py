@@ -575,6 +575,43 @@ def test_sse_through_the_gateway_resumes_with_since(ns, gateway, kube):
 
 
 # -- the per-user cap -------------------------------------------------------------------------------
+def test_kernel_tools_survive_a_sidecar_restart(ns, gateway, kube):
+    """kill -9 of the session's sidecar: the kubelet restarts it, the kernel
+    (and its variables) lives on, and the gateway's next kernel tool call
+    works at once (it opens a new MCP session with the new sidecar)."""
+    import psutil
+
+    agent = Agent(ns, "agent")
+    kube.create(path("NotebookSession", ns), session_obj(ns, "phoenix"))
+    wait_ready(kube, ns, "phoenix")
+    first = ok(call(gateway, agent.token, "execute", {"session": "phoenix", "namespace": str(ns), "code": "x = 41; x"}))
+    assert first["state"] == "completed", first
+
+    ip = kube.get(path("Pod", ns, "phoenix-kernel"))["status"]["podIP"]
+    sidecars = [p for p in psutil.process_iter(["cmdline"])
+                if "sidecar" in (p.info["cmdline"] or []) and any(ip + ":" in a for a in p.info["cmdline"] or [])]
+    assert len(sidecars) == 1, [p.info["cmdline"] for p in sidecars]
+    sidecars[0].kill()
+    sidecars[0].wait(timeout=10)
+
+    # Back when its own readiness route answers through the gateway.
+    http = agent.http()
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if http.get(f"{gateway.url}/sessions/{ns}/phoenix/readyz", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, "the sidecar did not come back within 90 s"
+        time.sleep(0.2)
+    offset = gateway.log_size()
+    again = call(gateway, agent.token, "execute", {"session": "phoenix", "namespace": str(ns), "code": "x + 1"})
+    assert not again.is_error and "42" in texts(again)[1:], texts(again)
+    assert "no longer knows its MCP session" in gateway.log_since(offset), \
+        "the call did not go through a new MCP session with the restarted sidecar"
+
+
 def test_per_user_session_cap(ns, gateway, kube):
     """With --max-sessions-per-user 3, a user's 4th live session is refused;
     a suspended one does not count (resume_session makes it count again), a
