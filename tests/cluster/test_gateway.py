@@ -612,6 +612,29 @@ def test_kernel_tools_survive_a_sidecar_restart(ns, gateway, kube):
         "the call did not go through a new MCP session with the restarted sidecar"
 
 
+def test_a_revoked_permission_stops_working_within_the_review_ttl(ns, gateway, kube, cluster):
+    """Access reviews are cached for the chart's reviewTTL (10 s): once RBAC
+    takes a right away, the gateway refuses within that TTL (plus the time
+    the apiserver itself takes to notice), never later."""
+    ttl = 10.0
+    agent = Agent(ns, "fickle")
+    assert ok(call(gateway, agent.token, "list_sessions", {"namespace": str(ns)}))["sessions"] == []
+    kube.delete(path("RoleBinding", ns, "fickle-sessions"))
+    deadline = time.monotonic() + 30
+    while agent.can_i("list", str(ns)):
+        assert time.monotonic() < deadline, "the apiserver kept allowing the revoked right"
+        time.sleep(0.1)
+    revoked = time.monotonic()
+    while True:
+        r = call(gateway, agent.token, "list_sessions", {"namespace": str(ns)})
+        if r.is_error:
+            refused(r, "forbidden", "list")
+            break
+        assert time.monotonic() - revoked < ttl + 3, \
+            f"the gateway still allowed a revoked right {time.monotonic() - revoked:.1f}s later"
+        time.sleep(0.5)
+
+
 def test_per_user_session_cap(ns, gateway, kube):
     """With --max-sessions-per-user 3, a user's 4th live session is refused;
     a suspended one does not count (resume_session makes it count again), a
