@@ -269,8 +269,19 @@ impl GatewayTools {
                 Err(e) => return Ok(tool_error(e.to_string())),
             };
             let mut params = json!({"name": request.name, "arguments": Value::Object(args)});
-            if let Some(meta) = &request.meta {
-                params["_meta"] = serde_json::to_value(meta).unwrap_or(Value::Null);
+            // rmcp hands the request's `_meta` (the progress token) to the
+            // handler in the context: pass it on so the sidecar reports progress.
+            let mut meta = request
+                .meta
+                .as_ref()
+                .and_then(|m| serde_json::to_value(m).ok())
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            if let Some(token) = ctx.meta.get_progress_token() {
+                meta["progressToken"] = serde_json::to_value(token).unwrap_or(Value::Null);
+            }
+            if meta.as_object().is_some_and(|m| !m.is_empty()) {
+                params["_meta"] = meta;
             }
             // Progress notifications of the sidecar, passed on in order.
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
@@ -287,7 +298,12 @@ impl GatewayTools {
             let on_progress = move |p: Value| {
                 let _ = tx.send(p);
             };
-            let answer = self.gw.mcp.call_tool(&up, params, &on_progress).await;
+            // A cancelled request drops the call to the sidecar (the
+            // execution itself stays queued; cancel_execution stops it).
+            let answer = tokio::select! {
+                a = self.gw.mcp.call_tool(&up, params, &on_progress) => a,
+                _ = ctx.ct.cancelled() => Err(GatewayError::Upstream("the request was cancelled".into())),
+            };
             drop(on_progress);
             let _ = relay.await;
             Ok(match answer {

@@ -575,17 +575,34 @@ def test_sse_through_the_gateway_resumes_with_since(ns, gateway, kube):
 
 
 # -- the per-user cap -------------------------------------------------------------------------------
-def test_kernel_tools_survive_a_sidecar_restart(ns, gateway, kube):
-    """kill -9 of the session's sidecar: the kubelet restarts it, the kernel
-    (and its variables) lives on, and the gateway's next kernel tool call
-    works at once (it opens a new MCP session with the new sidecar)."""
+def test_progress_passes_through_and_a_sidecar_restart_is_survived(ns, gateway, kube):
+    """The sidecar's progress notifications reach the agent through the
+    gateway while execute waits. Then kill -9 of the session's sidecar: the
+    kubelet restarts it, the kernel (and its variables) lives on, and the
+    gateway's next kernel tool call works at once (it opens a new MCP
+    session with the new sidecar)."""
     import psutil
 
     agent = Agent(ns, "agent")
     kube.create(path("NotebookSession", ns), session_obj(ns, "phoenix"))
     wait_ready(kube, ns, "phoenix")
-    first = ok(call(gateway, agent.token, "execute", {"session": "phoenix", "namespace": str(ns), "code": "x = 41; x"}))
-    assert first["state"] == "completed", first
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, message))
+
+    async def with_progress():
+        with anyio.fail_after(120):
+            async with mcp_at(gateway.url + "/mcp", agent.token) as session:
+                code = "import time\nx = 41\nfor i in range(8):\n    print('step', i, flush=True)\n    time.sleep(0.15)"
+                return await session.call_tool("execute", {"session": "phoenix", "namespace": str(ns), "code": code},
+                                               progress_callback=on_progress)
+    first = anyio.run(with_progress)
+    assert ok(first)["state"] == "completed", texts(first)
+    assert len(seen) >= 2, f"progress notifications through the gateway: {seen}"
+    values = [p for p, _ in seen]
+    assert values == sorted(values), seen
+    assert any("step" in (m or "") for _, m in seen), seen
 
     ip = kube.get(path("Pod", ns, "phoenix-kernel"))["status"]["podIP"]
     sidecars = [p for p in psutil.process_iter(["cmdline"])
