@@ -195,7 +195,7 @@ def test_the_gateway_holds_the_chart_rbac_and_no_more(ns, gateway):
 
 
 # -- create, use, delete ----------------------------------------------------------------------------
-def test_agent_session_roundtrip(ns, gateway, kube):
+def test_agent_session_roundtrip(ns, gateway, kube, capsys):
     """create_session waits for Ready; execute and a notebook run through the
     gateway; delete_session waits until the session and its pod are gone."""
     agent = Agent(ns, "agent")
@@ -268,8 +268,12 @@ def test_agent_session_roundtrip(ns, gateway, kube):
     for res in got:
         assert direct.token not in json.dumps(res.model_dump(mode="json")), "the sidecar token leaked"
 
+    t0 = time.monotonic()
     deleted = ok(call(gateway, agent.token, "delete_session", {"name": name, "namespace": str(ns), "wait_s": 120},
                       timeout=180))
+    with capsys.disabled():
+        print(f"\n[gateway] create_session waited {created['waited_s']:.1f}s for Ready; "
+              f"delete_session took {time.monotonic() - t0:.1f}s until the session and its pod were gone")
     assert deleted == {**deleted, "namespace": str(ns), "name": name, "deleted": True, "gone": True}, deleted
     assert kube.get_opt(path("NotebookSession", ns, name)) is None, "gone: true, but the session is still there"
     assert kube.get_opt(path("Pod", ns, f"{name}-kernel")) is None, "gone: true, but the kernel pod is still there"
@@ -725,7 +729,7 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def test_gateway_overhead_on_execute(ns, gateway, kube):
+def test_gateway_overhead_on_execute(ns, gateway, kube, capsys):
     """execute of 1+1 through the gateway's MCP and straight to the
     sidecar's own MCP, interleaved; prints the latencies (asserts sanity only)."""
     agent = Agent(ns, "agent")
@@ -759,8 +763,9 @@ def test_gateway_overhead_on_execute(ns, gateway, kube):
     g, d = times["gateway"], times["direct"]
     assert len(g) == len(d) == n
     gp50, gp99, dp50, dp99 = (percentile(g, 50), percentile(g, 99), percentile(d, 50), percentile(d, 99))
-    print(f"\n[gateway bench] execute 1+1, n={n} each, interleaved: gateway p50={gp50 * 1000:.1f}ms "
-          f"p99={gp99 * 1000:.1f}ms | direct p50={dp50 * 1000:.1f}ms p99={dp99 * 1000:.1f}ms | "
-          f"ratio p50={gp50 / dp50:.2f} p99={gp99 / dp99:.2f} | mean gateway={statistics.mean(g) * 1000:.1f}ms "
-          f"direct={statistics.mean(d) * 1000:.1f}ms")
+    with capsys.disabled():  # the figures belong in the CI log
+        print(f"\n[gateway bench] execute 1+1, n={n} each, interleaved: gateway p50={gp50 * 1000:.1f}ms "
+              f"p99={gp99 * 1000:.1f}ms | direct p50={dp50 * 1000:.1f}ms p99={dp99 * 1000:.1f}ms | "
+              f"ratio p50={gp50 / dp50:.2f} p99={gp99 / dp99:.2f} | mean gateway={statistics.mean(g) * 1000:.1f}ms "
+              f"direct={statistics.mean(d) * 1000:.1f}ms")
     assert 0 < dp50 <= dp99 < 30 and 0 < gp50 <= gp99 < 30
