@@ -632,6 +632,17 @@ def test_progress_passes_through_and_a_sidecar_restart_is_survived(ns, gateway, 
     assert "no longer knows its MCP session" in gateway.log_since(offset), \
         "the call did not go through a new MCP session with the restarted sidecar"
 
+    # The session's own MCP endpoint, through the gateway's HTTP forwarding
+    # (the agent's token, not the session's; tools without a session argument).
+    async def per_session():
+        with anyio.fail_after(60):
+            async with mcp_at(f"{gateway.url}/sessions/{ns}/phoenix/mcp", agent.token) as session:
+                names = {t.name for t in (await session.list_tools()).tools}
+                return names, await session.call_tool("execute", {"code": "x + 2"})
+    names, r = anyio.run(per_session)
+    assert "execute" in names and "create_session" not in names, names
+    assert not r.is_error and "43" in texts(r)[1:], texts(r)
+
 
 def test_a_revoked_permission_stops_working_within_the_review_ttl(ns, gateway, kube, cluster):
     """Access reviews are cached for the chart's reviewTTL (10 s): once RBAC
