@@ -1,4 +1,5 @@
 """Shared helpers for the test tiers that run the real binary."""
+import json
 import os
 import pathlib
 import signal
@@ -162,3 +163,13 @@ def text_of(execution: dict) -> str:
     return "".join(parts)
 
 
+def sse_event(block: bytes):
+    """One SSE event block (without its blank line) as (id, data as JSON),
+    or None for a block without data (a comment, a keep-alive)."""
+    ev_id, data = None, []
+    for line in block.decode().split("\n"):
+        if line.startswith("id:"):
+            ev_id = int(line[3:].strip())
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+    return (ev_id, json.loads("\n".join(data))) if data else None

@@ -8,7 +8,7 @@
 //! SubjectAccessReview before anything is read, created or forwarded.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
@@ -17,7 +17,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
     PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
@@ -31,37 +31,16 @@ use super::error::GatewayError;
 use super::review::{Access, User};
 use super::sessions::{self, NewSession};
 use super::Gateway;
+use crate::mcp::tools::{json_result, tool_error, wait_for};
 use crate::operator::crd::NotebookSession;
 
-/// Longest wait one call may ask for.
-const MAX_WAIT_S: f64 = 3600.0;
 /// How long `delete_session` waits for the object to be gone by default.
 const DEFAULT_DELETE_WAIT_S: f64 = 30.0;
 
 type ToolResult = Result<CallToolResult, ErrorData>;
 
-fn tool_error(message: impl Into<String>) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(message.into())])
-}
-
-fn json_result(v: Value) -> CallToolResult {
-    let mut r = CallToolResult::success(vec![ContentBlock::text(v.to_string())]);
-    r.structured_content = Some(v);
-    r
-}
-
-fn seconds(s: Option<f64>, default: f64, field: &str) -> Result<Duration, CallToolResult> {
-    let s = s.unwrap_or(default);
-    if !s.is_finite() || s < 0.0 {
-        return Err(tool_error(format!(
-            "{field} must be a non-negative number of seconds"
-        )));
-    }
-    Ok(Duration::from_secs_f64(s.min(MAX_WAIT_S)))
-}
-
 /// The reviewed user of the HTTP request that carried this MCP message.
-fn user_of(ctx: &RequestContext<RoleServer>) -> Result<User, CallToolResult> {
+fn user_of(ctx: &RequestContext<RoleServer>) -> Answer<User> {
     ctx.extensions
         .get::<axum::http::request::Parts>()
         .and_then(|p| p.extensions.get::<User>())
@@ -140,13 +119,7 @@ impl GatewayTools {
         Api::namespaced(self.gw.kube.clone(), ns)
     }
 
-    async fn allow(
-        &self,
-        user: &User,
-        verb: &'static str,
-        ns: &str,
-        name: Option<&str>,
-    ) -> Result<(), CallToolResult> {
+    async fn allow(&self, user: &User, verb: &'static str, ns: &str, name: Option<&str>) -> Answer<()> {
         self.gw
             .reviewer
             .authorize(
@@ -162,7 +135,7 @@ impl GatewayTools {
     }
 
     /// Refuses when `user` already has as many live sessions as allowed.
-    async fn check_cap(&self, user: &User) -> Result<(), CallToolResult> {
+    async fn check_cap(&self, user: &User) -> Answer<()> {
         let cap = self.gw.cfg.max_sessions_per_user;
         if cap == 0 {
             return Ok(());
@@ -184,32 +157,37 @@ impl GatewayTools {
         }
     }
 
-    /// `(namespace, name)` of a session argument, and the user asking.
+    /// The user asking and `(namespace, name)` of a session argument.
     fn target(
         &self,
         ctx: &RequestContext<RoleServer>,
         name: &str,
         namespace: Option<&str>,
-    ) -> Result<(User, String, String), CallToolResult> {
+    ) -> Answer<(User, String, String)> {
         let user = user_of(ctx)?;
         let (ns, name) = sessions::session_ref(name, namespace, &user, &self.gw.cfg.default_namespace)
             .map_err(tool_error)?;
         Ok((user, ns, name))
     }
 
-    async fn set_suspend(
+    /// [`Self::target`], once the user may `verb` that session.
+    async fn authorized(
         &self,
-        p: SessionParams,
-        ctx: RequestContext<RoleServer>,
-        suspend: bool,
-    ) -> ToolResult {
-        let (user, ns, name) = match self.target(&ctx, &p.name, p.namespace.as_deref()) {
-            Ok(t) => t,
-            Err(r) => return Ok(r),
-        };
-        if let Err(r) = self.allow(&user, "patch", &ns, Some(&name)).await {
-            return Ok(r);
-        }
+        ctx: &RequestContext<RoleServer>,
+        name: &str,
+        namespace: Option<&str>,
+        verb: &'static str,
+    ) -> Answer<(User, String, String)> {
+        let (user, ns, name) = self.target(ctx, name, namespace)?;
+        self.allow(&user, verb, &ns, Some(&name)).await?;
+        Ok((user, ns, name))
+    }
+
+    async fn set_suspend(&self, p: SessionParams, ctx: RequestContext<RoleServer>, suspend: bool) -> Answer {
+        let (user, ns, name) = self
+            .authorized(&ctx, &p.name, p.namespace.as_deref(), "patch")
+            .await?;
+        // Resuming one's own suspended session makes it count again.
         let capped = !suspend && self.gw.cfg.max_sessions_per_user > 0;
         let _guard = if capped {
             Some(self.gw.cap_lock.lock().await)
@@ -219,32 +197,26 @@ impl GatewayTools {
         if capped {
             if let Ok(Some(s)) = self.api(&ns).get_opt(&name).await {
                 if s.spec.suspend && s.annotations().get(sessions::REQUESTED_BY) == Some(&user.username) {
-                    if let Err(r) = self.check_cap(&user).await {
-                        return Ok(r);
-                    }
+                    self.check_cap(&user).await?;
                 }
             }
         }
         let patch = json!({"spec": {"suspend": suspend}});
-        Ok(
-            match self
-                .api(&ns)
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(s) => json_result(sessions::summary(&s)),
-                Err(e) => tool_error(GatewayError::kube("patch the NotebookSession")(e).to_string()),
-            },
-        )
+        let s = self
+            .api(&ns)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_error("patch the NotebookSession"))?;
+        Ok(json_result(sessions::summary(&s)))
     }
 
     /// A kernel tool on the session named by the `session` argument.
-    async fn forward(&self, request: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> ToolResult {
+    async fn forward(&self, request: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> Answer {
         let mut args = request.arguments.unwrap_or_default();
         let session = match args.remove("session") {
             Some(Value::String(s)) => s,
             _ => {
-                return Ok(tool_error(
+                return Err(tool_error(
                     "session is required: the name of a session (or namespace/name) from create_session or list_sessions",
                 ))
             }
@@ -252,22 +224,19 @@ impl GatewayTools {
         let namespace = match args.remove("namespace") {
             Some(Value::String(s)) => Some(s),
             None | Some(Value::Null) => None,
-            Some(_) => return Ok(tool_error("namespace must be a string")),
+            Some(_) => return Err(tool_error("namespace must be a string")),
         };
-        let (user, ns, name) = match self.target(&ctx, &session, namespace.as_deref()) {
-            Ok(t) => t,
-            Err(r) => return Ok(r),
-        };
+        let (user, ns, name) = self.target(&ctx, &session, namespace.as_deref())?;
         let span = tracing::info_span!("tool", tool = %request.name, session = %format!("{ns}/{name}"),
                                        user = %user.username);
         async move {
-            if let Err(r) = self.allow(&user, "get", &ns, Some(&name)).await {
-                return Ok(r);
-            }
-            let up = match self.gw.upstreams.resolve(&ns, &name).await {
-                Ok(up) => up,
-                Err(e) => return Ok(tool_error(e.to_string())),
-            };
+            self.allow(&user, "get", &ns, Some(&name)).await?;
+            let up = self
+                .gw
+                .upstreams
+                .resolve(&ns, &name)
+                .await
+                .map_err(|e| tool_error(e.to_string()))?;
             let mut params = json!({"name": request.name, "arguments": Value::Object(args)});
             // rmcp hands the request's `_meta` (the progress token) to the
             // handler in the context: pass it on so the sidecar reports progress.
@@ -306,41 +275,23 @@ impl GatewayTools {
             };
             drop(on_progress);
             let _ = relay.await;
-            Ok(match answer {
-                Ok(Ok(result)) => match serde_json::from_value::<CallToolResult>(result) {
-                    Ok(r) => r,
-                    Err(e) => tool_error(format!("the sidecar's answer is not a tool result: {e}")),
-                },
-                Ok(Err(message)) => tool_error(message),
+            match answer {
+                Ok(Ok(result)) => serde_json::from_value::<CallToolResult>(result)
+                    .map_err(|e| tool_error(format!("the sidecar's answer is not a tool result: {e}"))),
+                Ok(Err(message)) => Err(tool_error(message)),
                 Err(e) => {
                     self.gw.upstreams.forget(&ns, &name);
-                    tool_error(e.to_string())
+                    Err(tool_error(e.to_string()))
                 }
-            })
+            }
         }
         .instrument(span)
         .await
     }
-}
 
-#[tool_router]
-impl GatewayTools {
-    #[tool(
-        description = "Create a Jupyter kernel session (a NotebookSession object) and, with wait_ready_s, wait until it is Ready. Returns its namespace, name, phase and readiness; use the kernel tools (execute, run_cell, ...) with session=<name> (or namespace/name) to work in it, and delete_session when done."
-    )]
-    async fn create_session(
-        &self,
-        Parameters(p): Parameters<CreateSessionParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        let user = match user_of(&ctx) {
-            Ok(u) => u,
-            Err(r) => return Ok(r),
-        };
-        let wait = match seconds(p.wait_ready_s, 0.0, "wait_ready_s") {
-            Ok(w) => w,
-            Err(r) => return Ok(r),
-        };
+    async fn create(&self, p: CreateSessionParams, ctx: RequestContext<RoleServer>) -> Answer {
+        let user = user_of(&ctx)?;
+        let wait = wait_for(p.wait_ready_s, 0.0, "wait_ready_s")?;
         let ns = sessions::namespace_for(p.namespace.as_deref(), &user, &self.gw.cfg.default_namespace);
         let new = NewSession {
             name: p.name,
@@ -348,49 +299,36 @@ impl GatewayTools {
             idle_timeout: p.idle_timeout,
             storage: p.storage,
         };
-        let obj = match sessions::desired(&new, &ns, &user) {
-            Ok(o) => o,
-            Err(e) => return Ok(tool_error(e)),
-        };
-        if let Err(r) = self.allow(&user, "create", &ns, None).await {
-            return Ok(r);
-        }
+        let obj = sessions::desired(&new, &ns, &user).map_err(tool_error)?;
+        self.allow(&user, "create", &ns, None).await?;
         let api = self.api(&ns);
-        let capped = self.gw.cfg.max_sessions_per_user > 0;
-        let guard = if capped {
-            Some(self.gw.cap_lock.lock().await)
-        } else {
-            None
-        };
-        if let Err(r) = self.check_cap(&user).await {
-            return Ok(r);
-        }
-        let created = api.create(&PostParams::default(), &obj).await;
-        drop(guard);
-        let created = match created {
-            Ok(s) => s,
-            Err(e) => {
-                return Ok(tool_error(
-                    GatewayError::kube("create the NotebookSession")(e).to_string(),
-                ))
-            }
+        let created = {
+            let _guard = if self.gw.cfg.max_sessions_per_user > 0 {
+                Some(self.gw.cap_lock.lock().await)
+            } else {
+                None
+            };
+            self.check_cap(&user).await?;
+            api.create(&PostParams::default(), &obj)
+                .await
+                .map_err(kube_error("create the NotebookSession"))?
         };
         let name = created.name_any();
         tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session created");
         let t0 = Instant::now();
         let mut latest = created;
         if !wait.is_zero() {
-            let cond = |s: Option<&NotebookSession>| {
+            let done = |s: Option<&NotebookSession>| {
                 s.is_none_or(|s| sessions::is_ready(s) || sessions::is_failed(s))
             };
-            match tokio::time::timeout(wait, await_condition(api.clone(), &name, cond)).await {
+            match tokio::time::timeout(wait, await_condition(api.clone(), &name, done)).await {
                 Ok(Ok(Some(s))) => latest = s,
                 Ok(Ok(None)) => {
-                    return Ok(tool_error(format!(
+                    return Err(tool_error(format!(
                         "session {ns}/{name} was deleted while starting"
                     )))
                 }
-                Ok(Err(e)) => return Ok(tool_error(format!("watching session {ns}/{name}: {e}"))),
+                Ok(Err(e)) => return Err(tool_error(format!("watching session {ns}/{name}: {e}"))),
                 Err(_) => {
                     if let Ok(Some(s)) = api.get_opt(&name).await {
                         latest = s;
@@ -403,84 +341,48 @@ impl GatewayTools {
         Ok(json_result(v))
     }
 
-    #[tool(
-        description = "The sessions in a namespace (default: your own), with phase, readiness and who asked for each."
-    )]
-    async fn list_sessions(
-        &self,
-        Parameters(p): Parameters<NamespaceParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        let user = match user_of(&ctx) {
-            Ok(u) => u,
-            Err(r) => return Ok(r),
-        };
+    async fn list(&self, p: NamespaceParams, ctx: RequestContext<RoleServer>) -> Answer {
+        let user = user_of(&ctx)?;
         let ns = sessions::namespace_for(p.namespace.as_deref(), &user, &self.gw.cfg.default_namespace);
         if !sessions::is_dns_label(&ns) {
-            return Ok(tool_error(format!("{ns:?} is not a namespace name")));
+            return Err(tool_error(format!("{ns:?} is not a namespace name")));
         }
-        if let Err(r) = self.allow(&user, "list", &ns, None).await {
-            return Ok(r);
-        }
-        Ok(match self.api(&ns).list(&ListParams::default()).await {
-            Ok(list) => json_result(json!({
-                "namespace": ns,
-                "sessions": list.items.iter().map(sessions::summary).collect::<Vec<_>>(),
-            })),
-            Err(e) => tool_error(GatewayError::kube("list NotebookSessions")(e).to_string()),
-        })
+        self.allow(&user, "list", &ns, None).await?;
+        let list = self
+            .api(&ns)
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_error("list NotebookSessions"))?;
+        Ok(json_result(json!({
+            "namespace": ns,
+            "sessions": list.items.iter().map(sessions::summary).collect::<Vec<_>>(),
+        })))
     }
 
-    #[tool(description = "One session: phase, readiness, queue counts, last activity.")]
-    async fn get_session(
-        &self,
-        Parameters(p): Parameters<SessionParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        let (user, ns, name) = match self.target(&ctx, &p.name, p.namespace.as_deref()) {
-            Ok(t) => t,
-            Err(r) => return Ok(r),
-        };
-        if let Err(r) = self.allow(&user, "get", &ns, Some(&name)).await {
-            return Ok(r);
+    async fn get(&self, p: SessionParams, ctx: RequestContext<RoleServer>) -> Answer {
+        let (_, ns, name) = self
+            .authorized(&ctx, &p.name, p.namespace.as_deref(), "get")
+            .await?;
+        match self.api(&ns).get_opt(&name).await {
+            Ok(Some(s)) => Ok(json_result(sessions::summary(&s))),
+            Ok(None) => Err(tool_error(format!("no session {ns}/{name}"))),
+            Err(e) => Err(kube_error("read the NotebookSession")(e)),
         }
-        Ok(match self.api(&ns).get_opt(&name).await {
-            Ok(Some(s)) => json_result(sessions::summary(&s)),
-            Ok(None) => tool_error(format!("no session {ns}/{name}")),
-            Err(e) => tool_error(GatewayError::kube("read the NotebookSession")(e).to_string()),
-        })
     }
 
-    #[tool(
-        description = "Delete a session: its kernel pod, token, service and storage go with it. Waits up to wait_s (default 30 s) until everything is gone."
-    )]
-    async fn delete_session(
-        &self,
-        Parameters(p): Parameters<DeleteSessionParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        let (user, ns, name) = match self.target(&ctx, &p.name, p.namespace.as_deref()) {
-            Ok(t) => t,
-            Err(r) => return Ok(r),
-        };
-        let wait = match seconds(p.wait_s, DEFAULT_DELETE_WAIT_S, "wait_s") {
-            Ok(w) => w,
-            Err(r) => return Ok(r),
-        };
-        if let Err(r) = self.allow(&user, "delete", &ns, Some(&name)).await {
-            return Ok(r);
-        }
+    async fn delete(&self, p: DeleteSessionParams, ctx: RequestContext<RoleServer>) -> Answer {
+        let wait = wait_for(p.wait_s, DEFAULT_DELETE_WAIT_S, "wait_s")?;
+        let (user, ns, name) = self
+            .authorized(&ctx, &p.name, p.namespace.as_deref(), "delete")
+            .await?;
         let api = self.api(&ns);
         // Foreground: the object stays until the objects it owns are gone,
         // so "gone" below means the pod is gone too.
-        let uid = match api.delete(&name, &DeleteParams::foreground()).await {
-            Ok(either) => either.either(|s| s.uid(), |_| None),
-            Err(e) => {
-                return Ok(tool_error(
-                    GatewayError::kube("delete the NotebookSession")(e).to_string(),
-                ))
-            }
-        };
+        let uid = api
+            .delete(&name, &DeleteParams::foreground())
+            .await
+            .map_err(kube_error("delete the NotebookSession"))?
+            .either(|s| s.uid(), |_| None);
         self.gw.upstreams.forget(&ns, &name);
         tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session deleted");
         let gone = match uid {
@@ -494,6 +396,62 @@ impl GatewayTools {
             json!({"namespace": ns, "name": name, "deleted": true, "gone": gone}),
         ))
     }
+}
+
+/// A tool's answer either way: its result, or the error result that says why not.
+type Answer<T = CallToolResult> = Result<T, CallToolResult>;
+
+fn answered(a: Answer) -> ToolResult {
+    Ok(a.unwrap_or_else(|refusal| refusal))
+}
+
+fn kube_error(step: &'static str) -> impl FnOnce(kube::Error) -> CallToolResult {
+    move |e| tool_error(GatewayError::kube(step)(e).to_string())
+}
+
+#[tool_router]
+impl GatewayTools {
+    #[tool(
+        description = "Create a Jupyter kernel session (a NotebookSession object) and, with wait_ready_s, wait until it is Ready. Returns its namespace, name, phase and readiness; use the kernel tools (execute, run_cell, ...) with session=<name> (or namespace/name) to work in it, and delete_session when done."
+    )]
+    async fn create_session(
+        &self,
+        Parameters(p): Parameters<CreateSessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        answered(self.create(p, ctx).await)
+    }
+
+    #[tool(
+        description = "The sessions in a namespace (default: your own), with phase, readiness and who asked for each."
+    )]
+    async fn list_sessions(
+        &self,
+        Parameters(p): Parameters<NamespaceParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        answered(self.list(p, ctx).await)
+    }
+
+    #[tool(description = "One session: phase, readiness, queue counts, last activity.")]
+    async fn get_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        answered(self.get(p, ctx).await)
+    }
+
+    #[tool(
+        description = "Delete a session: its kernel pod, token, service and storage go with it. Waits up to wait_s (default 30 s) until everything is gone."
+    )]
+    async fn delete_session(
+        &self,
+        Parameters(p): Parameters<DeleteSessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        answered(self.delete(p, ctx).await)
+    }
 
     #[tool(
         description = "Suspend a session: its kernel pod is removed (variables are lost), its storage, token and queue history are kept. resume_session starts it again."
@@ -503,7 +461,7 @@ impl GatewayTools {
         Parameters(p): Parameters<SessionParams>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
-        self.set_suspend(p, ctx, true).await
+        answered(self.set_suspend(p, ctx, true).await)
     }
 
     #[tool(
@@ -514,7 +472,7 @@ impl GatewayTools {
         Parameters(p): Parameters<SessionParams>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult {
-        self.set_suspend(p, ctx, false).await
+        answered(self.set_suspend(p, ctx, false).await)
     }
 }
 
@@ -564,7 +522,7 @@ impl ServerHandler for GatewayTools {
                 .await;
         }
         if self.kernel_tools.iter().any(|t| t.name == request.name) {
-            return self.forward(request, context).await.map(Into::into);
+            return answered(self.forward(request, context).await).map(Into::into);
         }
         Err(ErrorData::invalid_params(
             format!("no tool {}", request.name),

@@ -43,18 +43,18 @@ const READ_TOTAL_BYTES: usize = 256 << 10;
 
 type ToolResult = Result<CallToolResult, ErrorData>;
 
-fn tool_error(message: impl Into<String>) -> CallToolResult {
+pub(crate) fn tool_error(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
 }
 
 /// A JSON object as text (for every client) and as structured content.
-fn json_result(v: Value) -> CallToolResult {
+pub(crate) fn json_result(v: Value) -> CallToolResult {
     let mut r = CallToolResult::success(vec![ContentBlock::text(v.to_string())]);
     r.structured_content = Some(v);
     r
 }
 
-fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration, CallToolResult> {
+pub(crate) fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration, CallToolResult> {
     let s = seconds.unwrap_or(default);
     if !s.is_finite() || s < 0.0 {
         return Err(tool_error(format!(

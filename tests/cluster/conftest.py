@@ -184,7 +184,38 @@ def service_account_kubeconfig(cluster, sa: str, user: str) -> tuple[str, Kube, 
     return token, as_sa, kc
 
 
-class Operator:
+class LoggedProcess:
+    """A process of the binary logging to `log_path`, run as `proc`."""
+    proc: subprocess.Popen | None
+    log_path: pathlib.Path
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30):
+        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+
+class Operator(LoggedProcess):
     """One replica of the operator binary, as the chart's Deployment runs it:
     its arguments and environment, a kubeconfig with the ServiceAccount token,
     a loopback metrics address. Can be stopped and started again."""
@@ -211,16 +242,6 @@ class Operator:
                                          start_new_session=True)
         return self
 
-    def stop(self, timeout: float = 30):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
     def holder(self) -> str | None:
         lease = self.admin.get_opt(path("Lease", OPERATOR_NS, self.lease))
         return (lease or {}).get("spec", {}).get("holderIdentity")
@@ -232,22 +253,8 @@ class Operator:
             assert time.monotonic() < deadline, f"{self.identity} never took the leader Lease:\n{self.log()[-5000:]}"
             time.sleep(0.2)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size
-
-    def log_since(self, offset: int) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-
     def metrics(self) -> str:
         return requests.get(self.metrics_url + "/metrics", timeout=5).text
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @pytest.fixture(scope="session")
@@ -302,7 +309,7 @@ def operator(operator_factory):
 _running_gateways: list["Gateway"] = []
 
 
-class Gateway:
+class Gateway(LoggedProcess):
     """`notebook-operator gateway` as the chart's Deployment runs it, on a
     loopback port, with a kubeconfig holding only its ServiceAccount's token."""
 
@@ -335,30 +342,6 @@ class Gateway:
                 pass
             assert time.monotonic() < deadline, f"the gateway's /readyz never answered 200:\n{self.log()[-5000:]}"
             time.sleep(0.1)
-
-    def stop(self, timeout: float = 30):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size
-
-    def log_since(self, offset: int) -> str:
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
 
     def own_refusals(self, text: str) -> list[str]:
         """Lines where the apiserver refused the gateway's own identity (the

@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from conftest import GATEWAY_MAX_SESSIONS_PER_USER, make_namespace
+from harness import sse_event
 from kube import Kube, path
 from sessions import READY_TIMEOUT, SidecarApi, get_session, session_obj, wait_ready
 
@@ -465,15 +466,10 @@ class SseReader:
                 buf += chunk.replace(b"\r\n", b"\n")
                 while b"\n\n" in buf:
                     block, buf = buf.split(b"\n\n", 1)
-                    ev_id, data = None, []
-                    for line in block.decode().split("\n"):
-                        if line.startswith("id:"):
-                            ev_id = int(line[3:].strip())
-                        elif line.startswith("data:"):
-                            data.append(line[5:].lstrip())
-                    if data:
+                    event = sse_event(block)
+                    if event is not None:
                         with self.lock:
-                            self.events.append((ev_id, json.loads("\n".join(data))))
+                            self.events.append(event)
         except BaseException as e:  # noqa: BLE001
             if not self.closed:
                 self.error = e

@@ -1,7 +1,8 @@
 """A minimal SSE reader over a raw socket, so a test controls exactly when
 bytes are read (or never read)."""
-import json
 import socket
+
+from harness import sse_event
 
 
 class SseClient:
@@ -69,14 +70,9 @@ class SseClient:
                 except EOFError:
                     return
             block, self.raw = self.raw.split(b"\n\n", 1)
-            ev_id, data = None, []
-            for line in block.decode().split("\n"):
-                if line.startswith("id:"):
-                    ev_id = int(line[3:].strip())
-                elif line.startswith("data:"):
-                    data.append(line[5:].lstrip())
-            if data:
-                yield ev_id, json.loads("\n".join(data))
+            event = sse_event(block)
+            if event is not None:
+                yield event
 
     def close(self):
         self.sock.close()
