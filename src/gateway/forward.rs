@@ -120,7 +120,10 @@ async fn forward_inner(
     let out = out
         .body(body)
         .map_err(|e| GatewayError::Upstream(format!("building the request: {e}")))?;
-    let mut resp = match gw.http.request(out).await {
+    let t0 = std::time::Instant::now();
+    let sent = gw.http.request(out).await;
+    gw.metrics.forward_seconds.observe(t0.elapsed().as_secs_f64());
+    let mut resp = match sent {
         Ok(r) => r,
         Err(e) => {
             gw.upstreams.forget(ns, name);

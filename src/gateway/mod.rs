@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod forward;
 pub mod mcp_client;
+pub mod metrics;
 pub mod review;
 pub mod sessions;
 pub mod tools;
@@ -49,6 +50,9 @@ pub struct GatewayArgs {
     /// How long a TokenReview or SubjectAccessReview answer is reused (0s: never).
     #[arg(long, env = "GATEWAY_REVIEW_TTL", default_value = "10s", value_parser = parse_ttl)]
     pub review_ttl: Duration,
+    /// Address of `/metrics` (Prometheus), apart from the public port.
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
     /// Namespace of requests that name none, for users that are not ServiceAccounts
     /// (a ServiceAccount's default is its own namespace).
     #[arg(long, env = "GATEWAY_DEFAULT_NAMESPACE", default_value = "default")]
@@ -77,6 +81,7 @@ pub struct Gateway {
     pub http: client::HttpClient,
     pub mcp: mcp_client::McpForwarder,
     pub cfg: GatewayConfig,
+    pub metrics: Arc<metrics::GatewayMetrics>,
     /// Held from counting a user's sessions to creating (or resuming) one,
     /// so that concurrent requests of one replica cannot pass the cap together.
     pub cap_lock: tokio::sync::Mutex<()>,
@@ -85,8 +90,10 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(kube: kube::Client, args: &GatewayArgs) -> Gateway {
         let http = client::http_client();
+        let metrics = Arc::new(metrics::GatewayMetrics::default());
         Gateway {
-            reviewer: review::Reviewer::new(kube.clone(), args.review_ttl),
+            reviewer: review::Reviewer::new(kube.clone(), args.review_ttl, metrics.clone()),
+            metrics,
             upstreams: upstream::Upstreams::new(kube.clone(), args.sidecar_port),
             mcp: mcp_client::McpForwarder::new(http.clone()),
             http,
@@ -125,11 +132,24 @@ pub fn router(gw: Arc<Gateway>, shutdown: CancellationToken) -> Router {
         .route("/sessions/{ns}/{name}", any(forward::session_root))
         .route("/sessions/{ns}/{name}/{*rest}", any(forward::session_path))
         .layer(middleware::from_fn_with_state(gw.clone(), auth::authenticate))
-        .with_state(gw);
+        .with_state(gw.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .merge(authenticated)
+        .layer(middleware::from_fn_with_state(gw, count))
+}
+
+/// Counts every answer by route and status code.
+async fn count(
+    axum::extract::State(gw): axum::extract::State<Arc<Gateway>>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    gw.metrics.request(&path, resp.status());
+    resp
 }
 
 /// Entry point of the subcommand.
@@ -139,11 +159,24 @@ pub async fn run(args: GatewayArgs) -> anyhow_like::Result {
         .map_err(|e| format!("no Kubernetes client configuration (KUBECONFIG or in-cluster): {e}"))?;
     let gw = Arc::new(Gateway::new(kube, &args));
     let shutdown = CancellationToken::new();
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| format!("listening on {} for metrics: {e}", args.metrics_listen))?;
+    let metrics_app = metrics::router(gw.metrics.clone());
+    let metrics_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let served = axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(async move { metrics_stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the metrics server stopped");
+        }
+    });
     let app = router(gw, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", args.listen))?;
-    tracing::info!(listen = %args.listen, sidecar_port = args.sidecar_port,
+    tracing::info!(listen = %args.listen, metrics = %args.metrics_listen, sidecar_port = args.sidecar_port,
                    max_sessions_per_user = args.max_sessions_per_user, "gateway serving");
     let stop = shutdown.clone();
     crate::http::serve(listener, app, async move {

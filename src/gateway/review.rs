@@ -14,6 +14,7 @@ use kube::Client;
 use sha2::{Digest, Sha256};
 
 use super::error::GatewayError;
+use super::metrics::GatewayMetrics;
 use crate::operator::crd::GROUP;
 
 /// The resource every review is about.
@@ -101,6 +102,7 @@ pub struct Access {
 /// Asks the apiserver, through short-lived caches.
 pub struct Reviewer {
     client: Client,
+    metrics: std::sync::Arc<GatewayMetrics>,
     tokens: Mutex<TtlCache<[u8; 32], Option<User>>>,
     decisions: Mutex<TtlCache<(User, Access), Result<(), String>>>,
 }
@@ -109,9 +111,10 @@ pub struct Reviewer {
 const CACHE_ENTRIES: usize = 4096;
 
 impl Reviewer {
-    pub fn new(client: Client, ttl: Duration) -> Reviewer {
+    pub fn new(client: Client, ttl: Duration, metrics: std::sync::Arc<GatewayMetrics>) -> Reviewer {
         Reviewer {
             client,
+            metrics,
             tokens: Mutex::new(TtlCache::new(ttl, CACHE_ENTRIES)),
             decisions: Mutex::new(TtlCache::new(ttl, CACHE_ENTRIES)),
         }
@@ -122,14 +125,18 @@ impl Reviewer {
     pub async fn authenticate(&self, token: &str) -> Result<User, GatewayError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = lock(&self.tokens).get(&key, Instant::now());
-        let user = match cached {
+        let user = match cached.clone() {
             Some(user) => user,
             None => {
-                let user = self.token_review(token).await?;
+                let user = self.token_review(token).await.inspect_err(|_| {
+                    self.metrics.review("token", "error", false);
+                })?;
                 lock(&self.tokens).insert(key, user.clone(), Instant::now());
                 user
             }
         };
+        let outcome = if user.is_some() { "allowed" } else { "denied" };
+        self.metrics.review("token", outcome, cached.is_some());
         user.ok_or_else(|| {
             GatewayError::Unauthenticated("the token was not accepted by the apiserver".into())
         })
@@ -172,14 +179,19 @@ impl Reviewer {
     pub async fn authorize(&self, user: &User, access: Access) -> Result<(), GatewayError> {
         let key = (user.clone(), access.clone());
         let cached = lock(&self.decisions).get(&key, Instant::now());
+        let from_cache = cached.is_some();
         let decision = match cached {
             Some(d) => d,
             None => {
-                let d = self.access_review(user, &access).await?;
+                let d = self.access_review(user, &access).await.inspect_err(|_| {
+                    self.metrics.review("access", "error", false);
+                })?;
                 lock(&self.decisions).insert(key, d.clone(), Instant::now());
                 d
             }
         };
+        let outcome = if decision.is_ok() { "allowed" } else { "denied" };
+        self.metrics.review("access", outcome, from_cache);
         decision.map_err(|reason| GatewayError::Forbidden {
             user: user.username.clone(),
             verb: access.verb.to_string(),

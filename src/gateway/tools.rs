@@ -269,10 +269,12 @@ impl GatewayTools {
             };
             // A cancelled request drops the call to the sidecar (the
             // execution itself stays queued; cancel_execution stops it).
+            let t0 = Instant::now();
             let answer = tokio::select! {
                 a = self.gw.mcp.call_tool(&up, params, &on_progress) => a,
                 _ = ctx.ct.cancelled() => Err(GatewayError::Upstream("the request was cancelled".into())),
             };
+            self.gw.metrics.tool_seconds.observe(t0.elapsed().as_secs_f64());
             drop(on_progress);
             let _ = relay.await;
             match answer {
@@ -515,19 +517,23 @@ impl ServerHandler for GatewayTools {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        if self.tool_router.has_route(&request.name) {
-            return self
-                .tool_router
+        let tool = request.name.to_string();
+        let answer = if self.tool_router.has_route(&request.name) {
+            self.tool_router
                 .call(ToolCallContext::new(self, request, context))
-                .await;
-        }
-        if self.kernel_tools.iter().any(|t| t.name == request.name) {
-            return answered(self.forward(request, context).await).map(Into::into);
-        }
-        Err(ErrorData::invalid_params(
-            format!("no tool {}", request.name),
-            None,
-        ))
+                .await
+        } else if self.kernel_tools.iter().any(|t| t.name == request.name) {
+            answered(self.forward(request, context).await).map(Into::into)
+        } else {
+            return Err(ErrorData::invalid_params(format!("no tool {tool}"), None));
+        };
+        let error = match &answer {
+            Ok(CallToolResponse::Complete(r)) => r.is_error == Some(true),
+            Ok(_) => false,
+            Err(_) => true,
+        };
+        self.gw.metrics.tool(&tool, error);
+        answer
     }
 
     async fn list_tools(

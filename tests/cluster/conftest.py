@@ -323,6 +323,8 @@ class Gateway(LoggedProcess):
         self.log_path = log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         self.args = args
         self.env = {**env, "KUBECONFIG": str(kubeconfig)}
         self.proc: subprocess.Popen | None = None
@@ -342,6 +344,9 @@ class Gateway(LoggedProcess):
                 pass
             assert time.monotonic() < deadline, f"the gateway's /readyz never answered 200:\n{self.log()[-5000:]}"
             time.sleep(0.1)
+
+    def metrics(self) -> str:
+        return requests.get(self.metrics_url + "/metrics", timeout=5).text
 
     def own_refusals(self, text: str) -> list[str]:
         """Lines where the apiserver refused the gateway's own identity (the
@@ -369,7 +374,7 @@ def gateway(request, cluster, kube, crds):
     _, as_gateway, kc = service_account_kubeconfig(cluster, sa, "gateway")
     # The Deployment's arguments, but loopback instead of 0.0.0.0, and the
     # sidecar port the stand-in kubelet's sidecars listen on.
-    port_args = {"--listen", "--sidecar-port"}
+    port_args = {"--listen", "--sidecar-port", "--metrics-listen"}
     args, it = [], iter(container["args"])
     for a in it:
         flag = a.split("=", 1)[0]
@@ -386,7 +391,8 @@ def gateway(request, cluster, kube, crds):
             env[e["name"]] = e["value"]
     env["RUST_LOG"] = os.environ.get("NBO_GATEWAY_LOG", "info,notebook_operator=debug")
     gw = Gateway(kube, as_gateway, kc, [], env, cluster.state / "gateway.log", sa)
-    gw.args = args + ["--listen", f"127.0.0.1:{gw.port}", "--sidecar-port", str(SIDECAR_PORT_DEFAULT)]
+    gw.args = args + ["--listen", f"127.0.0.1:{gw.port}", "--sidecar-port", str(SIDECAR_PORT_DEFAULT),
+                      "--metrics-listen", f"127.0.0.1:{gw.metrics_port}"]
     gw.start()
     _running_gateways.append(gw)
     yield gw

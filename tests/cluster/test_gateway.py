@@ -663,6 +663,41 @@ def test_a_revoked_permission_stops_working_within_the_review_ttl(ns, gateway, k
         time.sleep(0.5)
 
 
+def metric(text: str, name: str, **labels) -> float:
+    """The value of one sample of the gateway's /metrics (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_the_gateway_counts_what_it_answered_on_its_own_port(ns, ns_b, gateway):
+    """/metrics is served on the metrics address only, and counts refusals,
+    reviews and tool calls by outcome."""
+    agent = Agent(ns, "agent")
+    before = gateway.metrics()
+    assert requests.get(gateway.url + "/metrics", timeout=10).status_code == 401, "metrics on the public port"
+    assert requests.post(gateway.url + "/mcp", json={}, timeout=10).status_code == 401
+    assert agent.http().get(f"{gateway.url}/sessions/{ns_b}/x/v1/status", timeout=10).status_code == 403
+    ok(call(gateway, agent.token, "list_sessions", {"namespace": str(ns)}))
+    refused(call(gateway, agent.token, "list_sessions", {"namespace": str(ns_b)}), "forbidden")
+    after = gateway.metrics()
+
+    def delta(name, **labels):
+        return metric(after, name, **labels) - metric(before, name, **labels)
+    assert delta("notebook_gateway_requests_total", route="mcp", code="401") >= 1, after
+    assert delta("notebook_gateway_requests_total", route="other", code="401") >= 1, after
+    assert delta("notebook_gateway_requests_total", route="sessions", code="403") >= 1, after
+    assert delta("notebook_gateway_tool_calls_total", tool="list_sessions", outcome="ok") == 1, after
+    assert delta("notebook_gateway_tool_calls_total", tool="list_sessions", outcome="error") == 1, after
+    denied = sum(delta("notebook_gateway_reviews_total", kind="access", outcome="denied", cached=c)
+                 for c in ("true", "false"))
+    assert denied >= 2, after
+    assert delta("notebook_gateway_reviews_total", kind="token", outcome="allowed", cached="true") >= 1, \
+        "the agent's token was reviewed again within the TTL"
+
+
 def test_per_user_session_cap(ns, gateway, kube):
     """With --max-sessions-per-user 3, a user's 4th live session is refused;
     a suspended one does not count (resume_session makes it count again), a

@@ -36,6 +36,7 @@ def test_helm_install_creates_the_operator(bare_ns, kube):
     for kind, namespace, name in (("ServiceAccount", ns, full), ("Deployment", ns, full),
                                   ("Service", ns, f"{full}-metrics"),
                                   ("ServiceAccount", ns, gw), ("Deployment", ns, gw), ("Service", ns, gw),
+                                  ("Service", ns, f"{gw}-metrics"),
                                   ("ClusterRole", None, gw), ("ClusterRoleBinding", None, gw),
                                   ("ClusterRole", None, f"{full}-manager"),
                                   ("ClusterRole", None, f"{full}-crd-reader"),
@@ -131,7 +132,7 @@ def test_the_gateway_rbac_is_exactly_what_it_needs(k8s_bin):
     docs = render_chart("rel", "sys")
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in gateway_docs(docs))
     assert kinds == sorted([("ServiceAccount", GATEWAY), ("ClusterRole", GATEWAY), ("ClusterRoleBinding", GATEWAY),
-                            ("Deployment", GATEWAY), ("Service", GATEWAY)]), kinds
+                            ("Deployment", GATEWAY), ("Service", GATEWAY), ("Service", f"{GATEWAY}-metrics")]), kinds
     role = rendered(docs, "ClusterRole", GATEWAY)
     assert normalised(role["rules"]) == normalised(GATEWAY_RULES), yaml.safe_dump(role["rules"])
     assert "aggregationRule" not in role
@@ -169,8 +170,9 @@ def test_the_gateway_deployment_runs_the_one_image_under_restricted_pod_security
     assert args[0] == "gateway"
     flags = dict(zip(args[1::2], args[2::2]))
     assert flags == {"--listen": "0.0.0.0:8080", "--sidecar-port": "8888", "--max-sessions-per-user": "7",
-                     "--review-ttl": "30s"}, args
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+                     "--review-ttl": "30s", "--metrics-listen": "0.0.0.0:9090"}, args
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
@@ -222,6 +224,12 @@ def test_the_gateway_service_fronts_its_pods_on_port_80(k8s_bin):
     labels = dep["spec"]["template"]["metadata"]["labels"]
     metrics = rendered(docs, "Service", "rel-notebook-operator-metrics")
     assert not metrics["spec"]["selector"].items() <= labels.items(), "the metrics Service must not pick the gateway"
+    # /metrics has a Service of its own, inside the cluster; the public one never routes to it.
+    m = rendered(docs, "Service", f"{GATEWAY}-metrics")
+    assert m["spec"]["type"] == "ClusterIP" and m["spec"]["selector"] == svc["spec"]["selector"]
+    assert m["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+    assert not [d for d in render_chart("rel", "sys", "gateway.metrics.service.enabled=false")
+                if d["metadata"]["name"] == f"{GATEWAY}-metrics"]
     lb = rendered(render_chart("rel", "sys", "gateway.service.type=LoadBalancer", "gateway.service.port=8443"),
                   "Service", GATEWAY)
     assert lb["spec"]["type"] == "LoadBalancer" and lb["spec"]["ports"][0]["port"] == 8443
