@@ -50,6 +50,14 @@ pub struct GatewayArgs {
     /// How long a TokenReview or SubjectAccessReview answer is reused (0s: never).
     #[arg(long, env = "GATEWAY_REVIEW_TTL", default_value = "10s", value_parser = parse_ttl)]
     pub review_ttl: Duration,
+    /// Accept only tokens meant for this audience (repeatable; e.g. from
+    /// `kubectl create token --audience`). Default: whatever the apiserver accepts.
+    #[arg(
+        long = "token-audience",
+        env = "GATEWAY_TOKEN_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub token_audiences: Vec<String>,
     /// Address of `/metrics` (Prometheus), apart from the public port.
     #[arg(long, env = "GATEWAY_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
@@ -92,7 +100,12 @@ impl Gateway {
         let http = client::http_client();
         let metrics = Arc::new(metrics::GatewayMetrics::default());
         Gateway {
-            reviewer: review::Reviewer::new(kube.clone(), args.review_ttl, metrics.clone()),
+            reviewer: review::Reviewer::new(
+                kube.clone(),
+                args.review_ttl,
+                args.token_audiences.clone(),
+                metrics.clone(),
+            ),
             metrics,
             upstreams: upstream::Upstreams::new(kube.clone(), args.sidecar_port),
             mcp: mcp_client::McpForwarder::new(http.clone()),

@@ -102,6 +102,8 @@ pub struct Access {
 /// Asks the apiserver, through short-lived caches.
 pub struct Reviewer {
     client: Client,
+    /// Audiences a token must be meant for; empty: the apiserver's own.
+    audiences: Vec<String>,
     metrics: std::sync::Arc<GatewayMetrics>,
     tokens: Mutex<TtlCache<[u8; 32], Option<User>>>,
     decisions: Mutex<TtlCache<(User, Access), Result<(), String>>>,
@@ -111,9 +113,15 @@ pub struct Reviewer {
 const CACHE_ENTRIES: usize = 4096;
 
 impl Reviewer {
-    pub fn new(client: Client, ttl: Duration, metrics: std::sync::Arc<GatewayMetrics>) -> Reviewer {
+    pub fn new(
+        client: Client,
+        ttl: Duration,
+        audiences: Vec<String>,
+        metrics: std::sync::Arc<GatewayMetrics>,
+    ) -> Reviewer {
         Reviewer {
             client,
+            audiences,
             metrics,
             tokens: Mutex::new(TtlCache::new(ttl, CACHE_ENTRIES)),
             decisions: Mutex::new(TtlCache::new(ttl, CACHE_ENTRIES)),
@@ -146,7 +154,7 @@ impl Reviewer {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: None,
+                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
             },
             ..TokenReview::default()
         };
@@ -159,7 +167,9 @@ impl Reviewer {
                 source,
             })?;
         let status = answer.status.unwrap_or_default();
-        if status.authenticated != Some(true) {
+        if status.authenticated != Some(true)
+            || !meant_for_us(&self.audiences, status.audiences.as_deref().unwrap_or_default())
+        {
             return Ok(None);
         }
         let info = status.user.unwrap_or_default();
@@ -245,6 +255,13 @@ impl Reviewer {
     }
 }
 
+/// With audiences required, the apiserver must name one of them as an
+/// audience the token is valid for (an authenticator that ignores
+/// audiences answers with none, and is not trusted for them).
+pub fn meant_for_us(required: &[String], valid_for: &[String]) -> bool {
+    required.is_empty() || valid_for.iter().any(|a| required.contains(a))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -285,6 +302,16 @@ mod tests {
             c.insert(i, i, t0);
             assert!(c.len() <= 3);
         }
+    }
+
+    #[test]
+    fn a_required_audience_must_be_confirmed_by_the_apiserver() {
+        let ours = vec!["nbo-gateway".to_string()];
+        assert!(meant_for_us(&[], &[]));
+        assert!(meant_for_us(&ours, &["nbo-gateway".into()]));
+        assert!(meant_for_us(&ours, &["api".into(), "nbo-gateway".into()]));
+        assert!(!meant_for_us(&ours, &[]));
+        assert!(!meant_for_us(&ours, &["https://kubernetes.default.svc".into()]));
     }
 
     #[test]

@@ -663,6 +663,37 @@ def test_a_revoked_permission_stops_working_within_the_review_ttl(ns, gateway, k
         time.sleep(0.5)
 
 
+def test_a_gateway_with_a_token_audience_takes_only_tokens_minted_for_it(ns, gateway, cluster):
+    """--token-audience: a token minted for that audience passes, the
+    apiserver's default token does not (401), nor one for another audience."""
+    from conftest import Gateway
+
+    agent = Agent(ns, "agent")
+    strict = Gateway(gateway.admin, gateway.kube, gateway.kubeconfig, [], dict(gateway.env),
+                     cluster.state / "gateway-audience.log", gateway.service_account)
+    args, it = [], iter(gateway.args)
+    for a in it:
+        if a in ("--listen", "--metrics-listen"):
+            next(it)
+            continue
+        args.append(a)
+    strict.args = args + ["--listen", f"127.0.0.1:{strict.port}", "--metrics-listen",
+                          f"127.0.0.1:{strict.metrics_port}", "--token-audience", "nbo-gateway"]
+    strict.start()
+    try:
+        minted = cluster.kubectl("-n", ns, "create", "token", "agent", "--audience", "nbo-gateway").strip()
+        other = cluster.kubectl("-n", ns, "create", "token", "agent", "--audience", "someone-else").strip()
+        listed = ok(call(strict, minted, "list_sessions", {"namespace": str(ns)}))
+        assert listed["sessions"] == [], listed
+        for what, token in (("the default audience", agent.token), ("another audience", other)):
+            r = requests.post(strict.url + "/mcp", json={}, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert r.status_code == 401, (what, r.status_code, r.text)
+        # The gateway without the option takes the default token, as before.
+        assert ok(call(gateway, agent.token, "list_sessions", {"namespace": str(ns)}))["sessions"] == []
+    finally:
+        strict.stop()
+
+
 def metric(text: str, name: str, **labels) -> float:
     """The value of one sample of the gateway's /metrics (0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())

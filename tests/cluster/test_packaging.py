@@ -176,6 +176,10 @@ def test_the_gateway_deployment_runs_the_one_image_under_restricted_pod_security
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"]
+    # Token audiences, when asked for, one flag each.
+    aud = rendered(render_chart("rel", "sys", "gateway.tokenAudiences={nbo-gateway,other}"), "Deployment", GATEWAY)
+    aargs = aud["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [aargs[i + 1] for i, a in enumerate(aargs) if a == "--token-audience"] == ["nbo-gateway", "other"], aargs
     # The default cap the values document.
     default = rendered(render_chart("rel", "sys"), "Deployment", GATEWAY)
     dargs = default["spec"]["template"]["spec"]["containers"][0]["args"]
