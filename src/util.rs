@@ -1,4 +1,4 @@
-//! Small helpers shared by the layers: time stamps and secrets.
+//! Small helpers shared by the layers: time stamps, secrets, the stop signal.
 
 use rand::Rng;
 use time::format_description::well_known::Rfc3339;
@@ -28,4 +28,26 @@ pub fn random_hex(bytes: usize) -> String {
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Resolves at SIGTERM or Ctrl-C (SIGINT), whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }

@@ -141,7 +141,7 @@ pub async fn run(
         let _ = stop_http_rx.await;
     }));
 
-    shutdown_signal().await;
+    crate::util::shutdown_signal().await;
     tracing::info!("stopping: no new executions; the running one gets the grace period");
     svc.begin_shutdown();
     stop_mcp.cancel();
@@ -158,24 +158,4 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     tracing::info!("stopped; the database is closed");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -193,26 +193,10 @@ pub async fn run(args: GatewayArgs) -> anyhow_like::Result {
                    max_sessions_per_user = args.max_sessions_per_user, "gateway serving");
     let stop = shutdown.clone();
     crate::http::serve(listener, app, async move {
-        terminated().await;
+        crate::util::shutdown_signal().await;
         tracing::info!("shutting down");
         stop.cancel();
     })
     .await?;
     Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn terminated() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

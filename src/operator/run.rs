@@ -151,27 +151,6 @@ fn identity(args: &RunArgs) -> String {
     format!("{host}-{:08x}", rand::random::<u32>())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
 /// Runs the operator until a signal or the loss of leadership.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(|err| {
@@ -210,7 +189,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         tracing::info!(identity = %elector.identity(), "waiting to become the leader");
         tokio::select! {
             () = elector.acquire() => {},
-            () = shutdown_signal() => return Ok(()),
+            () = crate::util::shutdown_signal() => return Ok(()),
         }
         metrics.leader.set(1);
     }
@@ -281,7 +260,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             tokio::select! {
                 () = controllers => Ok(()),
                 lost = elector.hold() => Err(lost),
-                () = shutdown_signal() => {
+                () = crate::util::shutdown_signal() => {
                     elector.release().await;
                     Ok(())
                 }
@@ -290,7 +269,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         None => {
             tokio::select! {
                 () = controllers => Ok(()),
-                () = shutdown_signal() => Ok(()),
+                () = crate::util::shutdown_signal() => Ok(()),
             }
         }
     };
