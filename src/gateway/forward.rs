@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use super::error::GatewayError;
-use super::review::{Access, User};
+use super::review::User;
 use super::sessions::check_names;
 use super::Gateway;
 
@@ -89,17 +89,7 @@ async fn forward_inner(
     mut req: Request,
 ) -> Result<Response, GatewayError> {
     check_names(ns, name).map_err(GatewayError::BadRequest)?;
-    gw.reviewer
-        .authorize(
-            user,
-            Access {
-                verb: "get",
-                namespace: ns.to_string(),
-                name: Some(name.to_string()),
-            },
-        )
-        .await?;
-    let up = gw.upstreams.resolve(ns, name).await?;
+    let up = gw.session_upstream(user, ns, name).await?;
     let uri = upstream_uri(&up.addr.to_string(), rest, req.uri())?;
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

@@ -118,6 +118,28 @@ impl Gateway {
             },
         }
     }
+
+    /// The sidecar of session `ns/name`, for a user who may `get` that
+    /// session (kernel access, over HTTP or MCP): Forbidden before anything
+    /// about the session is read.
+    pub async fn session_upstream(
+        &self,
+        user: &review::User,
+        ns: &str,
+        name: &str,
+    ) -> Result<upstream::Upstream, GatewayError> {
+        self.reviewer
+            .authorize(
+                user,
+                review::Access {
+                    verb: "get",
+                    namespace: ns.to_string(),
+                    name: Some(name.to_string()),
+                },
+            )
+            .await?;
+        self.upstreams.resolve(ns, name).await
+    }
 }
 
 /// How long an agent's MCP session may stay idle.

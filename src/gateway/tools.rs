@@ -230,11 +230,9 @@ impl GatewayTools {
         let span = tracing::info_span!("tool", tool = %request.name, session = %format!("{ns}/{name}"),
                                        user = %user.username);
         async move {
-            self.allow(&user, "get", &ns, Some(&name)).await?;
             let up = self
                 .gw
-                .upstreams
-                .resolve(&ns, &name)
+                .session_upstream(&user, &ns, &name)
                 .await
                 .map_err(|e| tool_error(e.to_string()))?;
             let mut params = json!({"name": request.name, "arguments": Value::Object(args)});
