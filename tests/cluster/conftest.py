@@ -305,6 +305,18 @@ def operator(operator_factory):
     yield op
 
 
+def without_flags(args: list[str], *flags: str) -> list[str]:
+    """args without the given flags and their values (`--f v` or `--f=v`)."""
+    out, it = [], iter(args)
+    for a in it:
+        if a.split("=", 1)[0] in flags:
+            if "=" not in a:
+                next(it, None)
+            continue
+        out.append(a)
+    return out
+
+
 # -- the gateway, with the chart's RBAC ---------------------------------------------------
 _running_gateways: list["Gateway"] = []
 
@@ -374,15 +386,7 @@ def gateway(request, cluster, kube, crds):
     _, as_gateway, kc = service_account_kubeconfig(cluster, sa, "gateway")
     # The Deployment's arguments, but loopback instead of 0.0.0.0, and the
     # sidecar port the stand-in kubelet's sidecars listen on.
-    port_args = {"--listen", "--sidecar-port", "--metrics-listen"}
-    args, it = [], iter(container["args"])
-    for a in it:
-        flag = a.split("=", 1)[0]
-        if flag in port_args:
-            if "=" not in a:
-                next(it)
-            continue
-        args.append(a)
+    args = without_flags(container["args"], "--listen", "--sidecar-port", "--metrics-listen")
     assert args[0] == "gateway", container["args"]
     assert "--max-sessions-per-user" in args and str(GATEWAY_MAX_SESSIONS_PER_USER) in args, args
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "NOTEBOOK_", "POD_", "GATEWAY_"))}

@@ -95,13 +95,3 @@ class SidecarApi(SidecarHttp):
         r = self.http.get(self.url + "/v1/status", timeout=10)
         assert r.status_code == 200, r.text
         return r.json()
-
-
-def text_of(execution: dict) -> str:
-    parts = []
-    for o in execution["outputs"]:
-        if o["output_type"] == "stream":
-            parts.append(o["text"])
-        elif "data" in o:
-            parts.append(o["data"].get("text/plain", ""))
-    return "".join(parts)

@@ -666,18 +666,12 @@ def test_a_revoked_permission_stops_working_within_the_review_ttl(ns, gateway, k
 def test_a_gateway_with_a_token_audience_takes_only_tokens_minted_for_it(ns, gateway, cluster):
     """--token-audience: a token minted for that audience passes, the
     apiserver's default token does not (401), nor one for another audience."""
-    from conftest import Gateway
+    from conftest import Gateway, without_flags
 
     agent = Agent(ns, "agent")
     strict = Gateway(gateway.admin, gateway.kube, gateway.kubeconfig, [], dict(gateway.env),
                      cluster.state / "gateway-audience.log", gateway.service_account)
-    args, it = [], iter(gateway.args)
-    for a in it:
-        if a in ("--listen", "--metrics-listen"):
-            next(it)
-            continue
-        args.append(a)
-    strict.args = args + ["--listen", f"127.0.0.1:{strict.port}", "--metrics-listen",
+    strict.args = without_flags(gateway.args, "--listen", "--metrics-listen") + ["--listen", f"127.0.0.1:{strict.port}", "--metrics-listen",
                           f"127.0.0.1:{strict.metrics_port}", "--token-audience", "nbo-gateway"]
     strict.start()
     try:

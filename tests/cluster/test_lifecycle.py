@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from harness import text_of
 from kube import ApiError, path
 from sessions import (SidecarApi, cond, create_session, get_session, parse_time, patch_session, phase, rfc3339,
-                      text_of, wait_phase, wait_ready, wait_session)
+                      wait_phase, wait_ready, wait_session)
 
 # "within 1 s after the deadline"
 SLACK = 1.0

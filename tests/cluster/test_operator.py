@@ -9,9 +9,9 @@ import pytest
 import requests
 
 from conftest import OPERATOR_NS, refusals
+from harness import text_of
 from kube import ApiError, path
-from sessions import (SidecarApi, cond, create_session, get_session, phase, text_of, wait_ready,
-                      wait_session)
+from sessions import SidecarApi, cond, create_session, get_session, phase, wait_ready, wait_session
 
 RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
               "seccompProfile": {"type": "RuntimeDefault"}}
