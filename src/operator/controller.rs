@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -68,12 +68,8 @@ impl Context {
         metrics: Arc<Metrics>,
         sidecar: SidecarClient,
     ) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: config.instance.clone(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: crate::operator::events::recorder(client.clone(), config.instance.clone()),
             client,
             config,
             metrics,

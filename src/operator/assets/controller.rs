@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalized};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -65,12 +65,8 @@ impl LeaseContext {
         metrics: Arc<Metrics>,
         sidecar: SidecarClient,
     ) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: config.instance.clone(),
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: crate::operator::events::recorder(client.clone(), config.instance.clone()),
             client,
             config,
             metrics,
