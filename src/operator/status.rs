@@ -933,15 +933,21 @@ mod tests {
         assert!(!Activity::from_status(None).busy);
     }
 
-    #[test]
-    fn an_idle_suspend_keeps_its_reason_while_suspended() {
+    /// A Ready session past its idle timeout, and the idle suspend decided for it.
+    fn idle_session() -> (NotebookSession, ValidSpec, Pod, Suspension) {
         let pod: Pod = fixtures::object("pod-status-ready.yaml");
-        let mut session = fixtures::session("session-full.yaml");
+        let session = fixtures::session("session-full.yaml");
         let valid = validate(&session, &BuildConfig::default()).expect("valid");
         let (decision, _) = lifecycle(&session, &valid, Some(&pod), Activity::default(), now());
         let Lifecycle::SuspendForIdle(suspension) = decision else {
             panic!("expected an idle suspend, got {decision:?}");
         };
+        (session, valid, pod, suspension)
+    }
+
+    #[test]
+    fn an_idle_suspend_keeps_its_reason_while_suspended() {
+        let (mut session, valid, _, suspension) = idle_session();
         // The controller sets spec.suspend and writes the Suspended status.
         session.spec.suspend = true;
         let observed = Observed {
@@ -958,13 +964,7 @@ mod tests {
 
     #[test]
     fn an_idle_suspend_keeps_its_reason_when_the_status_seen_is_older_than_the_spec() {
-        let pod: Pod = fixtures::object("pod-status-ready.yaml");
-        let mut session = fixtures::session("session-full.yaml");
-        let valid = validate(&session, &BuildConfig::default()).expect("valid");
-        let (decision, _) = lifecycle(&session, &valid, Some(&pod), Activity::default(), now());
-        let Lifecycle::SuspendForIdle(suspension) = decision else {
-            panic!("expected an idle suspend, got {decision:?}");
-        };
+        let (mut session, valid, pod, suspension) = idle_session();
         // The next reconcile sees the controller's spec patch (suspend and
         // the annotation) before its status write: the status is still Ready.
         session.spec.suspend = true;
