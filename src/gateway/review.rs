@@ -82,6 +82,10 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         self.map.insert(key, (now, value));
     }
 
+    pub fn remove(&mut self, key: &K) {
+        self.map.remove(key);
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -109,9 +109,7 @@ impl Upstreams {
 
     /// Forget what is known of `ns/name` (the sidecar refused or vanished).
     pub fn forget(&self, ns: &str, name: &str) {
-        let key = (ns.to_string(), name.to_string());
-        // An entry read with an instant past any TTL is dropped.
-        let _ = self.lock().get(&key, Instant::now() + TTL);
+        self.lock().remove(&(ns.to_string(), name.to_string()));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TtlCache<(String, String), Upstream>> {
