@@ -5,6 +5,7 @@
 pub mod assets;
 pub mod cli;
 pub mod cmd;
+pub mod confined;
 pub mod events;
 pub mod gateway;
 pub mod http;

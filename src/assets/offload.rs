@@ -1,8 +1,6 @@
 //! Replacing large mime values of rich outputs by stubs (pure), and writing
 //! the asset files (atomically, content-addressed).
 
-use std::path::Path;
-
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -96,29 +94,15 @@ pub fn offload(output: &Value, threshold: usize) -> (Value, Vec<NewAsset>) {
     (out, assets)
 }
 
-/// Writes an asset under `workspace/assets/` by temp file and rename, unless
-/// the same content is already there.
-pub fn store(workspace: &Path, asset: &NewAsset) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = workspace.join(ASSETS_DIR);
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(&asset.name);
-    if path.exists() {
-        // The same output again: its time is now, so a lease restarts from
-        // this use, not from the first one.
-        std::fs::File::options()
-            .write(true)
-            .open(&path)?
-            .set_modified(std::time::SystemTime::now())?;
-        return Ok(());
-    }
-    let tmp = dir.join(format!(".{}.{}.tmp", asset.name, std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&asset.bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)
+/// Writes an asset under `assets/` of the confined workspace by temp file
+/// and rename, unless the same content is already there (then only its time
+/// becomes now, so a lease restarts from this use, not from the first one).
+/// A link or special file in the way is refused, never written through.
+pub fn store(root: &crate::confined::Root, asset: &NewAsset) -> Result<(), crate::confined::ConfinedError> {
+    let dir = std::path::Path::new(ASSETS_DIR);
+    root.make_dirs(dir)?;
+    root.write_atomic(&dir.join(&asset.name), &asset.bytes, true)
+        .map(drop)
 }
 
 #[cfg(test)]

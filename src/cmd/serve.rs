@@ -104,7 +104,7 @@ pub async fn run(
         cmd_tx.clone(),
         status_rx,
         ready_rx,
-    ));
+    )?);
     {
         let index = svc.assets.clone();
         let _ = tokio::task::spawn_blocking(move || index.rescan()).await;
@@ -122,7 +122,7 @@ pub async fn run(
         process,
     );
     let executor = tokio::spawn(executor.run());
-    let workspace = Arc::new(crate::notebook::Workspace::new(&svc.cfg.workspace)?);
+    let workspace = Arc::new(crate::notebook::Workspace::with_root(svc.root.clone()));
     let notebooks = crate::notebook::NotebookSync::new(svc.clone(), workspace);
     notebooks.recover().await;
     let stop_mcp = tokio_util::sync::CancellationToken::new();

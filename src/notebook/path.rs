@@ -2,46 +2,21 @@
 //! workspace; anything that could reach outside it is refused before the
 //! file system is touched, and symlinks are resolved and checked after.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::NotebookError;
 
-const MAX_PATH_BYTES: usize = 4096;
-
-/// The normalised relative form of a client's path: no `..`, not absolute,
-/// no empty or NUL-bearing names; `.` components dropped.
+/// The normalised relative form of a client's path (the one rule, in
+/// `confined::relative`): no `..`, not absolute, no empty or NUL-bearing
+/// names; `.` components dropped.
 pub fn relative(input: &str) -> Result<PathBuf, NotebookError> {
-    let bad = |reason: &str| NotebookError::InvalidPath {
-        path: input.to_string(),
-        reason: reason.to_string(),
-    };
-    if input.trim().is_empty() {
-        return Err(bad("is empty"));
-    }
-    if input.len() > MAX_PATH_BYTES {
-        return Err(bad("is too long"));
-    }
-    if input.contains('\0') {
-        return Err(bad("contains a NUL byte"));
-    }
-    if input.starts_with('/') || input.starts_with('\\') || Path::new(input).is_absolute() {
-        return Err(bad(
-            "absolute paths are refused; give a path relative to the workspace",
-        ));
-    }
-    let mut out = PathBuf::new();
-    for c in Path::new(input).components() {
-        match c {
-            Component::Normal(part) => out.push(part),
-            Component::CurDir => {}
-            Component::ParentDir => return Err(bad("`..` is refused; paths stay inside the workspace")),
-            Component::RootDir | Component::Prefix(_) => return Err(bad("absolute paths are refused")),
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(bad("names no file"));
-    }
-    Ok(out)
+    crate::confined::relative(input).map_err(|e| match e {
+        crate::confined::ConfinedError::Invalid { reason, .. } => NotebookError::InvalidPath {
+            path: input.to_string(),
+            reason: reason.to_string(),
+        },
+        other => NotebookError::Io(other.to_string()),
+    })
 }
 
 /// `relative`, and the name must end in `.ipynb`.
@@ -58,13 +33,7 @@ pub fn notebook(input: &str) -> Result<PathBuf, NotebookError> {
 
 /// The client-facing spelling of a normalised relative path.
 pub fn display(rel: &Path) -> String {
-    rel.components()
-        .filter_map(|c| match c {
-            Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    crate::confined::display(rel)
 }
 
 #[cfg(test)]

@@ -4,8 +4,6 @@
 //! old file, and the directory fsynced: a crash leaves the old or the new
 //! notebook, never half of one.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{model, path, NotebookError};
+use crate::confined::{ConfinedError, Kind, Root};
 
 /// Most notebooks `list` returns.
 pub const LIST_LIMIT: usize = 1000;
@@ -30,22 +29,43 @@ pub struct Entry {
 }
 
 pub struct Workspace {
-    root: PathBuf,
+    root: Arc<Root>,
     lock: Mutex<()>,
 }
 
+fn confined(input: &str, e: ConfinedError) -> NotebookError {
+    match e {
+        ConfinedError::NotFound(_) => NotebookError::NotFound(input.to_string()),
+        ConfinedError::Symlink(_) => NotebookError::Escapes(input.to_string()),
+        ConfinedError::NotRegular { .. } => NotebookError::NotFound(input.to_string()),
+        ConfinedError::Invalid { reason, .. } => NotebookError::InvalidPath {
+            path: input.to_string(),
+            reason: reason.to_string(),
+        },
+        ConfinedError::TooLarge { size, limit, .. } => NotebookError::NotANotebook {
+            path: input.to_string(),
+            reason: format!("{size} bytes, over the limit of {limit}"),
+        },
+        ConfinedError::Io { message, .. } => NotebookError::Io(format!("{input}: {message}")),
+    }
+}
+
 impl Workspace {
-    /// `root` is created when missing and canonicalised.
+    /// `root` is created when missing and opened.
     pub fn new(root: &Path) -> std::io::Result<Workspace> {
-        fs::create_dir_all(root)?;
-        Ok(Workspace {
-            root: fs::canonicalize(root)?,
+        Ok(Workspace::with_root(Arc::new(Root::open(root)?)))
+    }
+
+    /// The workspace over an already opened root (the sidecar's own).
+    pub fn with_root(root: Arc<Root>) -> Workspace {
+        Workspace {
+            root,
             lock: Mutex::new(()),
-        })
+        }
     }
 
     pub fn root(&self) -> &Path {
-        &self.root
+        self.root.path()
     }
 
     /// Runs blocking file work off the async runtime.
@@ -59,74 +79,35 @@ impl Workspace {
             .unwrap_or_else(|e| Err(NotebookError::Io(format!("the file task failed: {e}"))))
     }
 
-    fn inside(&self, p: &Path) -> bool {
-        p.starts_with(&self.root)
-    }
-
-    /// An existing notebook: the file it resolves to (symlinks followed) must
-    /// be inside the workspace.
+    /// An existing notebook: a regular file reached without a link at any level.
     fn existing(&self, input: &str) -> Result<PathBuf, NotebookError> {
         let rel = path::notebook(input)?;
-        let full = self.root.join(&rel);
-        let real = match fs::canonicalize(&full) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(NotebookError::NotFound(input.to_string()))
-            }
-            Err(e) => return Err(NotebookError::io(input, e)),
-        };
-        if !self.inside(&real) {
-            return Err(NotebookError::Escapes(input.to_string()));
+        match self.root.info(&rel) {
+            Ok(i) if i.kind == Kind::File => Ok(rel),
+            Ok(i) if i.kind == Kind::Symlink => Err(NotebookError::Escapes(input.to_string())),
+            Ok(_) => Err(NotebookError::NotFound(input.to_string())),
+            Err(e) => Err(confined(input, e)),
         }
-        if !real.is_file() {
-            return Err(NotebookError::NotFound(input.to_string()));
-        }
-        Ok(real)
     }
 
-    /// Where a new notebook goes: its directory (made when missing) must
-    /// resolve inside the workspace, and nothing may exist at the name yet.
+    /// Where a new notebook goes: its directory is made (no link on the
+    /// way), and nothing may exist at the name yet.
     fn fresh(&self, input: &str) -> Result<PathBuf, NotebookError> {
         let rel = path::notebook(input)?;
-        let full = self.root.join(&rel);
-        let (Some(parent), Some(name)) = (full.parent(), full.file_name()) else {
-            return Err(NotebookError::InvalidPath {
-                path: input.to_string(),
-                reason: "names no file".into(),
-            });
-        };
-        // The deepest directory that exists must already be inside.
-        let mut probe = parent.to_path_buf();
-        while fs::symlink_metadata(&probe).is_err() {
-            if !probe.pop() {
-                break;
-            }
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        self.root.make_dirs(parent).map_err(|e| confined(input, e))?;
+        match self.root.info(&rel) {
+            Err(ConfinedError::NotFound(_)) => Ok(rel),
+            Ok(_) => Err(NotebookError::Exists(input.to_string())),
+            Err(e) => Err(confined(input, e)),
         }
-        let real = fs::canonicalize(&probe).map_err(|e| NotebookError::io(input, e))?;
-        if !self.inside(&real) {
-            return Err(NotebookError::Escapes(input.to_string()));
-        }
-        fs::create_dir_all(parent).map_err(|e| NotebookError::io(input, e))?;
-        let real_parent = fs::canonicalize(parent).map_err(|e| NotebookError::io(input, e))?;
-        if !self.inside(&real_parent) {
-            return Err(NotebookError::Escapes(input.to_string()));
-        }
-        let target = real_parent.join(name);
-        if fs::symlink_metadata(&target).is_ok() {
-            return Err(NotebookError::Exists(input.to_string()));
-        }
-        Ok(target)
     }
 
-    fn load(&self, input: &str, real: &Path) -> Result<Value, NotebookError> {
-        let meta = fs::metadata(real).map_err(|e| NotebookError::io(input, e))?;
-        if meta.len() > MAX_NOTEBOOK_BYTES {
-            return Err(NotebookError::NotANotebook {
-                path: input.to_string(),
-                reason: format!("{} bytes, over the limit of {MAX_NOTEBOOK_BYTES}", meta.len()),
-            });
-        }
-        let bytes = fs::read(real).map_err(|e| NotebookError::io(input, e))?;
+    fn load(&self, input: &str, rel: &Path) -> Result<Value, NotebookError> {
+        let (bytes, _) = self
+            .root
+            .read(rel, MAX_NOTEBOOK_BYTES)
+            .map_err(|e| confined(input, e))?;
         model::parse(&bytes).map_err(|reason| NotebookError::NotANotebook {
             path: input.to_string(),
             reason,
@@ -136,9 +117,9 @@ impl Workspace {
     /// The notebook as it is on disk (cells without ids get ids in the
     /// returned copy only; the file changes on the next write).
     pub fn read(&self, input: &str) -> Result<Value, NotebookError> {
-        let real = self.existing(input)?;
+        let rel = self.existing(input)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut nb = self.load(input, &real)?;
+        let mut nb = self.load(input, &rel)?;
         model::ensure_ids(&mut nb);
         Ok(nb)
     }
@@ -149,18 +130,20 @@ impl Workspace {
         let target = self.fresh(input)?;
         let bytes = model::to_bytes(nb);
         self.assets_exist(&bytes)?;
-        write_atomic(&target, &bytes, true).map_err(|e| NotebookError::io(input, e))?;
-        Ok(path::display(&path::notebook(input)?))
+        self.root
+            .write_atomic(&target, &bytes, false)
+            .map_err(|e| confined(input, e))?;
+        Ok(path::display(&target))
     }
 
     /// Refuses a write whose outputs reference an asset that is gone. Every
     /// write runs under the sidecar's workspace lock, which asset deletes take
     /// too, so no notebook is ever saved pointing at a deleted asset.
     fn assets_exist(&self, bytes: &[u8]) -> Result<(), NotebookError> {
-        let text = String::from_utf8_lossy(bytes);
-        let (refs, _) = crate::assets::index::references_in(&text);
+        let (refs, _) = crate::assets::index::references_in_bytes(bytes);
         for name in refs {
-            if !self.root.join(crate::assets::ASSETS_DIR).join(&name).exists() {
+            let rel = Path::new(crate::assets::ASSETS_DIR).join(&name);
+            if !self.root.info(&rel).is_ok_and(|i| i.kind == Kind::File) {
                 return Err(NotebookError::AssetGone(name));
             }
         }
@@ -174,9 +157,9 @@ impl Workspace {
         input: &str,
         f: impl FnOnce(&mut Value) -> Result<T, model::EditError>,
     ) -> Result<T, NotebookError> {
-        let real = self.existing(input)?;
+        let rel = self.existing(input)?;
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut nb = self.load(input, &real)?;
+        let mut nb = self.load(input, &rel)?;
         model::ensure_ids(&mut nb);
         let out = f(&mut nb).map_err(|e| match e {
             model::EditError::UnknownCell(id) => NotebookError::UnknownCell {
@@ -191,54 +174,49 @@ impl Workspace {
         })?;
         let bytes = model::to_bytes(&nb);
         self.assets_exist(&bytes)?;
-        write_atomic(&real, &bytes, false).map_err(|e| NotebookError::io(input, e))?;
+        self.root
+            .write_atomic(&rel, &bytes, false)
+            .map_err(|e| confined(input, e))?;
         Ok(out)
     }
 
     /// Notebooks under the workspace, sorted by path; hidden directories and
-    /// symlinked directories are not entered.
+    /// links are not entered or listed.
     pub fn list(&self) -> Result<(Vec<Entry>, bool), NotebookError> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
+        let mut stack = vec![PathBuf::new()];
         let mut truncated = false;
         let mut entered = 0usize;
-        while let Some(dir) = stack.pop() {
+        'dirs: while let Some(dir) = stack.pop() {
             entered += 1;
-            if truncated || entered > LIST_DIRS {
+            if entered > LIST_DIRS {
                 truncated = true;
                 break;
             }
-            let Ok(rd) = fs::read_dir(&dir) else { continue };
-            for ent in rd.flatten() {
-                let name = ent.file_name();
-                let name = name.to_string_lossy();
+            let Ok(entries) = self.root.list(&dir) else {
+                continue;
+            };
+            for (name, kind) in entries {
                 if name.starts_with('.') {
                     continue;
                 }
-                let Ok(ft) = ent.file_type() else { continue };
-                let p = ent.path();
-                if ft.is_dir() {
-                    stack.push(p);
-                } else if name.ends_with(".ipynb") && (ft.is_file() || ft.is_symlink()) {
-                    let Ok(real) = fs::canonicalize(&p) else {
-                        continue;
-                    };
-                    if !self.inside(&real) || !real.is_file() {
-                        continue;
+                let rel = dir.join(&name);
+                match kind {
+                    Kind::Dir => stack.push(rel),
+                    Kind::File if name.ends_with(".ipynb") => {
+                        if out.len() >= LIST_LIMIT {
+                            truncated = true;
+                            break 'dirs;
+                        }
+                        let info = self.root.info(&rel).ok();
+                        out.push(Entry {
+                            path: path::display(&rel),
+                            bytes: info.map(|i| i.size).unwrap_or(0),
+                            modified: info
+                                .map(|i| crate::util::format_rfc3339(time::OffsetDateTime::from(i.modified))),
+                        });
                     }
-                    if out.len() >= LIST_LIMIT {
-                        truncated = true;
-                        break;
-                    }
-                    let meta = fs::metadata(&real).ok();
-                    let rel = p.strip_prefix(&self.root).map(path::display).unwrap_or_default();
-                    out.push(Entry {
-                        path: rel,
-                        bytes: meta.as_ref().map(|m| m.len()).unwrap_or(0),
-                        modified: meta
-                            .and_then(|m| m.modified().ok())
-                            .map(|t| crate::util::format_rfc3339(time::OffsetDateTime::from(t))),
-                    });
+                    _ => {}
                 }
             }
         }
@@ -247,48 +225,12 @@ impl Workspace {
     }
 }
 
-/// Temp file beside the target, fsync, rename over it, fsync the directory.
-/// `new`: the target must not exist (checked again by the rename's caller
-/// holding the lock; the temp file itself is created exclusively).
-fn write_atomic(target: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
-    let dir = target
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no parent directory"))?;
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", crate::util::random_hex(6)));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        if !new {
-            if let Ok(m) = fs::metadata(target) {
-                f.set_permissions(m.permissions())?;
-            }
-        }
-        f.sync_all()?;
-        drop(f);
-        if new && fs::symlink_metadata(target).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "the file appeared meanwhile",
-            ));
-        }
-        fs::rename(&tmp, target)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::notebook::model::{CellType, Position};
     use serde_json::json;
+    use std::fs;
 
     fn ws() -> (Workspace, PathBuf) {
         let dir = std::env::temp_dir().join(format!("nbo-ws-{}", crate::util::random_hex(6)));

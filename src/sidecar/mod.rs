@@ -1,6 +1,7 @@
 //! The sidecar: the durable queue, the kernel actor that runs it, and the
 //! state shared with the HTTP and MCP layers.
 
+pub mod assets;
 pub mod completion;
 pub mod executor;
 pub mod outputs;
@@ -47,6 +48,8 @@ pub struct Config {
     pub coalesce_window: Duration,
     /// Rich output values larger than this (encoded) become asset files.
     pub asset_threshold: usize,
+    /// Most output bytes one execution keeps; the rest is counted.
+    pub max_output_bytes: u64,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             bus: crate::events::BusConfig::default(),
             coalesce_window: Duration::from_millis(5),
             asset_threshold: 256 * 1024,
+            max_output_bytes: 32 << 20,
         }
     }
 }

@@ -12,7 +12,9 @@ use super::completion::Completions;
 use super::executor::Command;
 use super::Config;
 use crate::events::Bus;
-use crate::store::{EnqueueOutcome, Execution, NewExecution, Reader, State, StoreError, Writer};
+use crate::store::{
+    EnqueueOutcome, Execution, ListQuery, NewExecution, Page, Reader, State, StoreError, Writer,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +99,9 @@ pub struct Service {
     pub commands: mpsc::Sender<Command>,
     pub kernel: watch::Receiver<KernelStatus>,
     pub ready: watch::Receiver<bool>,
+    /// The workspace, opened once: every file the sidecar serves, deletes
+    /// or indexes is reached through it (`confined`).
+    pub root: Arc<crate::confined::Root>,
     /// Which notebooks reference which assets.
     pub assets: Arc<crate::assets::AssetIndex>,
     /// Taken by every notebook write the sidecar makes and by asset deletes,
@@ -104,6 +109,9 @@ pub struct Service {
     pub workspace_lock: tokio::sync::Mutex<()>,
     /// Kernel frames dropped for bad signatures or framing.
     pub dropped: Arc<AtomicU64>,
+    /// Executions whose outputs were truncated, and the output bytes left out.
+    pub truncated_outputs: AtomicU64,
+    pub dropped_output_bytes: AtomicU64,
     shutting_down: AtomicBool,
     last_activity: Mutex<String>,
 }
@@ -117,9 +125,11 @@ impl Service {
         commands: mpsc::Sender<Command>,
         kernel: watch::Receiver<KernelStatus>,
         ready: watch::Receiver<bool>,
-    ) -> Self {
-        Service {
-            assets: crate::assets::AssetIndex::new(&cfg.workspace),
+    ) -> std::io::Result<Self> {
+        let root = Arc::new(crate::confined::Root::open(&cfg.workspace)?);
+        Ok(Service {
+            assets: crate::assets::AssetIndex::new(root.clone()),
+            root,
             workspace_lock: tokio::sync::Mutex::new(()),
             cfg,
             writer,
@@ -131,9 +141,11 @@ impl Service {
             kernel,
             ready,
             dropped: Arc::new(AtomicU64::new(0)),
+            truncated_outputs: AtomicU64::new(0),
+            dropped_output_bytes: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             last_activity: Mutex::new(crate::util::now_rfc3339()),
-        }
+        })
     }
 
     pub fn touch(&self) {
@@ -145,6 +157,13 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Counts a truncated execution for `/metrics`.
+    pub fn note_truncation(&self, t: &crate::store::Truncation) {
+        self.truncated_outputs.fetch_add(1, Ordering::Relaxed);
+        self.dropped_output_bytes
+            .fetch_add(t.dropped_bytes, Ordering::Relaxed);
     }
 
     pub fn begin_shutdown(&self) {
@@ -244,8 +263,9 @@ impl Service {
         self.reader.get(id).await
     }
 
-    pub async fn list(&self, state: Option<State>, limit: u32) -> Result<Vec<Execution>, StoreError> {
-        self.reader.list(state, limit).await
+    /// One page of execution summaries, newest first (HTTP and MCP alike).
+    pub async fn list(&self, q: ListQuery) -> Result<Page, StoreError> {
+        self.reader.summaries(q).await
     }
 
     async fn command<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ControlError> {
