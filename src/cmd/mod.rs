@@ -52,6 +52,11 @@ pub struct SidecarOpts {
     /// Seconds to wait for the kernel at start and after a restart.
     #[arg(long, default_value_t = 120.0)]
     pub kernel_start_timeout_s: f64,
+    /// Most output bytes (stream text and rich values) one execution keeps.
+    /// Past it the rest is counted, not kept: the execution says how much in
+    /// `truncated` and ends its outputs with a note saying so.
+    #[arg(long, default_value_t = 32 << 20, env = "NOTEBOOK_MAX_OUTPUT_BYTES")]
+    pub max_output_bytes: u64,
 }
 
 impl SidecarOpts {
@@ -69,6 +74,7 @@ impl SidecarOpts {
         cfg.bus.client_queue_bytes = self.client_queue_bytes.max(1024);
         cfg.kernel_start_timeout = secs(self.kernel_start_timeout_s);
         cfg.asset_threshold = self.asset_threshold_bytes.max(1);
+        cfg.max_output_bytes = self.max_output_bytes.max(1024);
     }
 }
 

@@ -88,25 +88,22 @@ pub async fn get(
 }
 
 pub async fn list(State(svc): Svc, Query(q): Query<HashMap<String, String>>) -> Result<Response, ApiError> {
-    let state = match q.get("state").filter(|s| !s.is_empty()) {
+    let limit = match q.get("limit") {
         None => None,
-        Some(s) => Some(store::State::parse(s).ok_or_else(|| {
+        Some(l) => Some(l.parse::<u32>().map_err(|_| {
             ApiError::bad_field(
-                "state",
-                "must be one of queued, running, completed, failed, cancelled",
+                "limit",
+                format!("must be an integer from 1 to {}", store::reader::MAX_PAGE_ROWS),
             )
         })?),
     };
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::bad_field("limit", "must be an integer from 1 to 1000"))?,
-    };
-    let items = svc.list(state, limit).await?;
-    Ok(Json(json!({"executions": items})).into_response())
+    let query = store::ListQuery::parse(
+        q.get("state").map(String::as_str),
+        limit,
+        q.get("cursor").map(String::as_str),
+    )
+    .map_err(|(field, message)| ApiError::bad_field(field, message))?;
+    Ok(Json(svc.list(query).await?).into_response())
 }
 
 pub async fn cancel(State(svc): Svc, Path(id): Path<String>) -> Result<Response, ApiError> {

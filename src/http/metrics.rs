@@ -60,6 +60,18 @@ pub async fn render(State(svc): State<Arc<Service>>) -> impl IntoResponse {
         "Kernel messages dropped for bad signatures or framing.",
         k.dropped_messages as f64,
     );
+    metric(
+        "notebook_outputs_truncated_total",
+        "counter",
+        "Executions whose outputs were truncated (max_output_bytes) or left unconfirmed.",
+        svc.truncated_outputs.load(Ordering::Relaxed) as f64,
+    );
+    metric(
+        "notebook_output_bytes_dropped_total",
+        "counter",
+        "Output bytes the kernel sent that an output limit left out.",
+        svc.dropped_output_bytes.load(Ordering::Relaxed) as f64,
+    );
     if let Ok(counts) = svc.reader.counts().await {
         let _ = writeln!(
             out,

@@ -371,6 +371,7 @@ mod tests {
             created_at: String::new(),
             started_at: None,
             finished_at: None,
+            truncated: None,
         }
     }
 

@@ -68,19 +68,6 @@ fn progress_of(meta: &RequestMetaObject, peer: Peer<RoleServer>) -> Option<Progr
     meta.get_progress_token().map(|token| Progress { peer, token })
 }
 
-fn summary(e: &Execution) -> Value {
-    let mut code: String = e.code.chars().take(200).collect();
-    if code.len() < e.code.len() {
-        code.push('…');
-    }
-    json!({
-        "id": e.id, "state": e.state, "reason": e.reason, "key": e.key,
-        "notebook": e.notebook, "cell_id": e.cell_id, "execution_count": e.execution_count,
-        "created_at": e.created_at, "started_at": e.started_at, "finished_at": e.finished_at,
-        "outputs": e.outputs.len(), "code": code,
-    })
-}
-
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ExecuteParams {
     /// The code to run in the kernel.
@@ -119,9 +106,13 @@ pub struct ListExecutionsParams {
     /// Only executions in this state: queued, running, completed, failed or cancelled.
     #[serde(default)]
     pub state: Option<String>,
-    /// Most executions to return, newest first (1 to 1000, default 50).
+    /// Most executions to return, newest first (1 to 1000, default 100);
+    /// a page also stops at 512 KiB of summaries.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page, for the next (older) one.
+    #[serde(default)]
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -272,16 +263,7 @@ impl Tools {
     }
 
     async fn set_pin(&self, name: &str, pinned: bool) -> ToolResult {
-        if !crate::assets::name::is_valid(name) {
-            return Ok(tool_error(format!(
-                "{name:?} is not an asset name (<sha256>.<ext>)"
-            )));
-        }
-        let path = self.svc.cfg.workspace.join(crate::assets::ASSETS_DIR).join(name);
-        if pinned && !path.exists() {
-            return Ok(tool_error(format!("no asset {name}")));
-        }
-        Ok(match self.svc.writer.pin(name, pinned).await {
+        Ok(match self.svc.pin_asset(name, pinned).await {
             Ok(()) => json_result(json!({"name": name, "pinned": pinned})),
             Err(e) => tool_error(e.to_string()),
         })
@@ -394,26 +376,15 @@ impl Tools {
     }
 
     #[tool(
-        description = "Recent executions, newest first, optionally only those in one state (queued, running, completed, failed, cancelled)."
+        description = "Recent executions, newest first, as summaries (code preview, output counts; get_execution has the whole of one), optionally only those in one state (queued, running, completed, failed, cancelled). A page holds up to `limit` rows and 512 KiB; `next_cursor` fetches the next."
     )]
     async fn list_executions(&self, Parameters(p): Parameters<ListExecutionsParams>) -> ToolResult {
-        let state = match p.state.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(s) => match store::State::parse(s) {
-                Some(st) => Some(st),
-                None => {
-                    return Ok(tool_error(format!(
-                        "state {s:?} is not one of queued, running, completed, failed, cancelled"
-                    )))
-                }
-            },
+        let q = match store::ListQuery::parse(p.state.as_deref(), p.limit, p.cursor.as_deref()) {
+            Ok(q) => q,
+            Err((field, message)) => return Ok(tool_error(format!("{field}: {message}"))),
         };
-        let limit = p.limit.unwrap_or(50);
-        if !(1..=1000).contains(&limit) {
-            return Ok(tool_error("limit must be from 1 to 1000"));
-        }
-        Ok(match self.svc.list(state, limit).await {
-            Ok(list) => json_result(json!({"executions": list.iter().map(summary).collect::<Vec<_>>()})),
+        Ok(match self.svc.list(q).await {
+            Ok(page) => json_result(json!(page)),
             Err(e) => tool_error(format!("listing executions: {e}")),
         })
     }
@@ -670,8 +641,8 @@ impl Tools {
         description = "The asset files of the workspace (large outputs moved to assets/<sha256>.<ext>): name, size, mime type, creation time, the notebooks that reference each, and whether it is pinned."
     )]
     async fn list_assets(&self) -> ToolResult {
-        Ok(match crate::http::assets::catalog(&self.svc).await {
-            Ok(items) => json_result(json!({"assets": items})),
+        Ok(match self.svc.asset_catalog().await {
+            Ok(catalog) => json_result(json!(catalog)),
             Err(e) => tool_error(e.to_string()),
         })
     }
@@ -680,29 +651,20 @@ impl Tools {
         description = "Read one asset file by name (<sha256>.<ext>): images come back as image content (up to 1 MiB), text types as text, anything else as its size and URL."
     )]
     async fn read_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
-        if !crate::assets::name::is_valid(&p.name) {
-            return Ok(tool_error(format!(
-                "{:?} is not an asset name (<sha256>.<ext>)",
-                p.name
-            )));
-        }
-        let path = self
-            .svc
-            .cfg
-            .workspace
-            .join(crate::assets::ASSETS_DIR)
-            .join(&p.name);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(_) => return Ok(tool_error(format!("no asset {}", p.name))),
-        };
-        let ext = p.name.rsplit('.').next().unwrap_or_default();
-        let mime = crate::assets::name::mime_for_ext(ext)
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_string();
         let url = format!("/v1/assets/{}", p.name);
+        // Larger than any answer would carry: its size and URL only.
+        let (bytes, mime) = match self.svc.asset_content(&p.name, 8 << 20).await {
+            Ok(b) => b,
+            Err(crate::sidecar::assets::AssetError::Unreadable(
+                crate::confined::ConfinedError::TooLarge { size, .. },
+            )) => {
+                let mime = crate::sidecar::assets::mime_of(&p.name);
+                return Ok(json_result(
+                    json!({"name": p.name, "mime": mime, "size": size, "url": url}),
+                ));
+            }
+            Err(e) => return Ok(tool_error(e.to_string())),
+        };
         Ok(
             if mime.starts_with("image/") && mime != "image/svg+xml" && bytes.len() <= 1 << 20 {
                 use base64::Engine;

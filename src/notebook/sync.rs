@@ -73,17 +73,32 @@ impl NotebookSync {
     /// sidecar process: they resume, and their outputs must still land.
     pub async fn recover(self: &Arc<Self>) {
         for state in [State::Running, State::Queued] {
-            match self.svc.list(Some(state), 1000).await {
-                Ok(list) => {
-                    for e in list
-                        .into_iter()
-                        .rev()
-                        .filter(|e| e.notebook.is_some() && e.cell_id.is_some())
-                    {
-                        self.track(&e.id);
+            let mut cursor: Option<String> = None;
+            let mut found = Vec::new();
+            loop {
+                let q = crate::store::ListQuery::parse(Some(state.as_str()), Some(1000), cursor.as_deref());
+                let Ok(q) = q else { break };
+                match self.svc.list(q).await {
+                    Ok(page) => {
+                        found.extend(
+                            page.executions
+                                .into_iter()
+                                .filter(|e| e.notebook.is_some() && e.cell_id.is_some())
+                                .map(|e| e.id),
+                        );
+                        match page.next_cursor {
+                            Some(c) => cursor = Some(c),
+                            None => break,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listing notebook executions to track");
+                        break;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "listing notebook executions to track"),
+            }
+            for id in found.iter().rev() {
+                self.track(id);
             }
         }
     }

@@ -51,8 +51,13 @@ struct Current {
     /// Recovered from a previous sidecar process: `probe` is a kernel_info
     /// request; if its reply comes before ours, the kernel no longer runs it.
     probe: Option<String>,
-    /// After the reply, how long to wait for the idle status.
+    /// After the reply, when to stop waiting for the idle status quietly.
     idle_deadline: Option<Instant>,
+    /// The idle status is late: a kernel_info request sent after the reply.
+    /// The kernel publishes on iopub in order, so its status for this
+    /// request comes after every output of ours: the witness that all of
+    /// them arrived. A timer alone once cut a 100 MB output short.
+    end_probe: Option<String>,
 }
 
 struct Conn {
@@ -86,6 +91,9 @@ pub struct Executor {
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 const IDLE_AFTER_REPLY: Duration = Duration::from_secs(2);
+/// How long the end-of-output witness may take before the outputs are
+/// recorded as unconfirmed (said in `truncated`, never silently).
+const END_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const STREAM_FLUSH_BYTES: usize = 64 * 1024;
 
 impl Executor {
@@ -345,13 +353,14 @@ impl Executor {
                         msg_id,
                         reply: None,
                         idle: false,
-                        outputs: Outputs::default(),
+                        outputs: Outputs::with_limit(self.svc.cfg.max_output_bytes),
                         pending_stream: None,
                         last_stream_flush: None,
                         deadline: None,
                         interrupted_for: None,
                         probe: Some(probe),
                         idle_deadline: None,
+                        end_probe: None,
                     });
                 }
                 _ => {
@@ -496,13 +505,14 @@ impl Executor {
             started: false,
             reply: None,
             idle: false,
-            outputs: Outputs::default(),
+            outputs: Outputs::with_limit(self.svc.cfg.max_output_bytes),
             pending_stream: None,
             last_stream_flush: None,
             deadline: timeout.map(|t| Instant::now() + t),
             interrupted_for: None,
             probe: None,
             idle_deadline: None,
+            end_probe: None,
             exec,
         });
     }
@@ -621,14 +631,26 @@ impl Executor {
             }
             return;
         }
+        // The end-of-output witness: every iopub message of ours came before it.
+        if m.channel == Channel::Iopub && cur.end_probe.is_some() && parent == cur.end_probe {
+            if let Some(c) = self.current.take() {
+                self.finish_from_reply(c).await;
+            }
+            return;
+        }
         if parent.as_deref() != Some(cur.msg_id.as_str()) {
             return;
         }
         // Output still arriving after the reply: the idle status is behind it,
-        // so the fallback deadline moves with every message (under load iopub
+        // so the quiet deadline moves with every message (under load iopub
         // can lag the shell reply by seconds).
         if cur.reply.is_some() {
-            cur.idle_deadline = Some(Instant::now() + IDLE_AFTER_REPLY);
+            let quiet = if cur.end_probe.is_some() {
+                END_PROBE_TIMEOUT
+            } else {
+                IDLE_AFTER_REPLY
+            };
+            cur.idle_deadline = Some(Instant::now() + quiet);
         }
         match (m.channel, msg_type.as_str()) {
             (Channel::Iopub, "status") => {
@@ -703,12 +725,12 @@ impl Executor {
         if assets.is_empty() {
             return content;
         }
-        let workspace = self.svc.cfg.workspace.clone();
+        let root = self.svc.root.clone();
         let stored = tokio::task::spawn_blocking(move || {
             for a in &assets {
-                crate::assets::offload::store(&workspace, a)?;
+                crate::assets::offload::store(&root, a)?;
             }
-            Ok::<_, std::io::Error>(assets.len())
+            Ok::<_, crate::confined::ConfinedError>(assets.len())
         })
         .await;
         match stored {
@@ -836,6 +858,17 @@ impl Executor {
                 .filter(|_| state == State::Failed)
                 .map(|r| json!({"ename": "ExecutionFailed", "evalue": r, "traceback": []}))
         });
+        let mut outputs = outputs;
+        let truncated = outputs.truncation();
+        if let Some(t) = &truncated {
+            let note = super::outputs::truncation_note(t);
+            self.svc
+                .bus
+                .publish("output", Some(&exec.id), json!({"output": note}));
+            outputs.push_note(note);
+            self.svc.note_truncation(t);
+            warn!(execution = %exec.id, kept = t.kept_bytes, dropped = t.dropped_bytes, reason = %t.reason, "outputs truncated");
+        }
         let record = FinalRecord {
             state,
             reason: reason.clone(),
@@ -843,6 +876,7 @@ impl Executor {
             execution_count: count,
             error: error.clone(),
             finished_at: crate::util::now_rfc3339(),
+            truncated,
         };
         match self.svc.writer.finish(&exec.id, record).await {
             Ok(true) => {
@@ -882,7 +916,22 @@ impl Executor {
         let Some(cur) = &mut self.current else { return };
         let now = Instant::now();
         if cur.idle_deadline.is_some_and(|d| d <= now) && cur.reply.is_some() {
-            // The reply came but the idle status never did: finish anyway.
+            if cur.end_probe.is_none() {
+                // The reply came but the idle status did not (yet): ask for
+                // the witness that every output has arrived.
+                if let Some(conn) = &self.conn {
+                    let req = conn.client.request("kernel_info_request", json!({}));
+                    if conn.client.send(Channel::Shell, &req).await.is_ok() {
+                        tracing::debug!(execution = %cur.exec.id, "idle status late; probing for the end of output");
+                        cur.end_probe = Some(req.header.msg_id);
+                        cur.idle_deadline = Some(now + END_PROBE_TIMEOUT);
+                        return;
+                    }
+                }
+            }
+            // No witness either: finish, saying the outputs may be incomplete.
+            warn!(execution = %cur.exec.id, "the kernel's idle status never came; outputs recorded as unconfirmed");
+            cur.outputs.mark_unconfirmed();
             if let Some(c) = self.current.take() {
                 self.finish_from_reply(c).await;
             }

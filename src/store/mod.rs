@@ -6,8 +6,8 @@ pub mod reader;
 pub mod schema;
 pub mod writer;
 
-pub use model::{Execution, FinalRecord, NewExecution, State};
-pub use reader::Reader;
+pub use model::{Execution, FinalRecord, NewExecution, State, Summary, Truncation};
+pub use reader::{ListQuery, Page, Reader};
 pub use writer::{EnqueueOutcome, Writer};
 
 #[derive(Debug, thiserror::Error)]

@@ -81,6 +81,22 @@ pub struct NewExecution {
     pub created_at: String,
 }
 
+/// What an output limit left out of an execution: outputs are never cut
+/// silently, so a client can tell exactly how much it kept and why.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Truncation {
+    /// Output bytes (stream text and rich values) kept.
+    pub kept_bytes: u64,
+    /// Output bytes the kernel sent that were not kept.
+    pub dropped_bytes: u64,
+    /// Output messages not kept (whole or in part).
+    pub dropped_messages: u64,
+    /// The limit that was hit, in bytes.
+    pub limit_bytes: u64,
+    /// Which limit: `max_output_bytes`.
+    pub reason: String,
+}
+
 /// Everything written with the final state, in the same commit.
 #[derive(Debug, Clone)]
 pub struct FinalRecord {
@@ -90,6 +106,7 @@ pub struct FinalRecord {
     pub execution_count: Option<i64>,
     pub error: Option<Value>,
     pub finished_at: String,
+    pub truncated: Option<Truncation>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -108,7 +125,36 @@ pub struct Execution {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Set when an output limit was hit: what was kept and what was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncation>,
 }
+
+/// An execution as a list shows it: bounded in size whatever the code and
+/// outputs weigh (the code cut to a preview, outputs counted, not copied).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub id: String,
+    pub key: Option<String>,
+    pub state: State,
+    pub reason: Option<String>,
+    /// The first characters of the code (at most [`PREVIEW_CHARS`]).
+    pub code: String,
+    pub code_bytes: u64,
+    pub notebook: Option<String>,
+    pub cell_id: Option<String>,
+    pub execution_count: Option<i64>,
+    /// How many outputs, and their size as stored.
+    pub outputs: u64,
+    pub output_bytes: u64,
+    pub truncated: bool,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+/// Characters of code a summary keeps.
+pub const PREVIEW_CHARS: usize = 200;
 
 #[cfg(test)]
 mod tests {

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::model::{Execution, State};
+use super::model::{Execution, State, Summary, PREVIEW_CHARS};
 use super::{schema, StoreError};
 
-pub(crate) const COLUMNS: &str = "id, key, state, reason, code, notebook, cell_id, outputs, execution_count, error, timeout_s, created_at, started_at, finished_at";
+pub(crate) const COLUMNS: &str = "id, key, state, reason, code, notebook, cell_id, outputs, execution_count, error, timeout_s, created_at, started_at, finished_at, truncated";
 
 pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
     let state: String = r.get(2)?;
@@ -31,7 +31,69 @@ pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
         created_at: r.get(11)?,
         started_at: r.get(12)?,
         finished_at: r.get(13)?,
+        truncated: r
+            .get::<_, Option<String>>(14)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
     })
+}
+
+/// Largest page of summaries, in bytes of JSON: an answer stays well under
+/// what clients accept in one message (the MCP Python SDK: 1 MiB).
+pub const MAX_PAGE_BYTES: usize = 512 << 10;
+/// Most rows one page holds.
+pub const MAX_PAGE_ROWS: u32 = 1000;
+/// Rows a page holds when the client does not say.
+pub const DEFAULT_PAGE_ROWS: u32 = 100;
+
+/// Which executions a list asks for: HTTP and MCP parse into this one type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery {
+    pub state: Option<State>,
+    pub limit: u32,
+    /// A cursor from the previous page: rows older than it.
+    pub before: Option<i64>,
+}
+
+impl ListQuery {
+    /// Checks a client's values; each error names the field.
+    pub fn parse(
+        state: Option<&str>,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<ListQuery, (&'static str, String)> {
+        let state = match state.filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(State::parse(s).ok_or((
+                "state",
+                format!("{s:?} is not one of queued, running, completed, failed, cancelled"),
+            ))?),
+        };
+        let limit = limit.unwrap_or(DEFAULT_PAGE_ROWS);
+        if !(1..=MAX_PAGE_ROWS).contains(&limit) {
+            return Err(("limit", format!("must be an integer from 1 to {MAX_PAGE_ROWS}")));
+        }
+        let before = match cursor.filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => Some(
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or(("cursor", "is not a cursor this sidecar gave".to_string()))?,
+            ),
+        };
+        Ok(ListQuery { state, limit, before })
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Page {
+    pub executions: Vec<Summary>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    #[serde(skip)]
+    last_n: Option<i64>,
 }
 
 /// A small pool of read-only connections.
@@ -94,34 +156,62 @@ impl Reader {
         .await
     }
 
-    /// Newest first.
-    pub async fn list(&self, state: Option<State>, limit: u32) -> Result<Vec<Execution>, StoreError> {
+    /// Newest first, as summaries: one page of at most `q.limit` rows and
+    /// [`MAX_PAGE_BYTES`], with the cursor of the next page when there is more.
+    pub async fn summaries(&self, q: ListQuery) -> Result<Page, StoreError> {
         self.with(move |c| {
-            let mut out = Vec::new();
-            match state {
-                Some(s) => {
-                    let mut st = c.prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM executions WHERE state = ?1 ORDER BY n DESC LIMIT ?2"
-                    ))?;
-                    for r in st.query_map(params![s.as_str(), limit], row_to_execution)? {
-                        out.push(r?);
-                    }
+            let mut st = c.prepare_cached(&format!(
+                "SELECT n, id, key, state, reason, substr(code, 1, {PREVIEW_CHARS}), length(CAST(code AS BLOB)),
+                        notebook, cell_id, execution_count, json_array_length(outputs),
+                        length(CAST(outputs AS BLOB)), truncated IS NOT NULL, created_at, started_at, finished_at
+                 FROM executions
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR n < ?2)
+                 ORDER BY n DESC LIMIT ?3"
+            ))?;
+            let state = q.state.map(|s| s.as_str());
+            // One more than asked: tells whether a next page exists.
+            let rows = st.query_map(params![state, q.before, q.limit as i64 + 1], |r| {
+                let state: String = r.get(3)?;
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Summary {
+                        id: r.get(1)?,
+                        key: r.get(2)?,
+                        state: State::parse(&state).unwrap_or(State::Failed),
+                        reason: r.get(4)?,
+                        code: r.get(5)?,
+                        code_bytes: r.get::<_, i64>(6)?.max(0) as u64,
+                        notebook: r.get(7)?,
+                        cell_id: r.get(8)?,
+                        execution_count: r.get(9)?,
+                        outputs: r.get::<_, Option<i64>>(10)?.unwrap_or(0).max(0) as u64,
+                        output_bytes: r.get::<_, i64>(11)?.max(0) as u64,
+                        truncated: r.get(12)?,
+                        created_at: r.get(13)?,
+                        started_at: r.get(14)?,
+                        finished_at: r.get(15)?,
+                    },
+                ))
+            })?;
+            let mut page = Page::default();
+            let mut bytes = 0usize;
+            for row in rows {
+                let (n, summary) = row?;
+                let size = serde_json::to_vec(&summary).map(|v| v.len()).unwrap_or(0) + 1;
+                let full = page.executions.len() >= q.limit as usize || bytes + size > MAX_PAGE_BYTES;
+                if full {
+                    page.next_cursor = page.last_n.map(|n| n.to_string());
+                    break;
                 }
-                None => {
-                    let mut st = c.prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM executions ORDER BY n DESC LIMIT ?1"
-                    ))?;
-                    for r in st.query_map(params![limit], row_to_execution)? {
-                        out.push(r?);
-                    }
-                }
+                bytes += size;
+                page.last_n = Some(n);
+                page.executions.push(summary);
             }
-            Ok(out)
+            Ok(page)
         })
         .await
     }
 
-    /// The oldest queued execution that was never sent to the kernel.
     pub async fn next_queued(&self) -> Result<Option<Execution>, StoreError> {
         self.with(|c| {
             Ok(c.query_row(
@@ -252,6 +342,7 @@ mod tests {
             execution_count: Some(1),
             error: None,
             finished_at: crate::util::now_rfc3339(),
+            truncated: None,
         };
         assert!(w.finish("a", fin.clone()).await.unwrap());
         // A final row stays final.
@@ -260,6 +351,15 @@ mod tests {
         assert_eq!(a.state, State::Completed);
         assert_eq!(a.outputs.len(), 1);
         assert_eq!(r.counts().await.unwrap()[&State::Queued], 1);
-        assert_eq!(r.list(None, 10).await.unwrap()[0].id, "b", "newest first");
+        let q = ListQuery::parse(None, Some(1), None).unwrap();
+        let page = r.summaries(q).await.unwrap();
+        assert_eq!(page.executions[0].id, "b", "newest first");
+        let next = ListQuery::parse(None, Some(10), page.next_cursor.as_deref()).unwrap();
+        let rest = r.summaries(next).await.unwrap();
+        assert_eq!(
+            rest.executions.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            vec!["a"]
+        );
+        assert!(rest.next_cursor.is_none());
     }
 }

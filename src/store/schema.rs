@@ -32,6 +32,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
     // 1 -> 2: assets held by hand, never deleted while pinned
     "CREATE TABLE asset_pins (name TEXT PRIMARY KEY, pinned_at TEXT NOT NULL);",
+    // 2 -> 3: what an output limit left out of an execution (JSON `Truncation`)
+    "ALTER TABLE executions ADD COLUMN truncated TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

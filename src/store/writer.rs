@@ -291,9 +291,13 @@ fn apply(conn: &Connection, op: Op) -> Option<Pending> {
                 .collect();
             let outputs = serde_json::to_string(&record.outputs).unwrap_or_else(|_| "[]".into());
             let error = record.error.as_ref().map(|e| e.to_string());
+            let truncated = record
+                .truncated
+                .as_ref()
+                .and_then(|t| serde_json::to_string(t).ok());
             let sql = format!(
                 "UPDATE executions SET state = ?2, reason = ?3, outputs = ?4, execution_count = ?5,
-                 error = ?6, finished_at = ?7, started_at = COALESCE(started_at, ?7)
+                 error = ?6, finished_at = ?7, started_at = COALESCE(started_at, ?7), truncated = ?8
                  WHERE id = ?1 AND state IN ({})",
                 sources
                     .iter()
@@ -311,7 +315,8 @@ fn apply(conn: &Connection, op: Op) -> Option<Pending> {
                         outputs,
                         record.execution_count,
                         error,
-                        record.finished_at
+                        record.finished_at,
+                        truncated
                     ],
                 )
             });
@@ -429,5 +434,6 @@ fn enqueue(conn: &Connection, new: &NewExecution) -> Result<EnqueueOutcome, Stor
         created_at: new.created_at.clone(),
         started_at: None,
         finished_at: None,
+        truncated: None,
     }))
 }
