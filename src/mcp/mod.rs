@@ -5,6 +5,7 @@
 //! (DNS rebinding) and a browser's `Origin` against the same host names.
 
 pub mod content;
+pub mod guard;
 pub mod progress;
 pub mod tasks;
 pub mod tools;
@@ -97,7 +98,9 @@ pub fn router(
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(SESSION_IDLE);
     let service = StreamableHttpService::new(move || Ok(proto.clone()), Arc::new(sessions), config);
-    Router::new().route_service("/mcp", service)
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(body_limit, guard::guard))
 }
 
 #[cfg(test)]
