@@ -192,8 +192,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// Copies end-to-end headers (not the caller's credentials, not `Host`);
-/// for an upgrade, `Connection: upgrade` and `Upgrade` travel too.
+/// Copies end-to-end headers (not the caller's credentials, not `Host`, not
+/// `Origin`: the gateway checked it, and the sidecar is addressed by the
+/// gateway under a name of its own, so the sidecar's own Origin check would
+/// refuse an origin the gateway allows); for an upgrade, `Connection:
+/// upgrade` and `Upgrade` travel too.
 fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, upgrade: bool) {
     let named_by_connection: Vec<String> = from
         .get_all(header::CONNECTION)
@@ -206,7 +209,12 @@ fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, upgrade: bool) {
         let hop = HOP_BY_HOP.contains(name)
             || *name == header::UPGRADE
             || named_by_connection.iter().any(|n| n == name.as_str());
-        if hop || *name == header::AUTHORIZATION || *name == header::HOST || *name == header::COOKIE {
+        if hop
+            || *name == header::AUTHORIZATION
+            || *name == header::HOST
+            || *name == header::COOKIE
+            || *name == header::ORIGIN
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -245,6 +253,10 @@ mod tests {
         from.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer agent"));
         from.insert(header::COOKIE, HeaderValue::from_static("a=b"));
         from.insert(header::HOST, HeaderValue::from_static("gateway"));
+        from.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://notebooks.example.com"),
+        );
         from.insert(
             header::CONNECTION,
             HeaderValue::from_static("keep-alive, x-private"),

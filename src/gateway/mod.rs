@@ -13,6 +13,7 @@ pub mod error;
 pub mod forward;
 pub mod mcp_client;
 pub mod metrics;
+pub mod origin;
 pub mod review;
 pub mod sessions;
 pub mod tools;
@@ -65,6 +66,27 @@ pub struct GatewayArgs {
     /// (a ServiceAccount's default is its own namespace).
     #[arg(long, env = "GATEWAY_DEFAULT_NAMESPACE", default_value = "default")]
     pub default_namespace: String,
+    /// A name clients address the gateway by (repeatable): `name` (any
+    /// port), `name:port`, `*.domain`, or `*` (any Host). Besides these, only
+    /// IP addresses and `localhost` are taken; another Host is 403 (DNS rebinding).
+    #[arg(
+        long = "allowed-host",
+        env = "GATEWAY_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_parser = origin::HostRule::parse
+    )]
+    pub allowed_hosts: Vec<origin::HostRule>,
+    /// A browser origin that may call the gateway (repeatable):
+    /// `scheme://host[:port]`, `scheme://host:*` (any port) or `*`. Requests
+    /// without Origin, and origins on an allowed host or loopback, need none;
+    /// any other Origin is 403.
+    #[arg(
+        long = "allowed-origin",
+        env = "GATEWAY_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_parser = origin::OriginRule::parse
+    )]
+    pub allowed_origins: Vec<origin::OriginRule>,
 }
 
 fn parse_ttl(text: &str) -> Result<Duration, String> {
@@ -89,6 +111,8 @@ pub struct Gateway {
     pub http: client::HttpClient,
     pub mcp: mcp_client::McpForwarder,
     pub cfg: GatewayConfig,
+    /// Which Host and Origin headers every route takes.
+    pub origins: Arc<origin::Policy>,
     pub metrics: Arc<metrics::GatewayMetrics>,
     /// Held from counting a user's sessions to creating (or resuming) one,
     /// so that concurrent requests of one replica cannot pass the cap together.
@@ -107,6 +131,10 @@ impl Gateway {
                 metrics.clone(),
             ),
             metrics,
+            origins: Arc::new(origin::Policy::new(
+                args.allowed_hosts.clone(),
+                args.allowed_origins.clone(),
+            )),
             upstreams: upstream::Upstreams::new(kube.clone(), args.sidecar_port),
             mcp: mcp_client::McpForwarder::new(http.clone()),
             http,
@@ -147,12 +175,12 @@ const MCP_SESSION_IDLE: Duration = Duration::from_secs(3600);
 /// Largest MCP request body (code and cell sources are at most 1 MiB on the sidecar).
 const MCP_BODY_LIMIT: usize = 8 << 20;
 
-/// Every route; all but the probes behind the token review.
+/// Every route; all but the probes behind the token review, all behind the
+/// Host and Origin check ([`origin`]).
 pub fn router(gw: Arc<Gateway>, shutdown: CancellationToken) -> Router {
-    // Any Host and Origin: the gateway sits behind Services and Ingresses
-    // with names of their own, and every request carries its credentials in
-    // a header a browser never adds by itself (no cookies), so DNS rebinding
-    // gains an attacker nothing.
+    // rmcp's own Host and Origin checks are off: `origin::check` makes the
+    // same decision for every route (the HTTP relay and WebSockets too),
+    // with the names the gateway is configured to serve.
     let config = StreamableHttpServerConfig::default()
         .disable_allowed_hosts()
         .disable_allowed_origins()
@@ -162,8 +190,14 @@ pub fn router(gw: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     sessions.session_config.keep_alive = Some(MCP_SESSION_IDLE);
     let tools = tools::GatewayTools::new(gw.clone());
     let mcp = StreamableHttpService::new(move || Ok(tools.clone()), Arc::new(sessions), config);
-    let authenticated = Router::new()
+    let mcp = Router::new()
         .route_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(
+            MCP_BODY_LIMIT,
+            crate::mcp::guard::guard,
+        ));
+    let authenticated = Router::new()
+        .merge(mcp)
         .route("/sessions/{ns}/{name}", any(forward::session_root))
         .route("/sessions/{ns}/{name}/{*rest}", any(forward::session_path))
         .layer(middleware::from_fn_with_state(gw.clone(), auth::authenticate))
@@ -172,6 +206,7 @@ pub fn router(gw: Arc<Gateway>, shutdown: CancellationToken) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .merge(authenticated)
+        .layer(middleware::from_fn_with_state(gw.origins.clone(), origin::check))
         .layer(middleware::from_fn_with_state(gw, count))
 }
 
