@@ -49,6 +49,8 @@ pub async fn run(args: LocalArgs) -> anyhow_like::Result {
         Some(t) => t,
         None => crate::util::random_hex(24),
     };
+    // Bound first: a port already taken fails here, before any kernel starts.
+    let listener = serve::bind(args.listen).await?;
     let connection_file = data_dir.join("kernel.json");
     let argv = match &args.kernel_cmd {
         Some(cmd) if !cmd.is_empty() => {
@@ -84,7 +86,7 @@ pub async fn run(args: LocalArgs) -> anyhow_like::Result {
         KernelSource::Spawn(launcher),
     );
     args.opts.apply(&mut cfg);
-    serve::run(cfg, args.listen, token.clone(), info, Some(process), crate::mcp::McpOptions::new(args.allowed_hosts), |addr| {
+    serve::run(cfg, listener, token.clone(), info, Some(process), crate::mcp::McpOptions::new(args.allowed_hosts), |addr| {
         println!("notebook-operator local: serving http://{addr}");
         println!("token: {token}");
         println!("try: curl -H 'Authorization: Bearer {token}' -d '{{\"code\": \"1+1\"}}' http://{addr}/v1/executions");

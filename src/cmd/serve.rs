@@ -35,10 +35,18 @@ pub struct Running {
     pub addr: SocketAddr,
 }
 
-/// Runs until SIGTERM/SIGINT; returns after a graceful stop.
+/// Binds `listen` with an error that names it: callers bind before they
+/// start anything else (a kernel), so a taken port leaves nothing behind.
+pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
+}
+
+/// Runs until SIGTERM/SIGINT on `listener`; returns after a graceful stop.
 pub async fn run(
     cfg: Config,
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     token: String,
     info: ConnectionInfo,
     process: Option<KernelProcess>,
@@ -128,12 +136,16 @@ pub async fn run(
     let stop_mcp = tokio_util::sync::CancellationToken::new();
 
     let token = auth::Token(Arc::new(token));
-    let app = http::open_routes(svc.clone()).merge(
-        http::api_routes(svc.clone())
-            .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
-            .layer(middleware::from_fn_with_state(token, auth::require_token)),
-    );
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let app = http::open_routes(svc.clone())
+        .merge(
+            http::api_routes(svc.clone())
+                .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
+                .layer(middleware::from_fn_with_state(token, auth::require_token)),
+        )
+        .layer(middleware::from_fn_with_state(
+            http::body_limit(&svc.cfg),
+            http::error::json_errors,
+        ));
     on_listening(listener.local_addr()?);
 
     let (stop_http_tx, stop_http_rx) = oneshot::channel::<()>();

@@ -50,6 +50,7 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
         .ok_or("a client token is required: --token, --token-file or NOTEBOOK_TOKEN")?;
     let key = super::read_secret(args.kernel_key.clone(), args.kernel_key_file.as_ref())?
         .ok_or("a kernel key is required: --kernel-key, --kernel-key-file or NOTEBOOK_KERNEL_KEY")?;
+    let listener = serve::bind(args.listen).await?;
     let info = ConnectionInfo::with_base_port(&args.kernel_ip, args.kernel_base_port, key);
     info.write(&args.connection_file)?;
     let mut cfg = Config::new(
@@ -61,7 +62,7 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
     args.opts.apply(&mut cfg);
     serve::run(
         cfg,
-        args.listen,
+        listener,
         token,
         info,
         None,

@@ -12,13 +12,22 @@ use super::ApiError;
 #[derive(Clone)]
 pub struct Token(pub Arc<String>);
 
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme
+/// is case-insensitive (RFC 9110 section 11.1).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
 pub async fn require_token(State(token): State<Token>, req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+        .and_then(bearer);
     match presented {
         Some(p) if crate::util::constant_time_eq(p.as_bytes(), token.0.as_bytes()) => next.run(req).await,
         _ => {
@@ -33,6 +42,21 @@ pub async fn require_token(State(token): State<Token>, req: Request, next: Next)
                 header::HeaderValue::from_static("Bearer"),
             );
             r
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for v in ["Bearer t", "bearer t", "BEARER t", "bEaReR   t "] {
+            assert_eq!(bearer(v), Some("t"), "{v}");
+        }
+        for v in ["Basic t", "Bearer", "Bearer ", "Bearert", "token t"] {
+            assert_eq!(bearer(v), None, "{v}");
         }
     }
 }

@@ -59,13 +59,17 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
 
 pub async fn submit(State(svc): Svc, body: Bytes) -> Result<Response, ApiError> {
     let req = parse_submit(&body)?;
-    let (exec, created) = svc.submit(req).await?;
-    let status = if created {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(exec)).into_response())
+    let done = svc.submit(req).await?;
+    if done.created {
+        return Ok((StatusCode::ACCEPTED, Json(done.execution)).into_response());
+    }
+    // A reused key: the first execution, and a word that it is a replay.
+    let mut body = serde_json::to_value(&done.execution).unwrap_or_default();
+    if let Some(o) = body.as_object_mut() {
+        o.insert("replayed".into(), json!(true));
+        o.insert("code_differs".into(), json!(done.code_differs));
+    }
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 pub async fn get(

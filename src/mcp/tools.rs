@@ -270,11 +270,11 @@ impl Tools {
     }
 
     async fn submit_code(&self, req: SubmitRequest) -> Result<Execution, CallToolResult> {
-        self.svc
-            .submit(req)
-            .await
-            .map(|(e, _)| e)
-            .map_err(|e| tool_error(e.to_string()))
+        self.submit_full(req).await.map(|s| s.execution)
+    }
+
+    async fn submit_full(&self, req: SubmitRequest) -> Result<crate::sidecar::Submitted, CallToolResult> {
+        self.svc.submit(req).await.map_err(|e| tool_error(e.to_string()))
     }
 
     /// The code cell `cell_id` of `path`: its normalised path and source.
@@ -349,14 +349,22 @@ impl Tools {
     async fn submit(&self, Parameters(p): Parameters<SubmitParams>) -> ToolResult {
         Ok(
             match self
-                .submit_code(SubmitRequest {
+                .submit_full(SubmitRequest {
                     code: p.code,
                     key: p.key,
                     ..Default::default()
                 })
                 .await
             {
-                Ok(e) => json_result(json!({"id": e.id, "state": e.state, "created_at": e.created_at})),
+                Ok(s) => {
+                    let e = &s.execution;
+                    let mut out = json!({"id": e.id, "state": e.state, "created_at": e.created_at});
+                    if !s.created {
+                        out["replayed"] = json!(true);
+                        out["code_differs"] = json!(s.code_differs);
+                    }
+                    json_result(out)
+                }
                 Err(r) => r,
             },
         )

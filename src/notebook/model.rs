@@ -62,7 +62,7 @@ fn fresh_id(taken: &HashSet<String>) -> String {
     }
 }
 
-fn valid_id(id: &str) -> bool {
+pub fn is_valid_cell_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -108,7 +108,7 @@ pub fn ensure_ids(nb: &mut Value) -> bool {
     let mut need: Vec<usize> = Vec::new();
     for (i, c) in cells.iter().enumerate() {
         match c.get("id").and_then(Value::as_str) {
-            Some(id) if valid_id(id) && !taken.contains(id) => {
+            Some(id) if is_valid_cell_id(id) && !taken.contains(id) => {
                 taken.insert(id.to_string());
             }
             _ => need.push(i),
@@ -312,7 +312,7 @@ pub fn check(nb: &Value) -> Result<(), String> {
     let mut seen = HashSet::new();
     for (i, c) in cells(nb).iter().enumerate() {
         let id = cell_id(c).ok_or(format!("cell {i} has no id"))?;
-        if !valid_id(id) || !seen.insert(id.to_string()) {
+        if !is_valid_cell_id(id) || !seen.insert(id.to_string()) {
             return Err(format!("cell {i} has an invalid or repeated id {id:?}"));
         }
         if !c.get("metadata").is_some_and(Value::is_object) {

@@ -10,7 +10,7 @@ pub mod service;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use service::{Service, SubmitError, SubmitRequest};
+pub use service::{Service, SubmitError, SubmitRequest, Submitted};
 
 /// Where the kernel comes from.
 #[derive(Debug, Clone)]

@@ -58,6 +58,16 @@ pub struct SubmitRequest {
     pub timeout_s: Option<f64>,
 }
 
+/// What a submit did.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub execution: Execution,
+    /// False: the key was used before and this is the first execution with it.
+    pub created: bool,
+    /// The reused key's first execution ran other code than this request's.
+    pub code_differs: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("{field}: {message}")]
@@ -201,12 +211,32 @@ impl Service {
                 });
             }
         }
+        if let Some(nb) = &req.notebook {
+            crate::notebook::path::notebook(nb).map_err(|e| SubmitError::Invalid {
+                field: "notebook",
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(id) = &req.cell_id {
+            if !crate::notebook::model::is_valid_cell_id(id) {
+                return Err(SubmitError::Invalid {
+                    field: "cell_id",
+                    message: "must be 1 to 64 characters of a-z, A-Z, 0-9, - and _ (nbformat 4.5)".into(),
+                });
+            }
+            if req.notebook.is_none() {
+                return Err(SubmitError::Invalid {
+                    field: "cell_id",
+                    message: "needs the notebook it belongs to".into(),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// Enqueues durably. Returns the execution and whether it is new (false:
-    /// the key was used before and this is the first execution with it).
-    pub async fn submit(&self, req: SubmitRequest) -> Result<(Execution, bool), SubmitError> {
+    /// Enqueues durably. A key used before returns the first execution made
+    /// with it, saying so (and whether its code differs from this request's).
+    pub async fn submit(&self, req: SubmitRequest) -> Result<Submitted, SubmitError> {
         self.validate(&req)?;
         if self.is_shutting_down() {
             return Err(SubmitError::ShuttingDown);
@@ -216,6 +246,7 @@ impl Service {
             .timeout_s
             .or(self.cfg.default_timeout.map(|d| d.as_secs_f64()))
             .map(|t| t.min(max));
+        let code = req.code.clone();
         let new = NewExecution {
             id: uuid::Uuid::new_v4().simple().to_string(),
             key: req.key,
@@ -235,9 +266,23 @@ impl Service {
                 );
                 self.writer.set_last_seq(&e.id, seq);
                 self.work.notify_one();
-                Ok((e, true))
+                Ok(Submitted {
+                    execution: e,
+                    created: true,
+                    code_differs: false,
+                })
             }
-            EnqueueOutcome::Existing(e) => Ok((e, false)),
+            EnqueueOutcome::Existing(e) => {
+                let code_differs = e.code != code;
+                if code_differs {
+                    tracing::warn!(execution = %e.id, "a reused key came with different code; the first execution stands");
+                }
+                Ok(Submitted {
+                    execution: e,
+                    created: false,
+                    code_differs,
+                })
+            }
         }
     }
 
