@@ -168,7 +168,7 @@ def test_the_gateway_deployment_runs_the_one_image_under_restricted_pod_security
                                     "capabilities": {"drop": ["ALL"]}}
     args = c["args"]
     assert args[0] == "gateway"
-    flags = dict(zip(args[1::2], args[2::2]))
+    flags = dict((f, v) for f, v in zip(args[1::2], args[2::2]) if f != "--allowed-host")
     assert flags == {"--listen": "0.0.0.0:8080", "--sidecar-port": "8888", "--max-sessions-per-user": "7",
                      "--review-ttl": "30s", "--metrics-listen": "0.0.0.0:9090"}, args
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
@@ -180,6 +180,21 @@ def test_the_gateway_deployment_runs_the_one_image_under_restricted_pod_security
     aud = rendered(render_chart("rel", "sys", "gateway.tokenAudiences={nbo-gateway,other}"), "Deployment", GATEWAY)
     aargs = aud["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [aargs[i + 1] for i, a in enumerate(aargs) if a == "--token-audience"] == ["nbo-gateway", "other"], aargs
+    # Host names: the gateway Service's DNS names always, the Ingress host when
+    # the Ingress is on, then gateway.allowedHosts; origins only as listed.
+    def repeated(args, flag):
+        return [args[i + 1] for i, a in enumerate(args) if a == flag]
+    service_names = [GATEWAY, f"{GATEWAY}.sys", f"{GATEWAY}.sys.svc", f"{GATEWAY}.sys.svc.cluster.local"]
+    assert repeated(args, "--allowed-host") == service_names, args
+    assert repeated(args, "--allowed-origin") == [], args
+    ing = rendered(render_chart("rel", "sys", "gateway.ingress.enabled=true", "gateway.ingress.host=nb.example.com",
+                                "gateway.allowedHosts={*.corp.example,nb.example.com}",
+                                "gateway.allowedOrigins={https://app.example.org}", "gateway.clusterDomain=k8s.local"),
+                   "Deployment", GATEWAY)
+    iargs = ing["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert repeated(iargs, "--allowed-host") == [*service_names[:3], f"{GATEWAY}.sys.svc.k8s.local",
+                                                 "nb.example.com", "*.corp.example"], iargs
+    assert repeated(iargs, "--allowed-origin") == ["https://app.example.org"], iargs
     # The default cap the values document.
     default = rendered(render_chart("rel", "sys"), "Deployment", GATEWAY)
     dargs = default["spec"]["template"]["spec"]["containers"][0]["args"]
