@@ -8,7 +8,7 @@
 //!   a file too large, an I/O error, a walk cut short) it says so: "not sure"
 //!   is never "unreferenced".
 //! - [`AssetIndex`], the advisory index behind `referenced_by` in listings:
-//!   it follows file-change notifications, debounced, re-reading only the
+//!   it follows file-change notifications in batches, re-reading only the
 //!   notebooks that changed (size or time), and reports the notebooks it
 //!   could not read instead of skipping them silently.
 
@@ -28,7 +28,7 @@ use crate::confined::{display, ConfinedError, Kind, Root, WalkLimits};
 pub const MAX_CHECK_BYTES: u64 = 256 << 20;
 /// Largest notebook the advisory index reads; larger ones are reported.
 pub const MAX_INDEX_BYTES: u64 = 64 << 20;
-/// Quiet time after the last file event before the index reads the changes.
+/// Time from the first file event of a batch to the index reading the batch.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
 fn is_notebook(name: &str) -> bool {
@@ -376,8 +376,8 @@ impl AssetIndex {
     }
 
     /// Follows file-change notifications for notebooks under the workspace:
-    /// events are gathered until the workspace is quiet for [`DEBOUNCE`],
-    /// then the changed paths are read once each, off the async runtime.
+    /// events are gathered for [`DEBOUNCE`] after the first of a batch, then
+    /// the changed paths are read once each, off the async runtime.
     pub fn watch(self: &Arc<Self>) -> notify::Result<()> {
         use notify::{RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
@@ -390,9 +390,14 @@ impl AssetIndex {
         tokio::spawn(async move {
             let mut changed: HashSet<PathBuf> = HashSet::new();
             let mut rescan = false;
+            // Set by the first change of a batch, never moved: a steady trickle
+            // of events (our own directory reads among them) cannot postpone it.
+            let mut due: Option<tokio::time::Instant> = None;
             loop {
-                let quiet = (!changed.is_empty() || rescan).then(|| tokio::time::Instant::now() + DEBOUNCE);
-                let ev = match quiet {
+                if due.is_none() && (!changed.is_empty() || rescan) {
+                    due = Some(tokio::time::Instant::now() + DEBOUNCE);
+                }
+                let ev = match due {
                     None => rx.recv().await,
                     Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
                         Ok(ev) => ev,
@@ -400,6 +405,7 @@ impl AssetIndex {
                             let Some(index) = index.upgrade() else { return };
                             let batch = std::mem::take(&mut changed);
                             let full = std::mem::take(&mut rescan);
+                            due = None;
                             let _ = tokio::task::spawn_blocking(move || {
                                 if full {
                                     index.rescan();
