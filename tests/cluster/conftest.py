@@ -46,6 +46,10 @@ FULLNAME = f"{RELEASE}-notebook-operator"
 GATEWAY_FULLNAME = f"{FULLNAME}-gateway"
 # The per-user cap the gateway runs with here (the chart's default is 10).
 GATEWAY_MAX_SESSIONS_PER_USER = 3
+# The chart's Host and Origin values the gateway fixture is rendered with: an
+# Ingress host (an allowed Host through the chart) and one browser origin.
+GATEWAY_INGRESS_HOST = "notebooks.example.test"
+GATEWAY_ALLOWED_ORIGIN = "https://agents.example.test"
 # Sidecar status is read this often; the chart's default (30 s) would make
 # every "the counts moved" check wait half a minute.
 STATUS_INTERVAL = os.environ.get("NBO_TEST_STATUS_INTERVAL", "3s")
@@ -373,7 +377,9 @@ def gateway(request, cluster, kube, crds):
     ClusterRole and binding (rendered by helm template, applied as they are),
     the rendered Deployment's arguments and environment, listening on
     loopback and reaching the stand-in kubelet's sidecars on their port."""
-    docs = render_chart(RELEASE, OPERATOR_NS, f"gateway.maxSessionsPerUser={GATEWAY_MAX_SESSIONS_PER_USER}")
+    docs = render_chart(RELEASE, OPERATOR_NS, f"gateway.maxSessionsPerUser={GATEWAY_MAX_SESSIONS_PER_USER}",
+                        "gateway.ingress.enabled=true", f"gateway.ingress.host={GATEWAY_INGRESS_HOST}",
+                        f"gateway.allowedOrigins={{{GATEWAY_ALLOWED_ORIGIN}}}")
     rbac = [d for d in docs if is_gateway(d) and d["kind"] in
             {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}]
     assert sorted(d["kind"] for d in rbac) == ["ClusterRole", "ClusterRoleBinding", "ServiceAccount"], rbac
