@@ -170,6 +170,25 @@ mod tests {
         assert!(matches!(decode(z, &s), Err(WireError::TooFewFrames(1))));
     }
 
+    /// Found by fuzz/wire_decode: serde_json's default float parser read
+    /// this (Python's repr of the float) one ULP off, so a kernel's number
+    /// changed on its way through the sidecar, and again on every re-parse.
+    #[test]
+    fn floats_come_through_bit_for_bit() {
+        let s = Signer::new("secret");
+        let text = "1.7938405674311579e+308";
+        let mut frames = encode(&sample(), &s).into_vec();
+        let content = format!(r#"{{"x":{text}}}"#);
+        let n = frames.len();
+        frames[n - 1] = Bytes::from(content.clone());
+        let parts: Vec<&[u8]> = frames[n - 4..].iter().map(|b| b.as_ref()).collect();
+        frames[n - 5] = Bytes::from(s.sign(&parts).into_bytes());
+        let m = decode(ZmqMessage::try_from(frames).unwrap(), &s).unwrap();
+        let want: f64 = text.parse().unwrap();
+        assert_eq!(m.content["x"].as_f64().map(f64::to_bits), Some(want.to_bits()));
+        assert_eq!(decode(encode(&m, &s), &s).unwrap(), m);
+    }
+
     #[test]
     fn unsigned_when_key_is_empty() {
         let s = Signer::new("");
