@@ -956,3 +956,22 @@ def test_the_conformance_suite_against_the_gateway(ns, gateway, conformance_dir,
         checks = json.loads((dirs[-1] / "checks.json").read_text())
         failed = [c for c in checks if c["status"] == "FAILURE"]
         assert checks and not failed, (name, failed)
+
+
+def test_malformed_mcp_bodies_get_json_rpc_errors_from_the_gateway(ns, gateway):
+    """The gateway's /mcp answers bodies that are not one MCP message as the
+    sidecar's does (the same middleware, tier 3 has every case): JSON-RPC
+    errors as application/json, not a plain-text 415."""
+    agent = Agent(ns, "agent")
+    h = {**MCP_HEADERS, "Authorization": f"Bearer {agent.token}"}
+    for body, status, code in ((b"not json", 400, -32700),
+                               (json.dumps([INITIALIZE]).encode(), 400, -32600),
+                               (json.dumps({"id": 3, "method": "ping"}).encode(), 400, -32600),
+                               (b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"' + b"a" * (9 << 20) + b'"}}',
+                                413, -32600)):
+        r = requests.post(gateway.url + "/mcp", data=body, headers=h, timeout=60)
+        assert r.status_code == status, (body[:40], r.status_code, r.text[:300])
+        assert r.headers["content-type"].startswith("application/json"), r.headers
+        assert r.json()["error"]["code"] == code, r.text[:300]
+    r = requests.post(gateway.url + "/mcp", data=b"not json", headers=MCP_HEADERS, timeout=30)
+    assert r.status_code == 401, "the token is checked before the body"
