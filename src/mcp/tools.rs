@@ -107,7 +107,7 @@ pub struct ListExecutionsParams {
     #[serde(default)]
     pub state: Option<String>,
     /// Most executions to return, newest first (1 to 1000, default 100);
-    /// a page also stops at 512 KiB of summaries.
+    /// a page also stops at 256 KiB of summaries.
     #[serde(default)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page, for the next (older) one.
@@ -384,7 +384,7 @@ impl Tools {
     }
 
     #[tool(
-        description = "Recent executions, newest first, as summaries (code preview, output counts; get_execution has the whole of one), optionally only those in one state (queued, running, completed, failed, cancelled). A page holds up to `limit` rows and 512 KiB; `next_cursor` fetches the next."
+        description = "Recent executions, newest first, as summaries (code preview, output counts; get_execution has the whole of one), optionally only those in one state (queued, running, completed, failed, cancelled). A page holds up to `limit` rows and 256 KiB; `next_cursor` fetches the next."
     )]
     async fn list_executions(&self, Parameters(p): Parameters<ListExecutionsParams>) -> ToolResult {
         let q = match store::ListQuery::parse(p.state.as_deref(), p.limit, p.cursor.as_deref()) {

@@ -39,7 +39,7 @@ pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
 
 /// Largest page of summaries, in bytes of JSON: an answer stays well under
 /// what clients accept in one message (the MCP Python SDK: 1 MiB).
-pub const MAX_PAGE_BYTES: usize = 512 << 10;
+pub const MAX_PAGE_BYTES: usize = 256 << 10;
 /// Most rows one page holds.
 pub const MAX_PAGE_ROWS: u32 = 1000;
 /// Rows a page holds when the client does not say.

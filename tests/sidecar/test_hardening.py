@@ -244,7 +244,7 @@ def test_listing_1000_executions_of_1mib_code_stays_under_256mib(tmp_path):
                 params = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
                 r = s.http.get(s.url + "/v1/executions", params=params, timeout=60)
                 assert r.status_code == 200, r.text
-                assert len(r.content) <= 512 << 10, len(r.content)
+                assert len(r.content) <= 256 << 10, len(r.content)
                 page = r.json()
                 seen += len(page["executions"])
                 for e in page["executions"]:
