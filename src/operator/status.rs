@@ -355,6 +355,12 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
                 "the kernel answers and is busy",
             ),
             "starting" => cond(KERNEL_ALIVE, "False", "KernelStarting", "the kernel is starting"),
+            "restarting" => cond(
+                KERNEL_ALIVE,
+                "False",
+                "KernelRestarting",
+                "the kernel is restarting",
+            ),
             "dead" => cond(KERNEL_ALIVE, "False", "KernelDead", "the kernel does not answer"),
             other => cond(
                 KERNEL_ALIVE,
@@ -376,7 +382,8 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
             "the sidecar is not ready yet",
         ),
     };
-    let kernel_dead = kernel.status == "False";
+    // A kernel state the operator does not know is never taken for healthy.
+    let kernel_dead = kernel.status == "False" || kernel.reason == "KernelStateUnknown";
 
     let (phase, ready) = if let Some((reason, message)) = stuck {
         (SessionPhase::Failed, cond(READY, "False", &reason, message))
@@ -711,6 +718,22 @@ mod tests {
             condition(&fourth, POD_SCHEDULED).map(|c| c.last_transition_time.clone()),
             Some(Time(now()))
         );
+    }
+
+    #[test]
+    fn a_restarting_or_unknown_kernel_is_not_ready() {
+        let session = fixtures::session("session-full.yaml");
+        let pod: Pod = fixtures::object("pod-status-ready.yaml");
+        for (state, reason) in [
+            ("restarting", "KernelRestarting"),
+            ("rebooting", "KernelStateUnknown"),
+        ] {
+            let status = status_with(&session, Some(&pod), sidecar(state), now());
+            let ready = condition(&status, READY).expect("Ready");
+            assert_eq!(ready.status, "False", "{state}");
+            assert_eq!(ready.reason, reason, "{state}");
+            assert_ne!(status.phase, Some(SessionPhase::Ready), "{state}");
+        }
     }
 
     #[test]
