@@ -87,6 +87,7 @@ class Sidecar(SidecarHttp):
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.starts = 0
         self.popen_kw = {}
+        self.kernel_cmd = KERNEL_CMD
 
     # -- process ---------------------------------------------------------
     def start(self, timeout: float = 90.0) -> "Sidecar":
@@ -94,7 +95,7 @@ class Sidecar(SidecarHttp):
         log = open(self.root / f"sidecar-{self.starts}.log", "wb")
         args = [str(BIN), "local", "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir),
                 "--workspace", str(self.workspace), "--token", self.token, *self.extra,
-                "--kernel-cmd", *KERNEL_CMD]
+                "--kernel-cmd", *self.kernel_cmd]
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      **self.popen_kw)
         self.wait_ready(timeout)

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -155,24 +156,27 @@ def stored_bytes(e: dict) -> int:
                if o["output_type"] == "stream" and o["name"] == "stdout")
 
 
-LATE_IOPUB = """import time
-ip = get_ipython()
-print("head", flush=True)
-# Block the kernel's IOPub thread: 'tail' and the idle status wait behind it,
-# while the execute_reply (shell) goes out at once, as under a heavy output.
-ip.kernel.iopub_thread.schedule(lambda: time.sleep(3.5))
-print("tail", flush=True)
-"""
+LAGGING_KERNEL = [sys.executable, os.path.join(os.path.dirname(__file__), "lagging_kernel.py"),
+                  "-f", "{connection_file}", "--lag", "4"]
 
 
-def test_output_that_lags_the_reply_is_not_cut(shared_sidecar):
+def test_output_that_lags_the_reply_is_not_cut(tmp_path):
     """The real cause of the 100 MB cut: a timer finished the execution 2 s
-    after the reply while the kernel's IOPub thread was still sending."""
-    s = shared_sidecar
-    e = s.run(LATE_IOPUB, timeout=60)
-    assert e["state"] == "completed", e
-    assert "".join(o.get("text", "") for o in e["outputs"]) == "head\ntail\n", e["outputs"]
-    assert e.get("truncated") is None
+    after the execute_reply while the kernel's output was still in flight.
+    This kernel replies at once and sends the rest of its output and its idle
+    status 4 s later."""
+    s = Sidecar(tmp_path)
+    s.kernel_cmd = LAGGING_KERNEL
+    s.start()
+    try:
+        for _ in range(2):
+            e = s.run("x = 1", timeout=60)
+            assert e["state"] == "completed", e
+            text = "".join(o.get("text", "") for o in e["outputs"])
+            assert text == "early\nlate output of 'x = 1'\n", e["outputs"]
+            assert e.get("truncated") is None
+    finally:
+        s.close()
 
 
 def test_a_100mb_cell_five_times_is_kept_whole_or_says_how_much(tmp_path):
