@@ -445,6 +445,11 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
         working_dir: Some(WORKSPACE_DIR.into()),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(vec![mount("runtime", RUNTIME_DIR, None, true), workspace_mount]),
+        // A kernel that exits leaves the tail of its log in
+        // lastState.terminated.message (the kubelet's own mechanism), which
+        // the status shows beside CrashLoopBackOff; found on the real node
+        // (tier 5), where nothing else said why the kernel died.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
 

@@ -31,9 +31,10 @@ pub const IDLE_TIMEOUT: &str = "IdleTimeout";
 pub const IDLE_SUSPENDED_ANNOTATION: &str = "notebook.dev/idle-suspended";
 
 /// Waiting reasons of a container that mean "this will not start on its own soon".
-const STUCK_REASONS: [&str; 7] = [
+const STUCK_REASONS: [&str; 8] = [
     "ImagePullBackOff",
     "ErrImagePull",
+    "ErrImageNeverPull",
     "InvalidImageName",
     "CrashLoopBackOff",
     "CreateContainerConfigError",
@@ -334,7 +335,18 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
         if let Some(reason) = waiting.and_then(|w| w.reason.as_deref()) {
             if stuck.is_none() && STUCK_REASONS.contains(&reason) {
                 let detail = waiting.and_then(|w| w.message.clone()).unwrap_or_default();
-                let message = format!("container {}: {reason} {detail}", container.name);
+                let mut message = format!("container {}: {reason} {detail}", container.name);
+                // The last line the container logged before it exited (the
+                // kubelet's termination message, FallbackToLogsOnError).
+                let last_line = container
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .and_then(|t| t.message.as_deref())
+                    .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()));
+                if let Some(line) = last_line {
+                    message = format!("{}; last log line: {}", message.trim_end(), line.trim());
+                }
                 stuck = Some((reason.to_string(), message.trim_end().to_string()));
             }
         }
@@ -760,6 +772,14 @@ mod tests {
         assert_eq!(
             reason(&status, READY),
             ("False".into(), "CrashLoopBackOff".into())
+        );
+        // The kernel's last log line (its termination message) says why.
+        let message = condition(&status, READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(
+            message.ends_with("; last log line: ModuleNotFoundError: No module named 'ipykernel'"),
+            "{message}"
         );
     }
 
