@@ -180,7 +180,7 @@ mod tests {
         let mut frames = encode(&sample(), &s).into_vec();
         let content = format!(r#"{{"x":{text}}}"#);
         let n = frames.len();
-        frames[n - 1] = Bytes::from(content.clone());
+        frames[n - 1] = Bytes::from(content);
         let parts: Vec<&[u8]> = frames[n - 4..].iter().map(|b| b.as_ref()).collect();
         frames[n - 5] = Bytes::from(s.sign(&parts).into_bytes());
         let m = decode(ZmqMessage::try_from(frames).unwrap(), &s).unwrap();
