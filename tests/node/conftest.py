@@ -144,9 +144,7 @@ def chart(node, kube):
     values = [f"image.repository={repo}", f"image.tag={tag}", "image.pullPolicy=Never",
               f"defaultKernelImage={node.kernel_image}", f"statusInterval={STATUS_INTERVAL}",
               "assetLeaseGrace=5s", "logLevel=info\\,notebook_operator=debug"]
-    if kube.get_opt(path("Namespace", None, OPERATOR_NS)) is None:
-        kube.create(path("Namespace"), {"apiVersion": "v1", "kind": "Namespace",
-                                         "metadata": {"name": OPERATOR_NS, "labels": RESTRICTED}})
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS, "labels": RESTRICTED}})
     wait_namespace_sa(kube, OPERATOR_NS)
     t0 = time.monotonic()
     args = ["upgrade", "--install", RELEASE, str(ROOT / "charts" / "notebook-operator"), "-n", OPERATOR_NS,

@@ -24,9 +24,36 @@ def cond(obj: dict, type_: str) -> dict:
 
 
 def wait_ready(kube, ns: str, name: str, timeout: float = READY_TIMEOUT) -> dict:
-    return kube.wait_for("NotebookSession", ns, name,
-                         lambda s: s is not None and s.get("status", {}).get("phase") == "Ready"
-                         and cond(s, "Ready").get("status") == "True", timeout, f"session {ns}/{name} Ready")
+    """The session Ready, and then its Service routing to its pod.
+
+    Finding of this tier: a session is Ready (the operator asked the sidecar)
+    up to one readiness period (5 s) before its pod is Ready, and only a Ready
+    pod is an endpoint of the Service, so a client that uses the session's
+    endpoint the moment it is Ready can be refused. Waited for here so the
+    tests can use the Service; see the README."""
+    s = kube.wait_for("NotebookSession", ns, name,
+                      lambda s: s is not None and s.get("status", {}).get("phase") == "Ready"
+                      and cond(s, "Ready").get("status") == "True", timeout, f"session {ns}/{name} Ready")
+    pod_ip = kube.get(path("Pod", ns, s["status"]["podName"]))["status"]["podIP"]
+    deadline = time.monotonic() + 30
+    while True:
+        slices = kube.get(f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+                          labelSelector=f"kubernetes.io/service-name={name}")["items"]
+        if any(pod_ip in e.get("addresses", []) and e.get("conditions", {}).get("ready")
+               for sl in slices for e in sl.get("endpoints") or []):
+            break
+        assert time.monotonic() < deadline, f"Service {ns}/{name} never had {pod_ip} as a ready endpoint: {slices}"
+        time.sleep(0.1)
+    # kube-proxy applies the new endpoint to its rules a moment later.
+    url = f"{service_url(kube, ns, name)}/healthz"
+    while True:
+        try:
+            if requests_get(url).status_code == 200:
+                return s
+        except Exception:  # noqa: BLE001 - refused until kube-proxy synced
+            pass
+        assert time.monotonic() < deadline, f"{url} never answered through kube-proxy"
+        time.sleep(0.1)
 
 
 def apply_example(ns) -> str:
@@ -76,10 +103,20 @@ def test_chart_operator_and_gateway_ready_under_restricted(node, kube, chart):
             assert p["spec"]["nodeName"] == node.env["NBO_NODE"]
     # The operator answers its probe port from the pod network (the kubelet
     # probes the same way), and its metrics Service routes through kube-proxy.
-    url = service_url(kube, OPERATOR_NS, f"{FULLNAME}-metrics") if kube.get_opt(
-        path("Service", OPERATOR_NS, f"{FULLNAME}-metrics")) else None
-    if url:
-        assert requests_get(url + "/metrics").status_code == 200
+    url = service_url(kube, OPERATOR_NS, f"{FULLNAME}-metrics")
+    deadline = time.monotonic() + 30
+    while True:  # kube-proxy programs the Service a moment after the pods are Ready
+        try:
+            r = requests_get(url + "/metrics")
+            if r.status_code == 200 and "notebook_operator" in r.text:
+                break
+            seen = f"{r.status_code} {r.text[:200]}"
+        except Exception as e:  # noqa: BLE001
+            seen = repr(e)
+        slices = kube.get(f"/apis/discovery.k8s.io/v1/namespaces/{OPERATOR_NS}/endpointslices")["items"]
+        assert time.monotonic() < deadline, (f"{url}/metrics: {seen}; endpoint slices: "
+                                             f"{[(s['metadata']['name'], s.get('endpoints')) for s in slices]}")
+        time.sleep(0.5)
 
 
 def requests_get(url: str):
