@@ -270,22 +270,25 @@ impl Root {
             .map_err(|e| Self::err(rel, e))
     }
 
+    /// `rel` (the entry `p.name` of its parent) is a regular file, seen
+    /// without following a link; a link or anything else is refused.
+    fn regular(p: &Parent, rel: &Path) -> Result<(), ConfinedError> {
+        let st = fstatat(p.fd.as_fd(), p.name.as_path(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| Self::err(rel, e))?;
+        match Kind::of_mode(st.st_mode) {
+            Kind::File => Ok(()),
+            Kind::Symlink => Err(ConfinedError::Symlink(shown(rel))),
+            kind => Err(ConfinedError::NotRegular {
+                path: shown(rel),
+                kind,
+            }),
+        }
+    }
+
     /// Opens the regular file `rel` for reading; its size is in the `Info`.
     pub fn open_file(&self, rel: &Path) -> Result<(File, Info), ConfinedError> {
         let p = self.parent(rel)?;
-        let before = fstatat(p.fd.as_fd(), p.name.as_path(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| Self::err(rel, e))?;
-        let kind = Kind::of_mode(before.st_mode);
-        match kind {
-            Kind::File => {}
-            Kind::Symlink => return Err(ConfinedError::Symlink(shown(rel))),
-            kind => {
-                return Err(ConfinedError::NotRegular {
-                    path: shown(rel),
-                    kind,
-                })
-            }
-        }
+        Self::regular(&p, rel)?;
         let flags =
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
         let fd =
@@ -342,18 +345,7 @@ impl Root {
     /// special file).
     pub fn remove_file(&self, rel: &Path) -> Result<(), ConfinedError> {
         let p = self.parent(rel)?;
-        let st = fstatat(p.fd.as_fd(), p.name.as_path(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| Self::err(rel, e))?;
-        match Kind::of_mode(st.st_mode) {
-            Kind::File => {}
-            Kind::Symlink => return Err(ConfinedError::Symlink(shown(rel))),
-            kind => {
-                return Err(ConfinedError::NotRegular {
-                    path: shown(rel),
-                    kind,
-                })
-            }
-        }
+        Self::regular(&p, rel)?;
         nix::unistd::unlinkat(
             p.fd.as_fd(),
             p.name.as_path(),
