@@ -1,4 +1,5 @@
 """Shared helpers for the test tiers that run the real binary."""
+import collections
 import json
 import os
 import pathlib
@@ -174,3 +175,32 @@ def sse_event(block: bytes):
         elif line.startswith("data:"):
             data.append(line[5:].lstrip())
     return (ev_id, json.loads("\n".join(data))) if data else None
+
+
+def check_exactly_once(acked: list, executions: list, ran: "collections.Counter", n: int, kills: int):
+    """The verdict of a kill -9 run (guarantees 1 and 2): every one of the `n`
+    keys a submitter saw acknowledged (`acked`, its JSON lines) has exactly one
+    execution, the first made with it, in a final state; no key's side effect
+    (`ran`, counted from the file each execution appends its key to) happened
+    twice, and every completed one happened exactly once; at most one
+    execution per kill failed, and only for a reason a kill explains.
+    Returns the completed and failed keyed executions."""
+    keyed = [e for e in executions if e.get("key")]
+    by_key = collections.defaultdict(list)
+    for e in keyed:
+        by_key[e["key"]].append(e)
+    assert len({a["key"] for a in acked}) == n, "every key was acknowledged"
+    for a in acked:
+        rows = by_key[a["key"]]
+        assert len(rows) == 1, f"{a['key']} has {len(rows)} executions"
+        assert rows[0]["id"] == a["id"], "a repeated key returns the first execution"
+        assert rows[0]["state"] in ("completed", "failed"), rows[0]
+    assert max(ran.values()) == 1, f"ran twice: {[k for k, c in ran.items() if c > 1]}"
+    failed = [e for e in keyed if e["state"] == "failed"]
+    for e in failed:
+        assert e["reason"] in ("interrupted", "kernel_died", "kernel_restarted"), e
+    completed = [e for e in keyed if e["state"] == "completed"]
+    for e in completed:
+        assert ran[e["key"]] == 1, f"{e['key']} completed but did not run exactly once"
+    assert len(failed) <= kills, f"{len(failed)} failed for {kills} kills"
+    return completed, failed

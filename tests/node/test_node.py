@@ -14,6 +14,7 @@ import time
 
 from conftest import (FULLNAME, GATEWAY, OPERATOR_NS, READY_TIMEOUT, Api, log, mcp_calls, service_url,
                       session_token, tool_json)
+from harness import check_exactly_once
 from kube import path
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
@@ -245,24 +246,7 @@ def test_kill9_sidecar_container_loses_nothing_and_runs_nothing_twice(ns, kube, 
 
     acked = [json.loads(line) for line in acked_path.read_text().splitlines()]
     ran = collections.Counter(exec_in(ns, podname, "kernel", "cat", "/home/jovyan/work/keys.txt").split())
-    by_key = collections.defaultdict(list)
-    for e in execs:
-        if e.get("key"):
-            by_key[e["key"]].append(e)
-    assert len({a["key"] for a in acked}) == n, "every key was acknowledged"
-    for a in acked:
-        rows = by_key[a["key"]]
-        assert len(rows) == 1, f"{a['key']} has {len(rows)} executions"
-        assert rows[0]["id"] == a["id"], "a repeated key returns the first execution"
-        assert rows[0]["state"] in ("completed", "failed"), rows[0]
-    assert max(ran.values()) == 1, f"ran twice: {[k for k, c in ran.items() if c > 1]}"
-    failed = [e for e in execs if e["state"] == "failed"]
-    for e in failed:
-        assert e["reason"] in ("interrupted", "kernel_died", "kernel_restarted"), e
-    assert len(failed) <= kills, f"{len(failed)} failed for {kills} kills"
-    for e in execs:
-        if e["state"] == "completed" and e.get("key"):
-            assert ran[e["key"]] == 1, f"{e['key']} completed but did not run exactly once"
+    _, failed = check_exactly_once(acked, execs, ran, n, kills)
     # The kernel container was not restarted: its state is still there.
     e = api.run("survivor")
     assert e["outputs"][0]["data"]["text/plain"] == "'still here'", e

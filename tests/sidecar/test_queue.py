@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from harness import Sidecar, text_of
+from harness import Sidecar, check_exactly_once, text_of
 
 HERE = os.path.dirname(__file__)
 
@@ -65,23 +65,7 @@ def crash_run(tmp_path, kill_kernel_too: bool, kills: int = 5, n: int = 150):
 
     acked = [json.loads(line) for line in acked_path.read_text().splitlines()]
     ran = collections.Counter((s.workspace / "keys.txt").read_text().split())
-    by_key = collections.defaultdict(list)
-    for e in execs:
-        by_key[e["key"]].append(e)
-    assert len({a["key"] for a in acked}) == n, "every key was acknowledged"
-    for a in acked:
-        rows = by_key[a["key"]]
-        assert len(rows) == 1, f"{a['key']} has {len(rows)} executions"
-        assert rows[0]["id"] == a["id"], "a repeated key returns the first execution"
-        assert rows[0]["state"] in ("completed", "failed"), rows[0]
-    assert max(ran.values()) == 1, f"ran twice: {[k for k, c in ran.items() if c > 1]}"
-    interrupted = [e for e in execs if e["state"] == "failed"]
-    for e in interrupted:
-        assert e["reason"] in ("interrupted", "kernel_died", "kernel_restarted"), e
-    completed = [e for e in execs if e["state"] == "completed"]
-    for e in completed:
-        assert ran[e["key"]] == 1, f"{e['key']} completed but did not run exactly once"
-    assert len(interrupted) <= kills, f"{len(interrupted)} interrupted for {kills} kills"
+    completed, interrupted = check_exactly_once(acked, execs, ran, n, kills)
     return len(completed), len(interrupted)
 
 
