@@ -12,10 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Mutex};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use zeromq::util::PeerIdentity;
-use zeromq::{DealerSocket, ReqSocket, Socket, SocketOptions, SocketRecv, SocketSend, SubSocket};
+use zeromq::{
+    DealerSocket, ReqSocket, Socket, SocketEvent, SocketOptions, SocketRecv, SocketSend, SubSocket,
+};
 
 use super::connection::ConnectionInfo;
 use super::message::Message;
@@ -56,6 +59,8 @@ pub struct KernelClient {
     control: Sender,
     stdin: Sender,
     readers: Vec<JoinHandle<()>>,
+    /// Becomes true when the kernel's end of shell or control went away.
+    gone: watch::Receiver<bool>,
     /// Frames dropped because they failed to decode or verify.
     pub dropped: Arc<AtomicU64>,
 }
@@ -121,10 +126,25 @@ impl KernelClient {
         let mut control = DealerSocket::with_options(options(None));
         connect_socket(&mut control, &info.endpoint(info.control_port), timeout).await?;
 
+        // A kernel that exits closes its sockets: the dealer sockets see
+        // their peer go at once (they do not reconnect). The heartbeat alone
+        // misses a kernel whose container restarts within its timeout.
+        let (gone_tx, gone) = watch::channel(false);
+        let watchers = [shell.monitor(), control.monitor()].map(|mut events| {
+            let gone_tx = gone_tx.clone();
+            tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    if matches!(event, SocketEvent::Disconnected(_)) {
+                        let _ = gone_tx.send(true);
+                        return;
+                    }
+                }
+            })
+        });
         let (shell_tx, shell_rx) = shell.split();
         let (stdin_tx, stdin_rx) = stdin.split();
         let (control_tx, control_rx) = control.split();
-        let readers = vec![
+        let mut readers = vec![
             spawn_reader(
                 iopub,
                 Channel::Iopub,
@@ -154,6 +174,7 @@ impl KernelClient {
                 dropped.clone(),
             ),
         ];
+        readers.extend(watchers);
         Ok(KernelClient {
             session: session.to_string(),
             signer,
@@ -161,6 +182,7 @@ impl KernelClient {
             control: Mutex::new(control_tx),
             stdin: Mutex::new(stdin_tx),
             readers,
+            gone,
             dropped,
         })
     }
@@ -184,6 +206,12 @@ impl KernelClient {
         };
         sock.lock().await.send(frames).await?;
         Ok(())
+    }
+
+    /// Turns true when the kernel's end of the connection closed (the
+    /// kernel process exited); a new kernel needs a new client.
+    pub fn disconnected(&self) -> watch::Receiver<bool> {
+        self.gone.clone()
     }
 
     pub fn dropped(&self) -> u64 {

@@ -65,6 +65,8 @@ struct Conn {
     rx: mpsc::Receiver<KernelMessage>,
     heartbeat: JoinHandle<()>,
     dead: mpsc::Receiver<()>,
+    /// The kernel's end of the connection closed.
+    gone: watch::Receiver<bool>,
 }
 
 impl Drop for Conn {
@@ -95,6 +97,8 @@ const IDLE_AFTER_REPLY: Duration = Duration::from_secs(2);
 /// recorded as unconfirmed (said in `truncated`, never silently).
 const END_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const STREAM_FLUSH_BYTES: usize = 64 * 1024;
+/// How long a pod's kernel may take to exit after a shutdown request.
+const KERNEL_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 impl Executor {
     #[allow(clippy::too_many_arguments)]
@@ -141,9 +145,10 @@ impl Executor {
 
     /// Connects to the kernel and waits until it answers kernel_info and its
     /// iopub messages reach us (so no output of the first execution is lost).
+    /// The kernel state says why it is not connected (starting, restarting,
+    /// dead) until this succeeds; then it is idle.
     async fn connect(&mut self) -> Result<(), String> {
         self.conn = None;
-        self.set_kernel(KernelState::Starting);
         let deadline = Instant::now() + self.svc.cfg.kernel_start_timeout;
         let mut hb = Heartbeat::new(&self.info);
         while !hb.ping(Duration::from_secs(1)).await {
@@ -214,6 +219,7 @@ impl Executor {
             s.info = info;
         });
         self.conn = Some(Conn {
+            gone: client.disconnected(),
             client,
             rx,
             heartbeat,
@@ -241,11 +247,17 @@ impl Executor {
                 );
             }
             KernelSource::External => {
-                if let Some(c) = &self.conn {
+                if let Some(mut c) = self.conn.take() {
                     let req = c.client.request("shutdown_request", json!({"restart": true}));
-                    let _ = c.client.send(Channel::Control, &req).await;
+                    if c.client.send(Channel::Control, &req).await.is_ok() {
+                        // Connect again only once the old kernel has gone, so
+                        // the new connection reaches the one that replaces it.
+                        let gone = tokio::time::timeout(KERNEL_EXIT_WAIT, disconnected(&mut c.gone)).await;
+                        if gone.is_err() {
+                            warn!("the kernel did not exit after a shutdown request");
+                        }
+                    }
                 }
-                self.conn = None;
             }
         }
         self.status.send_modify(|s| s.restarts += 1);
@@ -907,8 +919,19 @@ impl Executor {
             self.conn = None;
             return;
         }
-        if let Err(e) = self.restart_kernel(why).await {
-            warn!(error = %e, "kernel restart failed");
+        match &self.svc.cfg.kernel {
+            KernelSource::Spawn(_) => {
+                if let Err(e) = self.restart_kernel(why).await {
+                    warn!(error = %e, "kernel restart failed");
+                }
+            }
+            // In a pod the kubelet restarts the kernel container; a shutdown
+            // request now could reach the kernel that already replaced it.
+            // The state stays `dead` until the new kernel answers.
+            KernelSource::External => {
+                self.conn = None;
+                self.status.send_modify(|s| s.restarts += 1);
+            }
         }
     }
 
@@ -984,6 +1007,14 @@ async fn kernel_event(conn: &mut Option<Conn>) -> KernelEvent {
     tokio::select! {
         m = c.rx.recv() => m.map(|m| KernelEvent::Message(Box::new(m))).unwrap_or(KernelEvent::Closed),
         _ = c.dead.recv() => KernelEvent::Dead,
+        _ = disconnected(&mut c.gone) => KernelEvent::Closed,
+    }
+}
+
+/// Resolves when the kernel's end of the connection closed.
+async fn disconnected(gone: &mut watch::Receiver<bool>) {
+    if gone.wait_for(|g| *g).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

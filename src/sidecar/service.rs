@@ -26,6 +26,13 @@ pub enum KernelState {
     Dead,
 }
 
+impl KernelState {
+    /// The kernel is connected and answering (idle or working).
+    pub fn answers(self) -> bool {
+        matches!(self, KernelState::Idle | KernelState::Busy)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct KernelStatus {
     pub state: KernelState,
@@ -344,8 +351,11 @@ impl Service {
         k
     }
 
+    /// Ready means the kernel answers: not while it starts, restarts or is
+    /// dead (the kubelet takes the pod out of its Service and the operator
+    /// says why), nor while the sidecar stops.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow() && !self.is_shutting_down()
+        *self.ready.borrow() && !self.is_shutting_down() && self.kernel.borrow().state.answers()
     }
 
     /// What the operator copies into the session status.

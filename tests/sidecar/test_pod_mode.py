@@ -85,3 +85,67 @@ def test_sidecar_refuses_to_start_without_a_token(tmp_path):
                        capture_output=True, text=True, timeout=30, env={**os.environ, "NOTEBOOK_TOKEN": ""})
     assert r.returncode != 0
     assert "token" in r.stderr
+
+
+def test_a_kernel_container_restarted_within_the_heartbeat_timeout_fails_the_running_execution(tmp_path):
+    """In a pod the kubelet restarts a killed kernel (OOMKilled) within about a
+    second, on the same ports: faster than the heartbeat can miss. The sidecar
+    must still see that its kernel went (the connection closed), fail what
+    ran with `kernel_died`, say not-ready while the kernel is away, and run
+    the next execution on the new kernel."""
+    (tmp_path / "token").write_text("pod-token\n")
+    (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
+    port, base = free_port(), free_port_block(5)
+    url = f"http://127.0.0.1:{port}"
+    h = {"Authorization": "Bearer pod-token"}
+    side = start_sidecar(tmp_path, port, base)
+    conn = tmp_path / "run" / "kernel.json"
+    kernels = []
+
+    def start_kernel():
+        kernels.append(subprocess.Popen([sys.executable, "-m", "ipykernel_launcher", "-f", str(conn)],
+                                        stdout=open(tmp_path / "kernel.log", "ab"), stderr=subprocess.STDOUT,
+                                        start_new_session=True))
+    try:
+        deadline = time.monotonic() + 10
+        while not conn.exists():
+            assert time.monotonic() < deadline, "connection file never written"
+            time.sleep(0.02)
+        start_kernel()
+        wait_ready(url, side)
+        r = requests.post(url + "/v1/executions", json={"code": "kept = 1"}, headers=h)
+        assert requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30},
+                            headers=h).json()["state"] == "completed"
+        r = requests.post(url + "/v1/executions", json={"code": "import time; time.sleep(120)"}, headers=h)
+        eid = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while requests.get(f"{url}/v1/executions/{eid}", headers=h).json()["state"] != "running":
+            assert time.monotonic() < deadline, "the long execution never started"
+            time.sleep(0.05)
+
+        # The runtime kills the kernel; its successor starts at once.
+        kernels[-1].send_signal(signal.SIGKILL)
+        kernels[-1].wait()
+        start_kernel()
+
+        saw_not_ready = False
+        deadline = time.monotonic() + 30
+        while True:
+            saw_not_ready |= requests.get(url + "/readyz", timeout=2).status_code == 503
+            e = requests.get(f"{url}/v1/executions/{eid}", headers=h).json()
+            if e["state"] not in ("queued", "running"):
+                break
+            assert time.monotonic() < deadline, f"the execution outlived its kernel: {e}"
+            time.sleep(0.02)
+        assert e["state"] == "failed" and e.get("reason") == "kernel_died", e
+        wait_ready(url, side)
+        kernel = requests.get(url + "/v1/kernel", headers=h).json()
+        assert kernel["state"] in ("idle", "busy") and kernel["restarts"] >= 1, kernel
+        assert saw_not_ready, "the sidecar never said it was not ready while its kernel was away"
+        r = requests.post(url + "/v1/executions", json={"code": "'kept' in dir()"}, headers=h)
+        after = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=h).json()
+        assert after["state"] == "completed" and text_of(after) == "False", after
+    finally:
+        side.kill()
+        for k in kernels:
+            k.kill()
