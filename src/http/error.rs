@@ -115,7 +115,19 @@ pub async fn json_errors(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let res = next.run(req).await;
+    let mut res = fold_error(body_limit, next.run(req).await).await;
+    if res.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read: the connection cannot carry
+        // another request, and a client that reused it would see it closed.
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
+}
+
+async fn fold_error(body_limit: usize, res: Response) -> Response {
     let status = res.status();
     let is_json = res
         .headers()
