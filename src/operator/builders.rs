@@ -167,6 +167,16 @@ pub fn pod_name(session: &str) -> String {
     format!("{session}-kernel")
 }
 
+/// The sidecar container of a kernel pod runs and passed its startup probe.
+pub fn sidecar_started(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.name == SIDECAR_CONTAINER && c.started == Some(true))
+}
+
 /// Name of the session Secret.
 pub fn secret_name(session: &str) -> String {
     format!("{session}-token")
@@ -424,7 +434,9 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
             ..ContainerPort::default()
         }]),
         startup_probe: Some(http_probe("/healthz", 1, 120)),
-        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        // Every second, one failure: the session's Ready follows the kernel
+        // (the sidecar's /readyz) within about a second.
+        readiness_probe: Some(http_probe("/readyz", 1, 1)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(vec![

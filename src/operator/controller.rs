@@ -381,9 +381,11 @@ async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) 
     let Some(pod) = pod else {
         return SidecarObservation::NotAsked;
     };
-    let ready = is_pod_ready(pod);
+    // Asked once the sidecar runs (its startup probe passed), Ready or not:
+    // when the kernel is away the sidecar says why (starting, restarting, dead).
+    let ask = is_pod_ready(pod) || builders::sidecar_started(pod);
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
-    match (ready && pod.metadata.deletion_timestamp.is_none(), ip, token) {
+    match (ask && pod.metadata.deletion_timestamp.is_none(), ip, token) {
         (true, Some(ip), Some(token)) => match ctx.sidecar.status(ip, token).await {
             Ok(answer) => SidecarObservation::Answered(answer),
             Err(err) => {

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use serde::Deserialize;
 
-use super::builders::{endpoint, mcp_endpoint, pod_name, secret_name, ValidSpec};
+use super::builders::{endpoint, mcp_endpoint, pod_name, secret_name, ValidSpec, KERNEL_CONTAINER};
 use super::crd::{NotebookSession, NotebookSessionStatus, QueueStatus, SessionPhase, ShutdownPolicy};
 
 /// Condition: the session serves requests.
@@ -396,6 +396,7 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
     };
     // A kernel state the operator does not know is never taken for healthy.
     let kernel_dead = kernel.status == "False" || kernel.reason == "KernelStateUnknown";
+    let kernel_answered = matches!(observed.sidecar, SidecarObservation::Answered(_));
 
     let (phase, ready) = if let Some((reason, message)) = stuck {
         (SessionPhase::Failed, cond(READY, "False", &reason, message))
@@ -409,10 +410,16 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
                 "the sidecar is ready and the kernel answers",
             ),
         )
-    } else if pod_ready {
+    } else if pod_ready || (kernel_dead && kernel_answered) {
+        // The sidecar says why the kernel does not answer; the kernel
+        // container's last exit (OOMKilled, an exit code) says how it went.
+        let message = match kernel_last_exit(&pod_status) {
+            Some(exit) => format!("{}; {exit}", kernel.message),
+            None => kernel.message.clone(),
+        };
         (
             SessionPhase::Starting,
-            cond(READY, "False", &kernel.reason, kernel.message.clone()),
+            cond(READY, "False", &kernel.reason, message),
         )
     } else if is_scheduled {
         (
@@ -439,6 +446,22 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
 }
 
 /// New conditions, keeping each one's `lastTransitionTime` unless its status changed.
+/// How the kernel container last ended, when it restarted: "the kernel
+/// container was OOMKilled (exit code 137)".
+fn kernel_last_exit(pod_status: &k8s_openapi::api::core::v1::PodStatus) -> Option<String> {
+    let kernel = pod_status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == KERNEL_CONTAINER)?;
+    let ended = kernel.last_state.as_ref()?.terminated.as_ref()?;
+    let how = ended.reason.as_deref().unwrap_or("terminated");
+    Some(format!(
+        "the kernel container was {how} (exit code {}, restarts {})",
+        ended.exit_code, kernel.restart_count
+    ))
+}
+
 fn merge_conditions(
     old: &[Condition],
     new: Vec<Cond>,
@@ -746,6 +769,54 @@ mod tests {
             assert_eq!(ready.reason, reason, "{state}");
             assert_ne!(status.phase, Some(SessionPhase::Ready), "{state}");
         }
+    }
+
+    #[test]
+    fn a_kernel_that_is_away_makes_the_session_not_ready_with_the_sidecars_reason() {
+        // The kubelet took the pod out of Ready (the sidecar's /readyz
+        // failed) and the sidecar, still running, says why.
+        let session = fixtures::session("session-full.yaml");
+        let mut pod: Pod = fixtures::object("pod-status-ready.yaml");
+        let st = pod.status.as_mut().expect("status");
+        for c in st.conditions.iter_mut().flatten() {
+            if c.type_ == "Ready" || c.type_ == "ContainersReady" {
+                c.status = "False".into();
+            }
+        }
+        let kernel = st
+            .container_statuses
+            .iter_mut()
+            .flatten()
+            .find(|c| c.name == KERNEL_CONTAINER)
+            .expect("kernel container");
+        kernel.restart_count = 1;
+        kernel.last_state = Some(k8s_openapi::api::core::v1::ContainerState {
+            terminated: Some(k8s_openapi::api::core::v1::ContainerStateTerminated {
+                exit_code: 137,
+                reason: Some("OOMKilled".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let killed = status_with(&session, Some(&pod), sidecar("dead"), now());
+        assert_eq!(reason(&killed, READY), ("False".into(), "KernelDead".into()));
+        let message = condition(&killed, READY)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(message.contains("OOMKilled (exit code 137"), "{message}");
+        let restarting = status_with(&session, Some(&pod), sidecar("restarting"), now());
+        assert_eq!(
+            reason(&restarting, READY),
+            ("False".into(), "KernelRestarting".into())
+        );
+        assert_ne!(restarting.phase, Some(SessionPhase::Ready));
+        // The sidecar already answers again but the kubelet has not probed
+        // yet: still not Ready, and not blamed on the kernel.
+        let lagging = status_with(&session, Some(&pod), sidecar("idle"), now());
+        assert_eq!(
+            reason(&lagging, READY),
+            ("False".into(), "ContainersNotReady".into())
+        );
     }
 
     #[test]
