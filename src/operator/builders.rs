@@ -72,6 +72,8 @@ pub struct BuildConfig {
     pub sidecar_image_pull_policy: Option<String>,
     /// Kernel image when a session names none.
     pub default_kernel_image: String,
+    /// Pull policy of kernel images; absent: the Kubernetes default.
+    pub kernel_image_pull_policy: Option<String>,
 }
 
 impl Default for BuildConfig {
@@ -80,6 +82,7 @@ impl Default for BuildConfig {
             sidecar_image: "ghcr.io/notebook-operator/notebook-operator:latest".into(),
             sidecar_image_pull_policy: None,
             default_kernel_image: "quay.io/jupyter/base-notebook:latest".into(),
+            kernel_image_pull_policy: None,
         }
     }
 }
@@ -451,6 +454,7 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
     let kernel = Container {
         name: KERNEL_CONTAINER.into(),
         image: Some(valid.kernel_image.clone()),
+        image_pull_policy: config.kernel_image_pull_policy.clone(),
         command: Some(spec.kernel.command.clone().unwrap_or_else(default_kernel_command)),
         env: spec.kernel.env.clone(),
         resources: spec.kernel.resources.clone(),
@@ -552,6 +556,7 @@ mod tests {
             sidecar_image: "registry.example/notebook-operator:1.2.3".into(),
             sidecar_image_pull_policy: Some("IfNotPresent".into()),
             default_kernel_image: "quay.io/jupyter/base-notebook:2026-01-01".into(),
+            kernel_image_pull_policy: Some("IfNotPresent".into()),
         }
     }
 

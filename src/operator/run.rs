@@ -57,6 +57,9 @@ pub struct RunArgs {
         default_value = "quay.io/jupyter/base-notebook:latest"
     )]
     pub default_kernel_image: String,
+    /// Pull policy of kernel images; absent: the Kubernetes default.
+    #[arg(long, env = "NOTEBOOK_KERNEL_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    pub kernel_image_pull_policy: Option<String>,
     /// How often a Ready session's sidecar status is read (Go duration).
     #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
     pub status_interval: Duration,
@@ -199,6 +202,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         build: BuildConfig {
             sidecar_image: args.sidecar_image.clone(),
             sidecar_image_pull_policy: args.sidecar_image_pull_policy.clone(),
+            kernel_image_pull_policy: args.kernel_image_pull_policy.clone(),
             default_kernel_image: args.default_kernel_image.clone(),
         },
         status_interval: args.status_interval,

@@ -142,7 +142,7 @@ def chart(node, kube):
     nothing is ever pulled)."""
     repo, tag = node.operator_image.rsplit(":", 1)
     values = [f"image.repository={repo}", f"image.tag={tag}", "image.pullPolicy=Never",
-              f"defaultKernelImage={node.kernel_image}", f"statusInterval={STATUS_INTERVAL}",
+              f"defaultKernelImage={node.kernel_image}", "kernelImagePullPolicy=Never", f"statusInterval={STATUS_INTERVAL}",
               "assetLeaseGrace=5s", "logLevel=info\\,notebook_operator=debug"]
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS, "labels": RESTRICTED}})
     wait_namespace_sa(kube, OPERATOR_NS)
