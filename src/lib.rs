@@ -17,3 +17,6 @@ pub mod operator;
 pub mod sidecar;
 pub mod store;
 pub mod util;
+
+#[cfg(test)]
+mod module_graph;

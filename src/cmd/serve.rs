@@ -13,8 +13,8 @@ use crate::events::Bus;
 use crate::http::{self, auth};
 use crate::jupyter::ConnectionInfo;
 use crate::kernel::process::KernelProcess;
-use crate::sidecar::executor::{Command, Executor};
-use crate::sidecar::service::KernelStatus;
+use crate::sidecar::control::{Command, KernelStatus};
+use crate::sidecar::executor::Executor;
 use crate::sidecar::{Config, Service};
 use crate::store::{schema, Reader, Writer};
 

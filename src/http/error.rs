@@ -6,7 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::sidecar::service::{ControlError, SubmitError};
+use crate::sidecar::control::ControlError;
+use crate::sidecar::service::SubmitError;
 use crate::store::StoreError;
 
 #[derive(Debug)]

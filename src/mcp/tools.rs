@@ -27,7 +27,7 @@ use super::progress::{self, Progress};
 use super::tasks;
 use crate::notebook::model::{self, CellType, Position};
 use crate::notebook::{path, sync, NotebookError, NotebookSync, Workspace};
-use crate::sidecar::service::ControlError;
+use crate::sidecar::control::ControlError;
 use crate::sidecar::{Service, SubmitRequest};
 use crate::store::{self, Execution};
 

@@ -13,24 +13,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
 use super::outputs::{Change, Outputs};
-use super::service::{CancelOutcome, ControlError, KernelState, KernelStatus, Service};
+use super::service::Service;
 use super::KernelSource;
 use crate::jupyter::client::Heartbeat;
 use crate::jupyter::{Channel, ConnectionInfo, KernelClient, KernelMessage};
 use crate::kernel::process::KernelProcess;
 use crate::store::{Execution, FinalRecord, State};
-
-pub enum Command {
-    Cancel {
-        id: String,
-        reply: oneshot::Sender<Result<CancelOutcome, ControlError>>,
-    },
-    Interrupt(oneshot::Sender<Result<(), ControlError>>),
-    Restart(oneshot::Sender<Result<(), ControlError>>),
-    /// Finish the running execution within the grace, then stop.
-    Shutdown(oneshot::Sender<()>),
-}
 
 /// The execution the kernel is working on.
 struct Current {

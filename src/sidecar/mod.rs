@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod completion;
+pub mod control;
 pub mod executor;
 pub mod outputs;
 pub mod service;

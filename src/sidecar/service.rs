@@ -4,57 +4,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::completion::Completions;
-use super::executor::Command;
+use super::control::{CancelOutcome, Command, ControlError, KernelStatus};
 use super::Config;
 use crate::events::Bus;
 use crate::store::{
     EnqueueOutcome, Execution, ListQuery, NewExecution, Page, Reader, State, StoreError, Writer,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KernelState {
-    Starting,
-    Idle,
-    Busy,
-    Restarting,
-    Dead,
-}
-
-impl KernelState {
-    /// The kernel is connected and answering (idle or working).
-    pub fn answers(self) -> bool {
-        matches!(self, KernelState::Idle | KernelState::Busy)
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct KernelStatus {
-    pub state: KernelState,
-    pub restarts: u64,
-    pub pid: Option<i32>,
-    /// Frames dropped because they failed signature checks or decoding.
-    pub dropped_messages: u64,
-    /// The kernel's `kernel_info_reply` content.
-    pub info: Value,
-}
-
-impl Default for KernelStatus {
-    fn default() -> Self {
-        KernelStatus {
-            state: KernelState::Starting,
-            restarts: 0,
-            pid: None,
-            dropped_messages: 0,
-            info: json!({}),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct SubmitRequest {
@@ -83,26 +42,6 @@ pub enum SubmitError {
     ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("no execution {0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Failed(String),
-    #[error("the kernel actor has stopped")]
-    Stopped,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CancelOutcome {
-    pub id: String,
-    /// `cancelled` for a queued execution, `interrupting` for the running one,
-    /// or the final state it already had.
-    pub result: String,
 }
 
 pub struct Service {
