@@ -16,12 +16,9 @@ from conftest import (FULLNAME, GATEWAY, OPERATOR_NS, READY_TIMEOUT, Api, log, m
                       session_token, tool_json)
 from harness import check_exactly_once
 from kube import path
+from measure import cond
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-
-
-def cond(obj: dict, type_: str) -> dict:
-    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
 
 
 def wait_ready(kube, ns: str, name: str, timeout: float = READY_TIMEOUT) -> dict:
