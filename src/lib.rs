@@ -15,6 +15,7 @@ pub mod mcp;
 pub mod notebook;
 pub mod operator;
 pub mod sidecar;
+pub mod sidecar_api;
 pub mod store;
 pub mod util;
 

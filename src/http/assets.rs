@@ -13,6 +13,7 @@ use serde_json::json;
 use super::ApiError;
 use crate::sidecar::assets::{AssetError, MAX_SERVE_BYTES};
 use crate::sidecar::Service;
+use crate::sidecar_api::{DeleteRefusal, ErrorDetail};
 
 type Svc = State<Arc<Service>>;
 
@@ -61,8 +62,16 @@ pub async fn delete(State(svc): Svc, Path(name): Path<String>) -> Result<Respons
                 _ => (Vec::new(), false, Vec::new()),
             };
             let code = if unsure.is_empty() { "in_use" } else { "unsure" };
-            let body = json!({"error": {"code": code, "field": null, "message": e.to_string()},
-                "referenced_by": referenced_by, "pinned": pinned, "unsure": unsure});
+            let body = DeleteRefusal {
+                error: ErrorDetail {
+                    code: code.into(),
+                    message: e.to_string(),
+                    field: None,
+                },
+                referenced_by,
+                pinned,
+                unsure,
+            };
             Ok((StatusCode::CONFLICT, Json(body)).into_response())
         }
         Err(e) => Err(e.into()),

@@ -4,10 +4,10 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::sidecar::control::ControlError;
 use crate::sidecar::service::SubmitError;
+use crate::sidecar_api::{ErrorBody, ErrorDetail};
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -44,7 +44,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+                field: self.field.map(String::from),
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

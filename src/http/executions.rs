@@ -129,7 +129,7 @@ pub async fn restart(State(svc): Svc) -> Result<Response, ApiError> {
     Ok(Json(serde_json::to_value(svc.kernel_status()).unwrap_or_default()).into_response())
 }
 
-pub async fn status(State(svc): Svc) -> Result<Json<Value>, ApiError> {
+pub async fn status(State(svc): Svc) -> Result<Json<crate::sidecar_api::Status>, ApiError> {
     Ok(Json(svc.status().await?))
 }
 

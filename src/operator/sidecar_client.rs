@@ -13,10 +13,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
 
 use super::builders::SIDECAR_PORT;
 use super::status::SidecarStatus;
+use crate::sidecar_api::{AssetEntry, Catalog, DeleteRefusal};
 
 /// Largest status or delete answer accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -67,14 +67,14 @@ impl SidecarClient {
     }
 
     /// `GET /v1/assets`: the sidecar's asset index.
-    pub async fn assets(&self, pod_ip: &str, token: &str) -> Result<Vec<SidecarAsset>, String> {
+    pub async fn assets(&self, pod_ip: &str, token: &str) -> Result<Vec<AssetEntry>, String> {
         let (authority, code, body) = self
             .call(hyper::Method::GET, pod_ip, token, "/v1/assets", MAX_INDEX_BODY)
             .await?;
         if !code.is_success() {
             return Err(refusal(&authority, code, &body));
         }
-        serde_json::from_slice::<AssetIndex>(&body)
+        serde_json::from_slice::<Catalog>(&body)
             .map(|index| index.assets)
             .map_err(|err| format!("{authority}: not an asset index: {err}"))
     }
@@ -94,7 +94,7 @@ impl SidecarClient {
             200 | 204 => Ok(AssetDeletion::Deleted),
             404 => Ok(AssetDeletion::Missing),
             409 => {
-                let refusal: InUse = serde_json::from_slice(&body)
+                let refusal: DeleteRefusal = serde_json::from_slice(&body)
                     .map_err(|err| format!("{authority}: a 409 that is not an in-use answer: {err}"))?;
                 Ok(AssetDeletion::InUse {
                     referenced_by: refusal.referenced_by,
@@ -156,45 +156,11 @@ fn refusal(authority: &str, code: hyper::StatusCode, body: &[u8]) -> String {
     format!("{authority} answered {code}: {text}")
 }
 
-/// One entry of the sidecar's `GET /v1/assets`.
-#[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(default)]
-pub struct SidecarAsset {
-    /// `<sha256>.<ext>`.
-    pub name: String,
-    /// Relative to the workspace: `assets/<name>`.
-    pub path: String,
-    /// Bytes.
-    pub size: u64,
-    /// Content type.
-    pub mime: String,
-    /// When the file was written, RFC 3339.
-    pub created_at: Option<String>,
-    /// Notebooks whose outputs name the asset, per the sidecar's index.
-    pub referenced_by: Vec<String>,
-    /// Pinned assets are never deleted.
-    pub pinned: bool,
-}
-
-impl SidecarAsset {
+impl AssetEntry {
     /// Creation time as a timestamp, when the sidecar sent a readable one.
     pub fn created_time(&self) -> Option<Timestamp> {
-        self.created_at.as_deref().and_then(|t| t.parse().ok())
+        self.created_at.parse().ok()
     }
-}
-
-#[derive(Deserialize)]
-struct AssetIndex {
-    #[serde(default)]
-    assets: Vec<SidecarAsset>,
-}
-
-#[derive(Deserialize)]
-struct InUse {
-    #[serde(default)]
-    referenced_by: Vec<String>,
-    #[serde(default)]
-    pinned: bool,
 }
 
 /// What `DELETE /v1/assets/{name}` answered.
@@ -245,7 +211,7 @@ mod tests {
         let port = serve(router).await;
         let client = SidecarClient::new(Duration::from_secs(2)).with_port(port);
         let status = client.status("127.0.0.1", "s3cret").await.expect("status");
-        assert_eq!(status.kernel.state, "idle");
+        assert_eq!(status.kernel.state, crate::sidecar_api::KernelState::Idle);
         assert_eq!(status.queue.completed, 3);
         assert!(status.last_activity_time().is_some());
 

@@ -9,10 +9,10 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
-use serde::Deserialize;
 
 use super::builders::{endpoint, mcp_endpoint, pod_name, secret_name, ValidSpec, KERNEL_CONTAINER};
 use super::crd::{NotebookSession, NotebookSessionStatus, QueueStatus, SessionPhase, ShutdownPolicy};
+use crate::sidecar_api::KernelState;
 
 /// Condition: the session serves requests.
 pub const READY: &str = "Ready";
@@ -42,49 +42,8 @@ const STUCK_REASONS: [&str; 8] = [
     "RunContainerError",
 ];
 
-/// What the sidecar answers on `GET /v1/status`.
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(default)]
-pub struct SidecarStatus {
-    /// Kernel state and restart count.
-    pub kernel: SidecarKernel,
-    /// Queue counts.
-    pub queue: SidecarQueue,
-    /// Last execution or client activity, RFC 3339.
-    pub last_activity: Option<String>,
-    /// Clients connected now.
-    pub clients: i64,
-    /// An execution is queued or running.
-    pub busy: bool,
-    /// The sidecar's own readiness.
-    pub ready: bool,
-}
-
-/// Kernel part of [`SidecarStatus`].
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(default)]
-pub struct SidecarKernel {
-    /// `starting`, `idle`, `busy` or `dead`.
-    pub state: String,
-    /// Restarts since the sidecar started on this state.
-    pub restarts: i64,
-}
-
-/// Queue part of [`SidecarStatus`].
-#[derive(Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[serde(default)]
-pub struct SidecarQueue {
-    /// Waiting.
-    pub queued: i64,
-    /// Running.
-    pub running: i64,
-    /// Completed.
-    pub completed: i64,
-    /// Failed.
-    pub failed: i64,
-    /// Cancelled (not copied into the session status).
-    pub cancelled: i64,
-}
+/// What the sidecar answers on `GET /v1/status` (one type with the sidecar).
+pub use crate::sidecar_api::Status as SidecarStatus;
 
 impl SidecarStatus {
     /// Last activity as a timestamp, when the sidecar sent a readable one.
@@ -353,32 +312,33 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
     }
 
     let kernel = match &observed.sidecar {
-        SidecarObservation::Answered(sidecar) => match sidecar.kernel.state.as_str() {
-            "idle" => cond(
+        SidecarObservation::Answered(sidecar) => match sidecar.kernel.state {
+            KernelState::Idle => cond(
                 KERNEL_ALIVE,
                 "True",
                 "KernelIdle",
                 "the kernel answers and is idle",
             ),
-            "busy" => cond(
+            KernelState::Busy => cond(
                 KERNEL_ALIVE,
                 "True",
                 "KernelBusy",
                 "the kernel answers and is busy",
             ),
-            "starting" => cond(KERNEL_ALIVE, "False", "KernelStarting", "the kernel is starting"),
-            "restarting" => cond(
+            KernelState::Starting => cond(KERNEL_ALIVE, "False", "KernelStarting", "the kernel is starting"),
+            KernelState::Restarting => cond(
                 KERNEL_ALIVE,
                 "False",
                 "KernelRestarting",
                 "the kernel is restarting",
             ),
-            "dead" => cond(KERNEL_ALIVE, "False", "KernelDead", "the kernel does not answer"),
-            other => cond(
+            KernelState::Dead => cond(KERNEL_ALIVE, "False", "KernelDead", "the kernel does not answer"),
+            // A state this build does not know is never taken for healthy.
+            KernelState::Unknown => cond(
                 KERNEL_ALIVE,
                 "Unknown",
                 "KernelStateUnknown",
-                format!("the sidecar reports kernel state {other:?}"),
+                "the sidecar reports a kernel state this operator does not know",
             ),
         },
         SidecarObservation::Unreachable(err) => cond(

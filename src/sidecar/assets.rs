@@ -5,8 +5,6 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use super::Service;
 use crate::assets::index::{check_references, RefCheck};
 use crate::assets::name::{is_valid, mime_for_ext};
@@ -41,32 +39,7 @@ pub enum AssetError {
     Task(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct AssetEntry {
-    pub name: String,
-    pub path: String,
-    pub size: u64,
-    pub mime: String,
-    pub created_at: String,
-    pub referenced_by: Vec<String>,
-    pub pinned: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct IndexProblem {
-    pub notebook: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Catalog {
-    pub assets: Vec<AssetEntry>,
-    /// Assets left out past [`CATALOG_LIMIT`] (the oldest are listed first).
-    pub truncated: usize,
-    /// Notebooks the reference index could not read: `referenced_by` may
-    /// miss them (a delete re-checks from disk and refuses when unsure).
-    pub index_problems: Vec<IndexProblem>,
-}
+pub use crate::sidecar_api::{AssetEntry, Catalog, IndexProblem};
 
 fn rel(name: &str) -> PathBuf {
     PathBuf::from(ASSETS_DIR).join(name)

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+pub use crate::sidecar_api::KernelState;
 use crate::store::StoreError;
 
 pub enum Command {
@@ -18,23 +19,6 @@ pub enum Command {
     Restart(oneshot::Sender<Result<(), ControlError>>),
     /// Finish the running execution within the grace, then stop.
     Shutdown(oneshot::Sender<()>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KernelState {
-    Starting,
-    Idle,
-    Busy,
-    Restarting,
-    Dead,
-}
-
-impl KernelState {
-    /// The kernel is connected and answering (idle or working).
-    pub fn answers(self) -> bool {
-        matches!(self, KernelState::Idle | KernelState::Busy)
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]

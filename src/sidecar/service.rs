@@ -4,13 +4,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelStatus};
 use super::Config;
 use crate::events::Bus;
+use crate::sidecar_api;
 use crate::store::{
     EnqueueOutcome, Execution, ListQuery, NewExecution, Page, Reader, State, StoreError, Writer,
 };
@@ -298,24 +299,34 @@ impl Service {
     }
 
     /// What the operator copies into the session status.
-    pub async fn status(&self) -> Result<Value, StoreError> {
+    pub async fn status(&self) -> Result<sidecar_api::Status, StoreError> {
         let counts = self.reader.counts().await?;
         let k = self.kernel_status();
-        let queue: serde_json::Map<String, Value> = counts
-            .iter()
-            .map(|(s, n)| (s.as_str().to_string(), json!(n)))
-            .collect();
-        let busy = counts.get(&State::Queued).copied().unwrap_or(0)
-            + counts.get(&State::Running).copied().unwrap_or(0)
-            > 0;
-        Ok(json!({
-            "kernel": {"state": k.state, "restarts": k.restarts},
-            "queue": queue,
-            "busy": busy,
-            "last_activity": self.last_activity(),
-            "clients": self.bus.clients(),
-            "ready": self.is_ready(),
-            "events": {"newest_seq": self.bus.newest()},
-        }))
+        let count = |s: State| {
+            counts
+                .get(&s)
+                .map_or(0, |n| i64::try_from(*n).unwrap_or(i64::MAX))
+        };
+        let queue = sidecar_api::QueueCounts {
+            queued: count(State::Queued),
+            running: count(State::Running),
+            completed: count(State::Completed),
+            failed: count(State::Failed),
+            cancelled: count(State::Cancelled),
+        };
+        Ok(sidecar_api::Status {
+            kernel: sidecar_api::KernelSummary {
+                state: k.state,
+                restarts: i64::try_from(k.restarts).unwrap_or(i64::MAX),
+            },
+            busy: queue.queued + queue.running > 0,
+            queue,
+            last_activity: Some(self.last_activity()),
+            clients: i64::try_from(self.bus.clients()).unwrap_or(i64::MAX),
+            ready: self.is_ready(),
+            events: sidecar_api::EventsSummary {
+                newest_seq: self.bus.newest(),
+            },
+        })
     }
 }

@@ -31,7 +31,7 @@ use crate::assets::name::is_valid;
 use crate::assets::ASSETS_DIR;
 use crate::operator::builders::{LABEL_MANAGED_BY, MANAGER};
 use crate::operator::crd::{parse_duration, AssetLease, AssetLeaseStatus, LeasePhase};
-use crate::operator::sidecar_client::SidecarAsset;
+use crate::sidecar_api::AssetEntry;
 
 /// Finalizer that releases the asset when a lease is deleted by hand.
 pub const FINALIZER: &str = "notebook.dev/release-asset";
@@ -256,7 +256,7 @@ pub struct Verdict {
 /// The session controller does the same at its next status read; checking
 /// here too closes the gap between a rewrite and that read. Leases made by
 /// people are theirs to renew.
-pub fn restart_at(lease: &AssetLease, index: &[SidecarAsset]) -> Option<Timestamp> {
+pub fn restart_at(lease: &AssetLease, index: &[AssetEntry]) -> Option<Timestamp> {
     let made_by_operator = lease.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
         && lease
             .owner_references()
@@ -281,7 +281,7 @@ pub fn restart_at(lease: &AssetLease, index: &[SidecarAsset]) -> Option<Timestam
 /// without a delete: referenced or pinned → in use; not listed → missing.
 /// `None`: the index says the asset is unreferenced, so ask the sidecar to
 /// delete it (it checks again from disk, under the lock notebook writes take).
-pub fn from_index(asset: &str, index: &[SidecarAsset]) -> Option<Finding> {
+pub fn from_index(asset: &str, index: &[AssetEntry]) -> Option<Finding> {
     match index.iter().find(|entry| entry.name == asset) {
         None => Some(Finding::Missing),
         Some(entry) if entry.pinned || !entry.referenced_by.is_empty() => Some(Finding::InUse {
@@ -636,13 +636,13 @@ spec:
         condition(status, type_).unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
     }
 
-    fn entry(referenced_by: &[&str], pinned: bool) -> SidecarAsset {
-        SidecarAsset {
+    fn entry(referenced_by: &[&str], pinned: bool) -> AssetEntry {
+        AssetEntry {
             name: format!("{SHA}.png"),
             path: format!("assets/{SHA}.png"),
             referenced_by: referenced_by.iter().map(|s| s.to_string()).collect(),
             pinned,
-            ..SidecarAsset::default()
+            ..AssetEntry::default()
         }
     }
 
@@ -889,14 +889,14 @@ spec:
             },
         ]);
         let mut rewritten = entry(&[], false);
-        rewritten.created_at = Some("2026-11-28T10:09:59.500Z".into());
+        rewritten.created_at = "2026-11-28T10:09:59.500Z".into();
         assert_eq!(
             restart_at(&ours, std::slice::from_ref(&rewritten)),
             Some(at("2026-11-28T10:10:00Z"))
         );
         // Not newer than the start: nothing to restart.
         let mut same = entry(&[], false);
-        same.created_at = Some("2026-11-28T10:00:00Z".into());
+        same.created_at = "2026-11-28T10:00:00Z".into();
         assert_eq!(restart_at(&ours, &[same]), None);
         // Renewed after the rewrite: the renewal already covers it.
         let mut renewed = ours.clone();

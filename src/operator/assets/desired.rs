@@ -17,7 +17,7 @@ use crate::assets::name::is_valid;
 use crate::assets::ASSETS_DIR;
 use crate::operator::builders::{owner_reference, selector_labels, LABEL_MANAGED_BY, MANAGER};
 use crate::operator::crd::{AssetLease, AssetLeaseSpec, NotebookSession, SessionRef};
-use crate::operator::sidecar_client::SidecarAsset;
+use crate::sidecar_api::AssetEntry;
 
 /// At most this many leases are created or updated in one session reconcile;
 /// the rest follow at the next one.
@@ -36,7 +36,7 @@ pub fn lease_name(session: &str, asset: &str) -> String {
 
 /// The lease the operator wants for one asset of the session, or `None` when
 /// the index entry does not name a valid asset.
-pub fn desired_lease(session: &NotebookSession, asset: &SidecarAsset) -> Option<AssetLease> {
+pub fn desired_lease(session: &NotebookSession, asset: &AssetEntry) -> Option<AssetLease> {
     if !is_valid(&asset.name) {
         return None;
     }
@@ -73,7 +73,7 @@ pub fn desired_lease(session: &NotebookSession, asset: &SidecarAsset) -> Option<
 /// starts again. A lease that is being deleted is left alone.
 pub fn leases_to_apply(
     session: &NotebookSession,
-    assets: &[SidecarAsset],
+    assets: &[AssetEntry],
     existing: &[Arc<AssetLease>],
 ) -> Vec<AssetLease> {
     let mut out = Vec::new();
@@ -129,14 +129,14 @@ mod tests {
         session
     }
 
-    fn asset(sha: &str, created_at: &str) -> SidecarAsset {
-        SidecarAsset {
+    fn asset(sha: &str, created_at: &str) -> AssetEntry {
+        AssetEntry {
             name: format!("{sha}.png"),
             path: format!("assets/{sha}.png"),
             size: 1 << 20,
             mime: "image/png".into(),
-            created_at: Some(created_at.into()),
-            ..SidecarAsset::default()
+            created_at: created_at.into(),
+            ..AssetEntry::default()
         }
     }
 
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn one_reconcile_applies_a_bounded_number_of_leases() {
         let session = session();
-        let many: Vec<SidecarAsset> = (0..MAX_APPLIES_PER_RECONCILE + 50)
+        let many: Vec<AssetEntry> = (0..MAX_APPLIES_PER_RECONCILE + 50)
             .map(|i| asset(&format!("{i:016x}{:048x}", 0), "2026-11-28T10:00:00Z"))
             .collect();
         assert_eq!(
