@@ -1,85 +1,119 @@
-//! Prometheus text exposition of the sidecar's counters and gauges.
+//! The sidecar's `/metrics`, encoded by prometheus-client like the operator's
+//! and the gateway's. The values live where the work happens (the event bus,
+//! the kernel actor, the store); each scrape reads them into a registry.
 
-use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::sidecar::Service;
 
-pub async fn render(State(svc): State<Arc<Service>>) -> impl IntoResponse {
-    let mut out = String::new();
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+/// A counter already at `value` (prometheus-client adds `_total`).
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64, AtomicU64>::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: usize) {
+    let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, g);
+}
+
+/// Every metric of the sidecar, as they are now.
+pub async fn registry(svc: &Service) -> Registry {
+    let mut r = Registry::default();
     let bus = &svc.bus;
     let (ring_len, ring_bytes) = bus.ring_len();
     let k = svc.kernel_status();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-    };
-    metric(
-        "notebook_events_published_total",
-        "counter",
-        "Events published on the session stream.",
-        bus.metrics.published.load(Ordering::Relaxed) as f64,
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    counter(
+        &mut r,
+        "notebook_events_published",
+        "Events published on the session stream",
+        load(&bus.metrics.published),
     );
-    metric(
+    gauge(
+        &mut r,
         "notebook_event_clients",
-        "gauge",
-        "Clients connected to the event stream.",
-        bus.clients() as f64,
+        "Clients connected to the event stream",
+        bus.clients(),
     );
-    metric(
-        "notebook_event_clients_cut_off_total",
-        "counter",
-        "Clients cut off for falling behind.",
-        bus.metrics.cut_off.load(Ordering::Relaxed) as f64,
+    counter(
+        &mut r,
+        "notebook_event_clients_cut_off",
+        "Clients cut off for falling behind",
+        load(&bus.metrics.cut_off),
     );
-    metric(
+    gauge(
+        &mut r,
         "notebook_event_ring_events",
-        "gauge",
-        "Events held in the replay ring.",
-        ring_len as f64,
+        "Events held in the replay ring",
+        ring_len,
     );
-    metric(
+    gauge(
+        &mut r,
         "notebook_event_ring_bytes",
-        "gauge",
-        "Bytes held in the replay ring.",
-        ring_bytes as f64,
+        "Bytes held in the replay ring",
+        ring_bytes,
     );
-    metric(
-        "notebook_kernel_restarts_total",
-        "counter",
-        "Kernel restarts.",
-        k.restarts as f64,
+    counter(&mut r, "notebook_kernel_restarts", "Kernel restarts", k.restarts);
+    counter(
+        &mut r,
+        "notebook_kernel_dropped_messages",
+        "Kernel messages dropped for bad signatures or framing",
+        k.dropped_messages,
     );
-    metric(
-        "notebook_kernel_dropped_messages_total",
-        "counter",
-        "Kernel messages dropped for bad signatures or framing.",
-        k.dropped_messages as f64,
+    counter(
+        &mut r,
+        "notebook_outputs_truncated",
+        "Executions whose outputs were truncated (max_output_bytes) or left unconfirmed",
+        load(&svc.truncated_outputs),
     );
-    metric(
-        "notebook_outputs_truncated_total",
-        "counter",
-        "Executions whose outputs were truncated (max_output_bytes) or left unconfirmed.",
-        svc.truncated_outputs.load(Ordering::Relaxed) as f64,
-    );
-    metric(
-        "notebook_output_bytes_dropped_total",
-        "counter",
-        "Output bytes the kernel sent that an output limit left out.",
-        svc.dropped_output_bytes.load(Ordering::Relaxed) as f64,
+    counter(
+        &mut r,
+        "notebook_output_bytes_dropped",
+        "Output bytes the kernel sent that an output limit left out",
+        load(&svc.dropped_output_bytes),
     );
     if let Ok(counts) = svc.reader.counts().await {
-        let _ = writeln!(
-            out,
-            "# HELP notebook_executions Executions by state.\n# TYPE notebook_executions gauge"
-        );
+        let by_state = Family::<StateLabel, Gauge>::default();
         for (state, n) in counts {
-            let _ = writeln!(out, "notebook_executions{{state=\"{state}\"}} {n}");
+            by_state
+                .get_or_create(&StateLabel {
+                    state: state.as_str().to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        r.register("notebook_executions", "Executions by state", by_state);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    r
+}
+
+pub async fn render(State(svc): State<Arc<Service>>) -> impl IntoResponse {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry(&svc).await) {
+        tracing::warn!(error = %e, "encoding the metrics");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
 }
