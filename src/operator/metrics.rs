@@ -51,6 +51,96 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Labels: one request the operator made to the apiserver.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    /// `watch`, `get` (one object or a list), `create`, `patch`, `update`, `delete`.
+    pub verb: String,
+    /// The resource (plural), with `/status` for the status subresource.
+    pub resource: String,
+}
+
+impl RequestLabel {
+    /// The labels of a request, from its method and path alone.
+    pub fn of(method: &axum::http::Method, uri: &axum::http::Uri) -> Self {
+        let watch = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+        let verb = match *method {
+            axum::http::Method::GET if watch => "watch",
+            axum::http::Method::GET => "get",
+            axum::http::Method::POST => "create",
+            axum::http::Method::PATCH => "patch",
+            axum::http::Method::PUT => "update",
+            axum::http::Method::DELETE => "delete",
+            _ => "other",
+        };
+        let segments: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+        // /api/v1/... or /apis/<group>/<version>/...
+        let rest = match segments.first() {
+            Some(&"api") => segments.get(2..),
+            Some(&"apis") => segments.get(3..),
+            _ => None,
+        }
+        .unwrap_or_default();
+        let rest = match rest {
+            ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+            other => other,
+        };
+        let resource = match rest {
+            [kind, _, sub] => format!("{kind}/{sub}"),
+            [kind, ..] => (*kind).to_string(),
+            [] => "other".into(),
+        };
+        RequestLabel {
+            verb: verb.into(),
+            resource,
+        }
+    }
+}
+
+/// A tower layer for the kube client: counts every request it sends.
+#[derive(Clone)]
+pub struct CountRequests(pub Family<RequestLabel, Counter>);
+
+impl<S> tower::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            requests: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`CountRequests`] wraps.
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+    requests: Family<RequestLabel, Counter>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Counted<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> S::Future {
+        self.requests
+            .get_or_create(&RequestLabel::of(req.method(), req.uri()))
+            .inc();
+        self.inner.call(req)
+    }
+}
+
 /// All operator metrics.
 pub struct Metrics {
     registry: Registry,
@@ -74,6 +164,8 @@ pub struct Metrics {
     pub time_to_ready: Histogram,
     /// Suspensions by reason.
     pub suspends: Family<ReasonLabel, Counter>,
+    /// Requests made to the apiserver, by verb and resource.
+    pub apiserver_requests: Family<RequestLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +183,12 @@ impl Default for Metrics {
         let time_to_ready =
             Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]);
         let suspends = Family::<ReasonLabel, Counter>::default();
+        let apiserver_requests = Family::<RequestLabel, Counter>::default();
+        registry.register(
+            "apiserver_requests",
+            "Requests this operator made to the apiserver, by verb and resource",
+            apiserver_requests.clone(),
+        );
         registry.register(
             "session_time_to_ready_seconds",
             "Time from a NotebookSession's creation to its first Ready",
@@ -148,6 +246,7 @@ impl Default for Metrics {
             asset_leases_applied,
             time_to_ready,
             suspends,
+            apiserver_requests,
         }
     }
 }
@@ -273,6 +372,33 @@ async fn metrics_handler(State(state): State<ServerState>) -> impl IntoResponse 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apiserver_requests_are_labelled_by_verb_and_resource() {
+        let of = |m: &str, uri: &str| {
+            let l = RequestLabel::of(&m.parse().expect("method"), &uri.parse().expect("uri"));
+            (l.verb, l.resource)
+        };
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(of("GET", "/api/v1/namespaces/a/pods/x-kernel"), s("get", "pods"));
+        assert_eq!(
+            of("GET", "/api/v1/namespaces/a/pods?watch=true&labelSelector=x"),
+            s("watch", "pods")
+        );
+        assert_eq!(
+            of(
+                "PATCH",
+                "/apis/notebook.dev/v1alpha1/namespaces/a/notebooksessions/s/status?fieldManager=m"
+            ),
+            s("patch", "notebooksessions/status")
+        );
+        assert_eq!(of("POST", "/api/v1/namespaces/a/events"), s("create", "events"));
+        assert_eq!(
+            of("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/x"),
+            s("get", "customresourcedefinitions")
+        );
+        assert_eq!(of("GET", "/version"), s("get", "other"));
+    }
     use crate::operator::fixtures;
 
     #[test]

@@ -156,12 +156,18 @@ fn identity(args: &RunArgs) -> String {
 
 /// Runs the operator until a signal or the loss of leadership.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
-    let client = Client::try_default().await.map_err(|err| {
+    let metrics = Arc::new(Metrics::default());
+    let no_config = |err: &dyn std::fmt::Display| {
         Error::Startup(format!(
             "no Kubernetes client configuration (in-cluster or KUBECONFIG): {err}"
         ))
-    })?;
-    let metrics = Arc::new(Metrics::default());
+    };
+    let config = kube::Config::infer().await.map_err(|e| no_config(&e))?;
+    // Every request to the apiserver is counted (apiserver_requests_total).
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| no_config(&e))?
+        .with_layer(&metrics::CountRequests(metrics.apiserver_requests.clone()))
+        .build();
     let slot = SnapshotSlot::default();
 
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
