@@ -294,6 +294,52 @@ pub fn build_service(session: &NotebookSession) -> Service {
     }
 }
 
+/// The metadata this operator applies is on `existing`: its labels and
+/// owner references.
+fn meta_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
+    let labels = existing.labels.clone().unwrap_or_default();
+    desired
+        .labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v))
+        && existing.owner_references == desired.owner_references
+}
+
+/// `existing` already has everything [`build_service`] applies: applying it
+/// again would change nothing.
+pub fn service_matches(existing: &Service, desired: &Service) -> bool {
+    let (Some(have), Some(want)) = (&existing.spec, &desired.spec) else {
+        return false;
+    };
+    let port_matches = |w: &ServicePort| {
+        have.ports.iter().flatten().any(|h| {
+            h.name == w.name
+                && h.port == w.port
+                && h.target_port == w.target_port
+                && h.protocol == w.protocol
+                && h.app_protocol == w.app_protocol
+        })
+    };
+    meta_matches(&existing.metadata, &desired.metadata)
+        && have.type_ == want.type_
+        && have.selector == want.selector
+        && want.ports.iter().flatten().all(port_matches)
+}
+
+/// `existing` already has everything [`build_pvc`] applies (its size, class
+/// and access modes, labels and owner).
+pub fn claim_matches(existing: &PersistentVolumeClaim, desired: &PersistentVolumeClaim) -> bool {
+    let (Some(have), Some(want)) = (&existing.spec, &desired.spec) else {
+        return false;
+    };
+    let requests = |s: &PersistentVolumeClaimSpec| s.resources.as_ref().and_then(|r| r.requests.clone());
+    meta_matches(&existing.metadata, &desired.metadata)
+        && have.access_modes == want.access_modes
+        && (want.storage_class_name.is_none() || have.storage_class_name == want.storage_class_name)
+        && requests(have) == requests(want)
+}
+
 /// The PersistentVolumeClaim `<name>-state`, when the session asks for storage.
 pub fn build_pvc(session: &NotebookSession) -> Option<PersistentVolumeClaim> {
     let storage = session.spec.storage.as_ref()?;
@@ -800,6 +846,47 @@ mod tests {
             );
             assert_eq!(meta.namespace.as_deref(), Some("agents"));
         }
+    }
+
+    #[test]
+    fn a_service_or_claim_is_applied_again_only_when_it_differs() {
+        let session = fixtures::session("session-full.yaml");
+        let desired = build_service(&session);
+        // What the apiserver returns has more: a cluster IP, other labels.
+        let mut existing = desired.clone();
+        if let Some(spec) = existing.spec.as_mut() {
+            spec.cluster_ip = Some("10.0.0.7".into());
+        }
+        existing
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("team".into(), "x".into());
+        assert!(service_matches(&existing, &desired));
+        let mut moved = existing.clone();
+        if let Some(port) = moved
+            .spec
+            .as_mut()
+            .and_then(|s| s.ports.as_mut())
+            .and_then(|p| p.first_mut())
+        {
+            port.port = 9999;
+        }
+        assert!(!service_matches(&moved, &desired));
+        let mut orphan = existing.clone();
+        orphan.metadata.owner_references = None;
+        assert!(!service_matches(&orphan, &desired));
+
+        let claim = build_pvc(&session).expect("the fixture has storage");
+        assert!(claim_matches(&claim, &claim));
+        let mut bigger = claim.clone();
+        if let Some(r) = bigger.spec.as_mut().and_then(|s| s.resources.as_mut()) {
+            r.requests = Some(BTreeMap::from([(
+                "storage".to_string(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity("9Gi".into()),
+            )]));
+        }
+        assert!(!claim_matches(&bigger, &claim));
     }
 
     #[test]

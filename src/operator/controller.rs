@@ -12,8 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -58,6 +58,8 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<NotebookSession>, u32>>,
     /// Applies AssetLeases for new assets of Ready sessions, when the lease controller runs.
     leases: Option<LeaseSync>,
+    /// The watch caches of owned objects.
+    caches: Caches,
 }
 
 impl Context {
@@ -67,6 +69,7 @@ impl Context {
         config: ControllerConfig,
         metrics: Arc<Metrics>,
         sidecar: SidecarClient,
+        caches: Caches,
     ) -> Self {
         Self {
             recorder: crate::operator::events::recorder(client.clone(), config.instance.clone()),
@@ -76,6 +79,7 @@ impl Context {
             sidecar,
             failures: Mutex::new(HashMap::new()),
             leases: None,
+            caches,
         }
     }
 
@@ -161,6 +165,10 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     let Some(namespace) = session.namespace() else {
         return Ok(Action::await_change());
     };
+    // The first reconciles wait for the owned objects' first listings (the
+    // controller is polling their watches meanwhile): before that, an absent
+    // object in a cache would not mean an absent object.
+    ctx.caches.ready().await;
     let name = session.name_any();
     let client = ctx.client.clone();
     let sessions: Api<NotebookSession> = Api::namespaced(client.clone(), &namespace);
@@ -193,14 +201,11 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     let valid = match builders::validate(session, &ctx.config.build) {
         Ok(valid) => valid,
         Err(errors) => {
-            let pod = pods
-                .get_opt(&builders::pod_name(&name))
-                .await
-                .map_err(Error::kube("read Pod"))?;
+            let pod = Caches::get(&ctx.caches.pods, &namespace, &builders::pod_name(&name));
             let observed = Observed {
                 valid: Err(&errors),
                 suspension: None,
-                pod: pod.as_ref(),
+                pod: pod.as_deref(),
                 sidecar: SidecarObservation::NotAsked,
             };
             let new = status::build_status(session, &observed, now);
@@ -211,18 +216,25 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
 
     // The objects that live as long as the session.
     let token = ensure_secret(session, &namespace, ctx).await?;
-    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    apply(&services, &builders::build_service(session), "apply Service").await?;
+    // Applied only when the cache shows them missing or different: a
+    // reconcile of a converged session sends the apiserver nothing.
+    let service = builders::build_service(session);
+    let cached = Caches::get(&ctx.caches.services, &namespace, &name);
+    if !cached.is_some_and(|c| builders::service_matches(&c, &service)) {
+        let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+        apply(&services, &service, "apply Service").await?;
+    }
     if let Some(pvc) = builders::build_pvc(session) {
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-        apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
+        let cached = Caches::get(&ctx.caches.claims, &namespace, &builders::pvc_name(&name));
+        if !cached.is_some_and(|c| builders::claim_matches(&c, &pvc)) {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+            apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
+        }
     }
 
     // Observe the pod and, when it is ready, the sidecar.
-    let mut pod = pods
-        .get_opt(&builders::pod_name(&name))
-        .await
-        .map_err(Error::kube("read Pod"))?;
+    let mut pod =
+        Caches::get(&ctx.caches.pods, &namespace, &builders::pod_name(&name)).map(Arc::unwrap_or_clone);
     let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
     let activity = match &sidecar {
         SidecarObservation::Answered(s) => s.activity(),
@@ -332,9 +344,9 @@ async fn ensure_secret(
 ) -> Result<Option<String>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let name = builders::secret_name(&session.name_any());
-    let existing = secrets.get_opt(&name).await.map_err(Error::kube("read Secret"))?;
+    let existing = Caches::get(&ctx.caches.secrets, namespace, &name);
     let secret = match existing {
-        Some(secret) => secret,
+        Some(secret) => Arc::unwrap_or_clone(secret),
         None => {
             let (token, key) = builders::generate_secret_values();
             let desired = builders::build_secret(session, &token, &key);
@@ -533,9 +545,41 @@ async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, rea
     crate::operator::events::publish(&ctx.recorder, session, type_, reason, note).await;
 }
 
+/// The controller's watch caches of the objects sessions own: a reconcile
+/// reads its pod, Secret, Service and claim from them instead of asking the
+/// apiserver each time (the watch that triggers a reconcile has already
+/// written the object it saw into the cache).
+#[derive(Clone)]
+pub struct Caches {
+    pods: Store<Pod>,
+    secrets: Store<Secret>,
+    services: Store<Service>,
+    claims: Store<PersistentVolumeClaim>,
+}
+
+impl Caches {
+    /// Waits until every cache holds its first complete listing.
+    async fn ready(&self) {
+        let _ = futures::join!(
+            self.pods.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.claims.wait_until_ready(),
+        );
+    }
+
+    fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        store.get(&ObjectRef::new(name).within(namespace))
+    }
+}
+
 /// The Controller, wired: NotebookSessions, and the objects they own (only
-/// those carrying the operator's label, to keep the watches small).
-pub fn controller(client: Client, namespace: Option<&str>) -> Controller<NotebookSession> {
+/// those carrying the operator's label, to keep the watches small), each
+/// owned kind watched once into a cache that reconciles read.
+pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<NotebookSession>, Caches) {
     fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -550,14 +594,47 @@ pub fn controller(client: Client, namespace: Option<&str>) -> Controller<Noteboo
         builders::LABEL_NAME,
         builders::LABEL_NAME_VALUE
     ));
-    Controller::new(
+    let (pods, pods_w) = reflector::store();
+    let (secrets, secrets_w) = reflector::store();
+    let (services, services_w) = reflector::store();
+    let (claims, claims_w) = reflector::store();
+    let controller = Controller::new(
         api::<NotebookSession>(&client, namespace),
         watcher::Config::default(),
     )
-    .owns(api::<Pod>(&client, namespace), owned.clone())
-    .owns(api::<Service>(&client, namespace), owned.clone())
-    .owns(api::<Secret>(&client, namespace), owned.clone())
-    .owns(api::<PersistentVolumeClaim>(&client, namespace), owned)
+    .owns_stream(
+        watcher(api::<Pod>(&client, namespace), owned.clone())
+            .default_backoff()
+            .reflect(pods_w)
+            .touched_objects(),
+    )
+    .owns_stream(
+        watcher(api::<Service>(&client, namespace), owned.clone())
+            .default_backoff()
+            .reflect(services_w)
+            .touched_objects(),
+    )
+    .owns_stream(
+        watcher(api::<Secret>(&client, namespace), owned.clone())
+            .default_backoff()
+            .reflect(secrets_w)
+            .touched_objects(),
+    )
+    .owns_stream(
+        watcher(api::<PersistentVolumeClaim>(&client, namespace), owned)
+            .default_backoff()
+            .reflect(claims_w)
+            .touched_objects(),
+    );
+    (
+        controller,
+        Caches {
+            pods,
+            secrets,
+            services,
+            claims,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -248,9 +248,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
         });
 
-    let context =
-        Arc::new(Context::new(client.clone(), config, metrics.clone(), sidecar).with_lease_sync(lease_sync));
-    let controller = controller::controller(client.clone(), args.namespace.as_deref());
+    let (controller, caches) = controller::controller(client.clone(), args.namespace.as_deref());
+    let context = Arc::new(
+        Context::new(client.clone(), config, metrics.clone(), sidecar, caches.clone())
+            .with_lease_sync(lease_sync),
+    );
     let store = controller.store();
     slot.set(Arc::new(move || store.state()));
     let sessions = controller
