@@ -233,7 +233,7 @@ pub fn header(e: &Execution) -> Value {
         "state": e.state,
         "execution_count": e.execution_count,
     });
-    if let Some(r) = &e.reason {
+    if let Some(r) = e.reason {
         h["reason"] = json!(r);
     }
     if let (Some(nb), Some(cell)) = (&e.notebook, &e.cell_id) {

@@ -576,6 +576,12 @@ impl Caches {
     }
 }
 
+/// The caches keep what reconciles read; managedFields (often the larger
+/// part of a pod) are not read and not kept.
+fn forget_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// The Controller, wired: NotebookSessions, and the objects they own (only
 /// those carrying the operator's label, to keep the watches small), each
 /// owned kind watched once into a cache that reconciles read.
@@ -605,24 +611,28 @@ pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<Notebo
     .owns_stream(
         watcher(api::<Pod>(&client, namespace), owned.clone())
             .default_backoff()
+            .modify(forget_managed_fields)
             .reflect(pods_w)
             .touched_objects(),
     )
     .owns_stream(
         watcher(api::<Service>(&client, namespace), owned.clone())
             .default_backoff()
+            .modify(forget_managed_fields)
             .reflect(services_w)
             .touched_objects(),
     )
     .owns_stream(
         watcher(api::<Secret>(&client, namespace), owned.clone())
             .default_backoff()
+            .modify(forget_managed_fields)
             .reflect(secrets_w)
             .touched_objects(),
     )
     .owns_stream(
         watcher(api::<PersistentVolumeClaim>(&client, namespace), owned)
             .default_backoff()
+            .modify(forget_managed_fields)
             .reflect(claims_w)
             .touched_objects(),
     );

@@ -20,7 +20,7 @@ use super::KernelSource;
 use crate::jupyter::client::Heartbeat;
 use crate::jupyter::{Channel, ConnectionInfo, KernelClient, KernelMessage};
 use crate::kernel::process::KernelProcess;
-use crate::store::{Execution, FinalRecord, State};
+use crate::store::{EndReason, Execution, FinalRecord, State};
 
 /// The execution the kernel is working on.
 struct Current {
@@ -37,7 +37,7 @@ struct Current {
     last_stream_flush: Option<Instant>,
     deadline: Option<Instant>,
     /// Why the kernel was interrupted, if it was: decides the final state.
-    interrupted_for: Option<&'static str>,
+    interrupted_for: Option<EndReason>,
     /// Recovered from a previous sidecar process: `probe` is a kernel_info
     /// request; if its reply comes before ours, the kernel no longer runs it.
     probe: Option<String>,
@@ -367,8 +367,15 @@ impl Executor {
                 }
                 _ => {
                     let e = f.execution;
-                    self.finish_row(&e, State::Failed, "interrupted", Outputs::default(), None, None)
-                        .await;
+                    self.finish_row(
+                        &e,
+                        State::Failed,
+                        Some(EndReason::Interrupted),
+                        Outputs::default(),
+                        None,
+                        None,
+                    )
+                    .await;
                 }
             }
         }
@@ -492,7 +499,7 @@ impl Executor {
             self.finish_row(
                 &exec,
                 State::Failed,
-                "kernel_died",
+                Some(EndReason::KernelDied),
                 Outputs::default(),
                 None,
                 None,
@@ -541,14 +548,14 @@ impl Executor {
                 let r = self.interrupt_kernel().await.map_err(ControlError::Failed);
                 if r.is_ok() {
                     if let Some(c) = &mut self.current {
-                        c.interrupted_for.get_or_insert("interrupted");
+                        c.interrupted_for.get_or_insert(EndReason::Interrupted);
                     }
                 }
                 let _ = reply.send(r);
             }
             Command::Restart(reply) => {
                 if let Some(c) = self.current.take() {
-                    self.finish_current(c, State::Failed, Some("kernel_restarted"))
+                    self.finish_current(c, State::Failed, Some(EndReason::KernelRestarted))
                         .await;
                 }
                 let r = self
@@ -575,7 +582,7 @@ impl Executor {
         if self.current.as_ref().is_some_and(|c| c.exec.id == id) {
             self.interrupt_kernel().await.map_err(ControlError::Failed)?;
             if let Some(c) = &mut self.current {
-                c.interrupted_for = Some("cancelled");
+                c.interrupted_for = Some(EndReason::Cancelled);
                 c.deadline = Some(Instant::now() + self.svc.cfg.interrupt_grace);
             }
             return Ok(CancelOutcome {
@@ -598,7 +605,7 @@ impl Executor {
         self.finish_row(
             &exec,
             State::Cancelled,
-            "cancelled",
+            Some(EndReason::Cancelled),
             Outputs::default(),
             None,
             None,
@@ -629,7 +636,8 @@ impl Executor {
             && cur.reply.is_none()
         {
             if let Some(c) = self.current.take() {
-                self.finish_current(c, State::Failed, Some("interrupted")).await;
+                self.finish_current(c, State::Failed, Some(EndReason::Interrupted))
+                    .await;
             }
             return;
         }
@@ -810,17 +818,23 @@ impl Executor {
         let status = reply.get("status").and_then(Value::as_str).unwrap_or("error");
         match (status, cur.interrupted_for) {
             ("ok", _) => self.finish_current(cur, State::Completed, None).await,
-            (_, Some("cancelled")) => {
-                self.finish_current(cur, State::Cancelled, Some("cancelled"))
+            (_, Some(EndReason::Cancelled)) => {
+                self.finish_current(cur, State::Cancelled, Some(EndReason::Cancelled))
                     .await
             }
             (_, Some(why)) => self.finish_current(cur, State::Failed, Some(why)).await,
-            ("aborted", None) => self.finish_current(cur, State::Failed, Some("aborted")).await,
-            _ => self.finish_current(cur, State::Failed, Some("error")).await,
+            ("aborted", None) => {
+                self.finish_current(cur, State::Failed, Some(EndReason::Aborted))
+                    .await
+            }
+            _ => {
+                self.finish_current(cur, State::Failed, Some(EndReason::Error))
+                    .await
+            }
         }
     }
 
-    async fn finish_current(&mut self, mut cur: Current, state: State, reason: Option<&str>) {
+    async fn finish_current(&mut self, mut cur: Current, state: State, reason: Option<EndReason>) {
         if let Some((name, text, _)) = cur.pending_stream.take() {
             self.svc.bus.publish(
                 "output",
@@ -837,7 +851,6 @@ impl Executor {
                 "traceback": reply.get("traceback").cloned().unwrap_or(json!([])),
             })
         });
-        let reason = reason.unwrap_or_default();
         self.finish_row(&cur.exec, state, reason, cur.outputs, count, error)
             .await;
     }
@@ -847,18 +860,16 @@ impl Executor {
         &self,
         exec: &Execution,
         state: State,
-        reason: &str,
+        reason: Option<EndReason>,
         outputs: Outputs,
         count: Option<i64>,
         error: Option<Value>,
     ) {
-        let reason = (!reason.is_empty()).then(|| reason.to_string());
         let error = error.or_else(|| {
             reason
-                .as_ref()
-                .filter(|r| r.as_str() != "cancelled" || state != State::Cancelled)
+                .filter(|r| *r != EndReason::Cancelled || state != State::Cancelled)
                 .filter(|_| state == State::Failed)
-                .map(|r| json!({"ename": "ExecutionFailed", "evalue": r, "traceback": []}))
+                .map(|r| json!({"ename": "ExecutionFailed", "evalue": r.as_str(), "traceback": []}))
         });
         let mut outputs = outputs;
         let truncated = outputs.truncation();
@@ -873,7 +884,7 @@ impl Executor {
         }
         let record = FinalRecord {
             state,
-            reason: reason.clone(),
+            reason,
             outputs: outputs.into_vec(),
             execution_count: count,
             error: error.clone(),
@@ -888,7 +899,7 @@ impl Executor {
                     json!({"state": state, "reason": reason, "execution_count": count, "error": error}),
                 );
                 self.svc.writer.set_last_seq(&exec.id, seq);
-                info!(execution = %exec.id, %state, reason = reason.as_deref().unwrap_or(""), "finished");
+                info!(execution = %exec.id, %state, reason = reason.map_or("", EndReason::as_str), "finished");
             }
             Ok(false) => {}
             Err(e) => warn!(execution = %exec.id, error = %e, "recording the final state"),
@@ -901,7 +912,8 @@ impl Executor {
         warn!(why, "kernel died");
         self.set_kernel(KernelState::Dead);
         if let Some(c) = self.current.take() {
-            self.finish_current(c, State::Failed, Some("kernel_died")).await;
+            self.finish_current(c, State::Failed, Some(EndReason::KernelDied))
+                .await;
         }
         if self.shutdown.is_some() {
             // Stopping anyway (a pod being deleted takes the kernel with it):
@@ -954,7 +966,7 @@ impl Executor {
             return;
         }
         if cur.interrupted_for.is_none() {
-            cur.interrupted_for = Some("timeout");
+            cur.interrupted_for = Some(EndReason::Timeout);
             cur.deadline = Some(now + self.svc.cfg.interrupt_grace);
             if let Err(e) = self.interrupt_kernel().await {
                 warn!(error = %e, "interrupt for timeout failed");
@@ -962,9 +974,9 @@ impl Executor {
             return;
         }
         // Interrupted and still not done: the kernel is stuck; restart it.
-        let why = cur.interrupted_for.unwrap_or("interrupted");
+        let why = cur.interrupted_for.unwrap_or(EndReason::Interrupted);
         if let Some(c) = self.current.take() {
-            let state = if why == "cancelled" {
+            let state = if why == EndReason::Cancelled {
                 State::Cancelled
             } else {
                 State::Failed
@@ -978,7 +990,8 @@ impl Executor {
         if self.current.is_some() {
             let _ = self.interrupt_kernel().await;
             if let Some(c) = self.current.take() {
-                self.finish_current(c, State::Failed, Some("interrupted")).await;
+                self.finish_current(c, State::Failed, Some(EndReason::Interrupted))
+                    .await;
             }
         }
     }

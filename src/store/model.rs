@@ -13,6 +13,71 @@ pub enum State {
     Cancelled,
 }
 
+/// Why an execution ended other than by completing. One type for the
+/// kernel actor that decides it, the store that keeps it and the clients
+/// that read it (serialised as snake_case: `kernel_died`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The code raised (the kernel replied `error`).
+    Error,
+    /// The kernel aborted it (an earlier cell in the same request failed).
+    Aborted,
+    /// The kernel went away while it ran.
+    KernelDied,
+    /// A client restarted the kernel while it ran.
+    KernelRestarted,
+    /// Interrupted: by a client, or by a sidecar restart that left it behind.
+    Interrupted,
+    /// Its `timeout_s` passed.
+    Timeout,
+    /// A client cancelled it.
+    Cancelled,
+    /// A reason recorded by another version of the sidecar.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 8] = [
+        EndReason::Error,
+        EndReason::Aborted,
+        EndReason::KernelDied,
+        EndReason::KernelRestarted,
+        EndReason::Interrupted,
+        EndReason::Timeout,
+        EndReason::Cancelled,
+        EndReason::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Error => "error",
+            EndReason::Aborted => "aborted",
+            EndReason::KernelDied => "kernel_died",
+            EndReason::KernelRestarted => "kernel_restarted",
+            EndReason::Interrupted => "interrupted",
+            EndReason::Timeout => "timeout",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Unknown => "unknown",
+        }
+    }
+
+    /// The stored text back; text no version of this enum wrote is `Unknown`.
+    pub fn parse(s: &str) -> EndReason {
+        EndReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or(EndReason::Unknown)
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl State {
     pub const ALL: [State; 5] = [
         State::Queued,
@@ -101,7 +166,7 @@ pub struct Truncation {
 #[derive(Debug, Clone)]
 pub struct FinalRecord {
     pub state: State,
-    pub reason: Option<String>,
+    pub reason: Option<EndReason>,
     pub outputs: Vec<Value>,
     pub execution_count: Option<i64>,
     pub error: Option<Value>,
@@ -114,7 +179,7 @@ pub struct Execution {
     pub id: String,
     pub key: Option<String>,
     pub state: State,
-    pub reason: Option<String>,
+    pub reason: Option<EndReason>,
     pub code: String,
     pub notebook: Option<String>,
     pub cell_id: Option<String>,
@@ -137,7 +202,7 @@ pub struct Summary {
     pub id: String,
     pub key: Option<String>,
     pub state: State,
-    pub reason: Option<String>,
+    pub reason: Option<EndReason>,
     /// The first characters of the code (at most [`PREVIEW_CHARS`]).
     pub code: String,
     pub code_bytes: u64,
@@ -182,5 +247,19 @@ mod tests {
             assert_eq!(State::parse(s.as_str()), Some(s));
         }
         assert_eq!(State::parse("done"), None);
+    }
+
+    #[test]
+    fn end_reasons_are_one_text_for_the_store_and_for_clients() {
+        for r in EndReason::ALL {
+            assert_eq!(EndReason::parse(r.as_str()), r);
+            assert_eq!(
+                serde_json::to_value(r).expect("json"),
+                serde_json::json!(r.as_str())
+            );
+        }
+        assert_eq!(EndReason::parse("meteor_strike"), EndReason::Unknown);
+        let read: EndReason = serde_json::from_str("\"meteor_strike\"").expect("lenient");
+        assert_eq!(read, EndReason::Unknown);
     }
 }

@@ -20,7 +20,9 @@ pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
         id: r.get(0)?,
         key: r.get(1)?,
         state: State::parse(&state).unwrap_or(State::Failed),
-        reason: r.get(3)?,
+        reason: r
+            .get::<_, Option<String>>(3)?
+            .map(|s| super::EndReason::parse(&s)),
         code: r.get(4)?,
         notebook: r.get(5)?,
         cell_id: r.get(6)?,
@@ -178,7 +180,7 @@ impl Reader {
                         id: r.get(1)?,
                         key: r.get(2)?,
                         state: State::parse(&state).unwrap_or(State::Failed),
-                        reason: r.get(4)?,
+                        reason: r.get::<_, Option<String>>(4)?.map(|s| super::EndReason::parse(&s)),
                         code: r.get(5)?,
                         code_bytes: r.get::<_, i64>(6)?.max(0) as u64,
                         notebook: r.get(7)?,

@@ -311,7 +311,7 @@ fn apply(conn: &Connection, op: Op) -> Option<Pending> {
                     params![
                         id,
                         record.state.as_str(),
-                        record.reason,
+                        record.reason.map(super::EndReason::as_str),
                         outputs,
                         record.execution_count,
                         error,
