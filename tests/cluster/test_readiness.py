@@ -38,6 +38,14 @@ def not_ready_since(kube, ns, name, t0, want_reason):
     return elapsed, ready, time.monotonic() - t0
 
 
+def assert_not_ready_within(kube, ns, t0, reason, what):
+    elapsed, ready, with_reason = not_ready_since(kube, ns, "blink", t0, reason)
+    print(f"{what}: Ready=False after {elapsed:.2f} s, reason {ready['reason']} after {with_reason:.2f} s")
+    assert elapsed < WITHIN_S, f"Ready=False only {elapsed:.2f} s after the {what}"
+    assert ready["status"] == "False" and ready["reason"] == reason, ready
+    assert with_reason < WITHIN_S + 1, f"the reason came {with_reason:.2f} s after the {what}"
+
+
 def kernel_process(ns, name):
     marker = f"/pods/{ns}/{name}-"
     found = [p for p in psutil.process_iter(["cmdline"])
@@ -61,11 +69,7 @@ def test_a_kernel_restart_or_death_makes_the_session_not_ready_within_2s_and_rea
     asked = threading.Thread(target=lambda: answered.update(
         r=api.http.post(api.url + "/v1/kernel/restart", timeout=120)))
     asked.start()
-    elapsed, ready, with_reason = not_ready_since(kube, ns, "blink", t0, "KernelRestarting")
-    print(f"restart: Ready=False after {elapsed:.2f} s, reason {ready['reason']} after {with_reason:.2f} s")
-    assert elapsed < WITHIN_S, f"Ready=False only {elapsed:.2f} s after the restart"
-    assert ready["status"] == "False" and ready["reason"] == "KernelRestarting", ready
-    assert with_reason < WITHIN_S + 1, f"the reason came {with_reason:.2f} s after the restart"
+    assert_not_ready_within(kube, ns, t0, "KernelRestarting", "restart")
     asked.join(120)
     assert answered["r"].status_code == 200, answered["r"].text
     wait_ready(kube, ns, "blink", timeout=60)
@@ -76,11 +80,7 @@ def test_a_kernel_restart_or_death_makes_the_session_not_ready_within_2s_and_rea
     victim = kernel_process(ns, "blink")
     t0 = time.monotonic()
     victim.kill()
-    elapsed, ready, with_reason = not_ready_since(kube, ns, "blink", t0, "KernelDead")
-    print(f"kill: Ready=False after {elapsed:.2f} s, reason {ready['reason']} after {with_reason:.2f} s")
-    assert elapsed < WITHIN_S, f"Ready=False only {elapsed:.2f} s after the kill"
-    assert ready["status"] == "False" and ready["reason"] == "KernelDead", ready
-    assert with_reason < WITHIN_S + 1, f"the reason came {with_reason:.2f} s after the kill"
+    assert_not_ready_within(kube, ns, t0, "KernelDead", "kill")
     s = wait_ready(kube, ns, "blink", timeout=60)
     assert cond(s, "KernelAlive")["status"] == "True", s["status"]
     pod = kube.get(path("Pod", ns, "blink-kernel"))

@@ -23,6 +23,17 @@ def start_sidecar(tmp, port, base_port):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+AUTH = {"Authorization": "Bearer pod-token"}
+
+
+def first_start(tmp):
+    """The session Secret's two files, free ports, and the sidecar started on them."""
+    (tmp / "token").write_text("pod-token\n")
+    (tmp / "kernel-key").write_text("0123456789abcdef\n")
+    port, base = free_port(), free_port_block(5)
+    return start_sidecar(tmp, port, base), port, base
+
+
 def wait_ready(url, proc, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,12 +48,8 @@ def wait_ready(url, proc, timeout=60):
 
 
 def test_sidecar_writes_the_connection_file_and_waits_for_the_kernel(tmp_path):
-    (tmp_path / "token").write_text("pod-token\n")
-    (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
-    port, base = free_port(), free_port_block(5)
-    url = f"http://127.0.0.1:{port}"
-    h = {"Authorization": "Bearer pod-token"}
-    side = start_sidecar(tmp_path, port, base)
+    side, port, base = first_start(tmp_path)
+    url, h = f"http://127.0.0.1:{port}", AUTH
     kernel = None
     try:
         conn = tmp_path / "run" / "kernel.json"
@@ -93,12 +100,8 @@ def test_a_kernel_container_restarted_within_the_heartbeat_timeout_fails_the_run
     must still see that its kernel went (the connection closed), fail what
     ran with `kernel_died`, say not-ready while the kernel is away, and run
     the next execution on the new kernel."""
-    (tmp_path / "token").write_text("pod-token\n")
-    (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
-    port, base = free_port(), free_port_block(5)
-    url = f"http://127.0.0.1:{port}"
-    h = {"Authorization": "Bearer pod-token"}
-    side = start_sidecar(tmp_path, port, base)
+    side, port, base = first_start(tmp_path)
+    url, h = f"http://127.0.0.1:{port}", AUTH
     conn = tmp_path / "run" / "kernel.json"
     kernels = []
 
