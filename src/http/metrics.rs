@@ -90,6 +90,12 @@ pub async fn registry(svc: &Service) -> Registry {
         "Output bytes the kernel sent that an output limit left out",
         load(&svc.dropped_output_bytes),
     );
+    counter(
+        &mut r,
+        "notebook_store_commits",
+        "Transactions the store committed (concurrent operations share one)",
+        svc.writer.commits(),
+    );
     if let Ok(counts) = svc.reader.counts().await {
         let by_state = Family::<StateLabel, Gauge>::default();
         for (state, n) in counts {

@@ -313,6 +313,44 @@ mod tests {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_submissions_share_one_commit() {
+        let dir = std::env::temp_dir().join(format!("nbo-store-group-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = schema::db_path(&dir);
+        let (w, _h) = Writer::open(&path).unwrap();
+        w.set_meta("warm", "1".into()).await.unwrap();
+        let before = w.commits();
+        // Another connection holds the write lock: the writer thread takes
+        // the first submission and waits for the lock (busy timeout 5 s)
+        // while the other 49 queue up behind it.
+        let holder = rusqlite::Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let tasks: Vec<_> = (0..50)
+            .map(|i| {
+                let w = w.clone();
+                tokio::spawn(async move { w.enqueue(new_exec(&format!("e{i}"), None)).await })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+        while w.waiting() < 49 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} queued",
+                w.waiting()
+            );
+            tokio::task::yield_now().await;
+        }
+        holder.execute_batch("ROLLBACK").unwrap();
+        for t in tasks {
+            assert!(matches!(t.await.unwrap().unwrap(), EnqueueOutcome::Created(_)));
+        }
+        let commits = w.commits() - before;
+        assert!(commits <= 2, "50 concurrent submissions took {commits} commits");
+        assert_eq!(Reader::new(&path).counts().await.unwrap()[&State::Queued], 50);
+    }
+
     #[tokio::test]
     async fn enqueue_is_idempotent_by_key_and_fifo() {
         let dir = std::env::temp_dir().join(format!("nbo-store-{}", std::process::id()));

@@ -3,6 +3,8 @@
 //! answers every caller of the batch. A `202` is sent only after this commit.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
@@ -78,6 +80,8 @@ enum Op {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Op>,
+    /// Transactions committed: fewer than operations when they share one.
+    commits: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -85,10 +89,22 @@ impl Writer {
     pub fn open(path: &Path) -> Result<(Writer, std::thread::JoinHandle<()>), StoreError> {
         let conn = schema::open_writer(path)?;
         let (tx, rx) = mpsc::channel(8192);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = commits.clone();
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch()))?;
-        Ok((Writer { tx }, handle))
+            .spawn(move || run(conn, rx, max_batch(), &counted))?;
+        Ok((Writer { tx, commits }, handle))
+    }
+
+    /// Transactions committed so far (`notebook_store_commits_total`).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Operations sent and not yet taken by the writer thread.
+    pub fn waiting(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -173,7 +189,7 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, max_batch: usize) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, max_batch: usize, commits: &AtomicU64) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut closed = None;
     while let Some(first) = rx.blocking_recv() {
@@ -188,7 +204,9 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, max_batch: usize) {
                 next = rx.try_recv().ok();
             }
         }
-        commit_batch(&mut conn, &mut batch);
+        if commit_batch(&mut conn, &mut batch) {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
         if closed.is_some() {
             break;
         }
@@ -211,7 +229,11 @@ enum Pending {
     Count(Reply<usize>, Result<usize, StoreError>),
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Op>) {
+/// Commits the batch in one transaction; false when it failed (or was empty).
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Op>) -> bool {
+    if batch.is_empty() {
+        return false;
+    }
     let mut pending = Vec::with_capacity(batch.len());
     let outcome = (|| -> Result<(), rusqlite::Error> {
         let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -245,6 +267,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Op>) {
                     Pending::Count(r, v) => drop(r.send(v)),
                 }
             }
+            true
         }
         Err(e) => {
             tracing::error!(error = %e, "commit failed; the batch is not acknowledged");
@@ -258,6 +281,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Op>) {
                 }
             }
             batch.clear();
+            false
         }
     }
 }
