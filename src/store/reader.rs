@@ -314,7 +314,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_submissions_share_one_commit() {
+    async fn guarantee_1_concurrent_submissions_share_one_commit() {
         let dir = std::env::temp_dir().join(format!("nbo-store-group-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

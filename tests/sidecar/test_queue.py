@@ -69,7 +69,7 @@ def crash_run(tmp_path, kill_kernel_too: bool, kills: int = 5, n: int = 150):
     return len(completed), len(interrupted)
 
 
-def test_kill9_sidecar_under_load_loses_nothing_and_runs_nothing_twice(tmp_path):
+def test_guarantee_1_and_2_kill9_under_load_loses_nothing_acknowledged_and_runs_nothing_twice(tmp_path):
     completed, interrupted = crash_run(tmp_path, kill_kernel_too=False)
     print(f"completed={completed} interrupted={interrupted}")
 
@@ -99,7 +99,7 @@ def cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
-def test_nothing_polls_fifty_long_pollers_behind_a_20s_cell(sidecar):
+def test_guarantee_3_nothing_polls_fifty_long_pollers_behind_a_20s_cell(sidecar):
     s = sidecar
     blocker = s.submit("import time; time.sleep(20)")["id"]
     waiting = [s.submit(f"{i}")["id"] for i in range(50)]
@@ -126,7 +126,7 @@ def test_nothing_polls_fifty_long_pollers_behind_a_20s_cell(sidecar):
     assert all(results[i]["state"] == "completed" for i in waiting)
 
 
-def test_an_idle_sidecar_uses_no_cpu(shared_sidecar):
+def test_guarantee_3_an_idle_sidecar_uses_no_cpu(shared_sidecar):
     s = shared_sidecar
     s.run("1")
     c0, t0 = cpu_seconds(s.proc.pid), time.monotonic()

@@ -38,7 +38,7 @@ def assert_increasing_without_holes(events, first=None):
             expected += 1
 
 
-def test_late_client_replays_everything_in_order(shared_sidecar):
+def test_guarantee_4_a_late_client_replays_everything_in_order(shared_sidecar):
     s = shared_sidecar
     newest = s.http.get(s.url + "/v1/status").json()["events"]["newest_seq"]
     e = s.run("print('a'); print('b'); 42")
@@ -91,7 +91,7 @@ def test_bad_since_is_400(shared_sidecar):
     assert requests.get(s.url + "/v1/events").status_code == 401
 
 
-def test_replay_after_restart_says_gap_and_sqlite_has_the_rest(sidecar):
+def test_guarantee_4_replay_after_restart_says_gap_and_sqlite_has_the_rest(sidecar):
     s = sidecar
     e = s.run("print('before restart')")
     s.stop()
@@ -121,7 +121,7 @@ def test_ring_overflow_announces_a_gap(tmp_path):
         s.stop()
 
 
-def test_a_stalled_client_slows_only_itself(tmp_path):
+def test_guarantee_5_a_stalled_client_slows_only_itself(tmp_path):
     # A 16-event / 1 MiB client queue (defaults 1024 / 16 MiB) so that the
     # 3.2 MB this test prints overflows it; hyper and the socket absorb ~0.5 MB.
     s = Sidecar(tmp_path, "--client-queue", "16", "--client-queue-bytes", str(1 << 20)).start()
