@@ -260,6 +260,15 @@ class Operator(LoggedProcess):
     def metrics(self) -> str:
         return requests.get(self.metrics_url + "/metrics", timeout=5).text
 
+    def wait_reconciled(self, session: str, offset: int, timeout: float = 30):
+        """Waits until the log after `offset` shows a finished reconcile of
+        `session`: the positive witness before a check that nothing changed."""
+        pattern = re.compile(rf"reconciled session={re.escape(session)}\b")
+        deadline = time.monotonic() + timeout
+        while not pattern.search(re.sub(r"\x1b\[[0-9;]*m", "", self.log_since(offset))):
+            assert time.monotonic() < deadline, f"no reconcile of {session} within {timeout}s"
+            time.sleep(0.05)
+
 
 @pytest.fixture(scope="session")
 def operator_factory(cluster, kube, crds):
@@ -489,6 +498,7 @@ def make_namespace(request, kube, cluster, kubelet, operator, labels=None):
     offset = operator.log_size() if operator else 0
     ns = Namespace(name)
     ns.kube, ns.cluster, ns.kubelet = kube, cluster, kubelet
+    ns.operator = operator
     yield ns
     rep = getattr(request.node, "rep_call", None)
     if rep is None or rep.failed:

@@ -63,7 +63,9 @@ def test_idle_suspend_happens_within_1s_after_the_deadline(ns):
     for kind, name in (("Secret", "idle-token"), ("PersistentVolumeClaim", "idle-state"), ("Service", "idle")):
         assert exists(kube, kind, ns, name), kind
     # It stays suspended for the same reason on later reconciles.
-    time.sleep(4)
+    offset = ns.operator.log_size()
+    kube.patch(path("NotebookSession", ns, "idle"), {"metadata": {"annotations": {"touch": "1"}}})
+    ns.operator.wait_reconciled("idle", offset)
     s = get_session(kube, ns, "idle")
     assert phase(s) == "Suspended" and cond(s, "Ready")["reason"] == "IdleTimeout", s["status"]
     assert not exists(kube, "Pod", ns, "idle-kernel")

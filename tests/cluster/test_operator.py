@@ -115,9 +115,10 @@ def test_session_owns_pod_service_secret_and_claim_with_the_expected_spec(restri
     # The Secret is created once and never rewritten: a reconcile (caused by
     # any change) leaves it as it was.
     before = kube.get(path("Secret", ns, "spec-token"))
-    kube.patch(path("NotebookSession", ns, "spec"), {"metadata": {"annotations": {"touch": "1"}}})
-    kube.patch(path("Pod", ns, "spec-kernel"), {"metadata": {"annotations": {"touch": "1"}}})
-    time.sleep(2)
+    for touched in (path("NotebookSession", ns, "spec"), path("Pod", ns, "spec-kernel")):
+        offset = ns.operator.log_size()
+        kube.patch(touched, {"metadata": {"annotations": {"touch": "1"}}})
+        ns.operator.wait_reconciled("spec", offset)
     after = kube.get(path("Secret", ns, "spec-token"))
     assert after["data"] == before["data"] and after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert kube.get(path("Pod", ns, "spec-kernel"))["metadata"]["uid"] == pod["metadata"]["uid"], \
