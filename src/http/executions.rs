@@ -17,9 +17,6 @@ use crate::store;
 
 type Svc = State<Arc<Service>>;
 
-/// Longest `?wait=`: a long poll longer than this should be repeated.
-const MAX_WAIT_S: f64 = 3600.0;
-
 fn opt_string(
     body: &serde_json::Map<String, Value>,
     field: &'static str,
@@ -78,13 +75,14 @@ pub async fn get(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let wait = match q.get("wait") {
-        None => 0.0,
-        Some(w) => match w.parse::<f64>() {
-            Ok(w) if w.is_finite() && w >= 0.0 => w.min(MAX_WAIT_S),
-            _ => return Err(ApiError::bad_field("wait", "must be a number of seconds")),
-        },
+        None => Duration::ZERO,
+        Some(w) => w
+            .parse::<f64>()
+            .map_err(|_| "must be a number of seconds")
+            .and_then(Service::wait_duration)
+            .map_err(|m| ApiError::bad_field("wait", m))?,
     };
-    let exec = svc.wait(&id, Duration::from_secs_f64(wait)).await?;
+    let exec = svc.wait(&id, wait).await?;
     match exec {
         Some(e) => Ok(Json(e).into_response()),
         None => Err(ApiError::not_found(format!("no execution {id}"))),

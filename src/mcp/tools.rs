@@ -33,8 +33,6 @@ use crate::store::{self, Execution};
 
 /// How long `execute` and `run_cell` wait when the caller does not say.
 const DEFAULT_WAIT_S: f64 = 30.0;
-/// Longest wait one call may ask for; longer work is fetched with `get_execution`.
-const MAX_WAIT_S: f64 = 3600.0;
 /// How long a finished `run_cell` waits for its outputs to be in the file.
 const WRITE_WAIT: Duration = Duration::from_secs(10);
 /// `read_notebook`: text of one source or output, and of the whole answer.
@@ -55,13 +53,7 @@ pub(crate) fn json_result(v: Value) -> CallToolResult {
 }
 
 pub(crate) fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration, CallToolResult> {
-    let s = seconds.unwrap_or(default);
-    if !s.is_finite() || s < 0.0 {
-        return Err(tool_error(format!(
-            "{field} must be a non-negative number of seconds"
-        )));
-    }
-    Ok(Duration::from_secs_f64(s.min(MAX_WAIT_S)))
+    Service::wait_duration(seconds.unwrap_or(default)).map_err(|m| tool_error(format!("{field} {m}")))
 }
 
 fn progress_of(meta: &RequestMetaObject, peer: Peer<RoleServer>) -> Option<Progress> {

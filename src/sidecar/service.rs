@@ -45,6 +45,9 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
+/// Longest wait for an execution to finish, in seconds.
+pub const MAX_WAIT_S: f64 = 3600.0;
+
 pub struct Service {
     pub cfg: Config,
     pub writer: Writer,
@@ -235,6 +238,16 @@ impl Service {
 
     pub async fn get(&self, id: &str) -> Result<Option<Execution>, StoreError> {
         self.reader.get(id).await
+    }
+
+    /// A client's wait in seconds as a duration, capped at [`MAX_WAIT_S`]
+    /// (a longer wait should be repeated); one rule for HTTP and MCP.
+    pub fn wait_duration(seconds: f64) -> Result<Duration, &'static str> {
+        if seconds.is_finite() && seconds >= 0.0 {
+            Ok(Duration::from_secs_f64(seconds.min(MAX_WAIT_S)))
+        } else {
+            Err("must be a non-negative number of seconds")
+        }
     }
 
     /// The execution once final, or as it is after `wait`.
