@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 
 use super::error::GatewayError;
 use super::review::TtlCache;
-use crate::operator::builders::{pod_name, secret_name, service_host, TOKEN_KEY};
+use crate::operator::builders::{pod_name, secret_name, service_host, sidecar_ip, TOKEN_KEY};
 use crate::operator::crd::NotebookSession;
 
 /// How long a resolved sidecar address and token are reused.
@@ -117,31 +117,10 @@ impl Upstreams {
     }
 }
 
-/// The IP of a running kernel pod that belongs to `session`.
+/// The IP of the kernel pod's sidecar, when the pod belongs to `session`
+/// (the operator's rule, [`sidecar_ip`]).
 pub fn pod_ip_of(pod: &Pod, session: &NotebookSession) -> Result<IpAddr, String> {
-    let uid = session.uid().unwrap_or_default();
-    let owned = pod
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "NotebookSession");
-    if !owned {
-        return Err(format!(
-            "pod {} is not the kernel pod of session {}",
-            pod.name_any(),
-            session.name_any()
-        ));
-    }
-    if pod.metadata.deletion_timestamp.is_some() {
-        return Err(format!("the kernel pod {} is being deleted", pod.name_any()));
-    }
-    let status = pod.status.as_ref();
-    if status.and_then(|s| s.phase.as_deref()) != Some("Running") {
-        return Err(format!("the kernel pod {} is not running yet", pod.name_any()));
-    }
-    status
-        .and_then(|s| s.pod_ip.as_deref())
-        .and_then(|ip| ip.parse().ok())
-        .ok_or_else(|| format!("the kernel pod {} has no IP yet", pod.name_any()))
+    sidecar_ip(pod, Some(session.uid().unwrap_or_default().as_str()))
 }
 
 #[cfg(test)]
@@ -163,7 +142,9 @@ mod tests {
             "metadata": {"name": "s1-kernel", "namespace": "ns", "ownerReferences": [{
                 "apiVersion": "notebook.dev/v1alpha1", "kind": "NotebookSession", "name": "s1",
                 "uid": owner_uid, "controller": true}]},
-            "status": {"phase": phase, "podIP": ip}
+            "status": {"phase": phase, "podIP": ip,
+                       "initContainerStatuses": [{"name": "sidecar", "started": phase == "Running", "ready": false,
+                                                  "restartCount": 0, "image": "i", "imageID": ""}]}
         }))
         .unwrap()
     }
@@ -180,7 +161,7 @@ mod tests {
             .contains("not the kernel pod"));
         assert!(pod_ip_of(&pod("uid-1", "Pending", None), &s)
             .unwrap_err()
-            .contains("not running"));
+            .contains("not started"));
         assert!(pod_ip_of(&pod("uid-1", "Running", None), &s)
             .unwrap_err()
             .contains("no IP"));

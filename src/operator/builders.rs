@@ -170,6 +170,43 @@ pub fn pod_name(session: &str) -> String {
     format!("{session}-kernel")
 }
 
+/// Whether the pod's Ready condition is True.
+pub fn is_pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Where a kernel pod's sidecar can be asked: the one rule for the
+/// operator (status, assets) and the gateway. The pod belongs to the
+/// session (`owner_uid`, when given), is not being deleted, its sidecar
+/// started (or the pod is Ready) and it has an IP. The kernel need not
+/// answer: the sidecar serves history and queues work without it.
+pub fn sidecar_ip(pod: &Pod, owner_uid: Option<&str>) -> Result<std::net::IpAddr, String> {
+    let name = pod.name_any();
+    if let Some(uid) = owner_uid {
+        let owned = pod
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == "NotebookSession");
+        if !owned {
+            return Err(format!("pod {name} is not the kernel pod of this session"));
+        }
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Err(format!("the kernel pod {name} is being deleted"));
+    }
+    if !(is_pod_ready(pod) || sidecar_started(pod)) {
+        return Err(format!("the sidecar of pod {name} has not started yet"));
+    }
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or_else(|| format!("the kernel pod {name} has no IP yet"))
+}
+
 /// The sidecar container of a kernel pod runs and passed its startup probe.
 pub fn sidecar_started(pod: &Pod) -> bool {
     pod.status

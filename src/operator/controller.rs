@@ -310,7 +310,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         pod: pod.as_ref(),
         sidecar,
     };
-    let pod_ready = pod.as_ref().is_some_and(is_pod_ready);
+    let pod_ready = pod.as_ref().is_some_and(builders::is_pod_ready);
     let sidecar_answered = matches!(observed.sidecar, SidecarObservation::Answered(_));
     let new = status::build_status(session, &observed, now);
     let phase = new.phase;
@@ -381,32 +381,21 @@ async fn ensure_secret(
     Ok(value(TOKEN_KEY))
 }
 
-/// Whether the pod's Ready condition is True.
-pub fn is_pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) -> SidecarObservation {
-    let Some(pod) = pod else {
+    // Asked once the sidecar runs, Ready or not: when the kernel is away the
+    // sidecar says why (starting, restarting, dead).
+    let Some(ip) = pod.and_then(|p| builders::sidecar_ip(p, None).ok()) else {
         return SidecarObservation::NotAsked;
     };
-    // Asked once the sidecar runs (its startup probe passed), Ready or not:
-    // when the kernel is away the sidecar says why (starting, restarting, dead).
-    let ask = is_pod_ready(pod) || builders::sidecar_started(pod);
-    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
-    match (ask && pod.metadata.deletion_timestamp.is_none(), ip, token) {
-        (true, Some(ip), Some(token)) => match ctx.sidecar.status(ip, token).await {
-            Ok(answer) => SidecarObservation::Answered(answer),
-            Err(err) => {
-                ctx.metrics.sidecar_status_failures.inc();
-                SidecarObservation::Unreachable(err)
-            }
-        },
-        (true, Some(_), None) => SidecarObservation::Unreachable("the session Secret has no token".into()),
-        _ => SidecarObservation::NotAsked,
+    let Some(token) = token else {
+        return SidecarObservation::Unreachable("the session Secret has no token".into());
+    };
+    match ctx.sidecar.status(&ip.to_string(), token).await {
+        Ok(answer) => SidecarObservation::Answered(answer),
+        Err(err) => {
+            ctx.metrics.sidecar_status_failures.inc();
+            SidecarObservation::Unreachable(err)
+        }
     }
 }
 

@@ -321,10 +321,10 @@ mod tests {
         let path = schema::db_path(&dir);
         let (w, _h) = Writer::open(&path).unwrap();
         w.set_meta("warm", "1".into()).await.unwrap();
-        let before = w.commits();
+        let (before, taken_before) = (w.commits(), w.taken());
         // Another connection holds the write lock: the writer thread takes
-        // the first submission and waits for the lock (busy timeout 5 s)
-        // while the other 49 queue up behind it.
+        // what has arrived and waits for the lock (busy timeout 5 s) while
+        // the rest queue up behind it.
         let holder = rusqlite::Connection::open(&path).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
         let tasks: Vec<_> = (0..50)
@@ -334,12 +334,11 @@ mod tests {
             })
             .collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
-        while w.waiting() < 49 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "only {} queued",
-                w.waiting()
-            );
+        // The witness that all 50 were sent before the lock goes: each is
+        // either taken by the writer thread or waiting in its channel.
+        let sent = || w.waiting() as u64 + (w.taken() - taken_before);
+        while sent() < 50 {
+            assert!(std::time::Instant::now() < deadline, "only {} sent", sent());
             tokio::task::yield_now().await;
         }
         holder.execute_batch("ROLLBACK").unwrap();

@@ -82,6 +82,8 @@ pub struct Writer {
     tx: mpsc::Sender<Op>,
     /// Transactions committed: fewer than operations when they share one.
     commits: Arc<AtomicU64>,
+    /// Operations the writer thread has taken from the channel.
+    taken: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -90,11 +92,12 @@ impl Writer {
         let conn = schema::open_writer(path)?;
         let (tx, rx) = mpsc::channel(8192);
         let commits = Arc::new(AtomicU64::new(0));
-        let counted = commits.clone();
+        let taken = Arc::new(AtomicU64::new(0));
+        let counters = (commits.clone(), taken.clone());
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch(), &counted))?;
-        Ok((Writer { tx, commits }, handle))
+            .spawn(move || run(conn, rx, max_batch(), &counters.0, &counters.1))?;
+        Ok((Writer { tx, commits, taken }, handle))
     }
 
     /// Transactions committed so far (`notebook_store_commits_total`).
@@ -105,6 +108,11 @@ impl Writer {
     /// Operations sent and not yet taken by the writer thread.
     pub fn waiting(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Operations the writer thread has taken so far.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
@@ -189,12 +197,19 @@ impl Writer {
     }
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Op>, max_batch: usize, commits: &AtomicU64) {
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Op>,
+    max_batch: usize,
+    commits: &AtomicU64,
+    taken: &AtomicU64,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut closed = None;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(op) = next.take() {
+            taken.fetch_add(1, Ordering::Relaxed);
             if let Op::Close(done) = op {
                 closed = Some(done);
                 break;

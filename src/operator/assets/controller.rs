@@ -24,7 +24,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::decide::{self, Finding, Next, Release, Settings, Step, FINALIZER};
 use crate::operator::builders::{self, MANAGER, TOKEN_KEY};
-use crate::operator::controller::{backoff, is_pod_ready};
+use crate::operator::controller::backoff;
 use crate::operator::crd::{AssetLease, AssetLeaseStatus, NotebookSession};
 use crate::operator::error::{is_not_found, Error};
 use crate::operator::metrics::Metrics;
@@ -357,12 +357,12 @@ async fn reach(lease: &AssetLease, ctx: &LeaseContext) -> Result<Reach, Error> {
             message,
         })
     };
-    let Some(pod) = pod.filter(|p| p.metadata.deletion_timestamp.is_none()) else {
+    let Some(pod) = pod else {
         return not_ready(format!("session {name} has no running kernel pod"));
     };
-    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-    let (true, Some(ip)) = (is_pod_ready(&pod), ip) else {
-        return not_ready(format!("the pod {pod_name} of session {name} is not ready"));
+    let ip = match builders::sidecar_ip(&pod, None) {
+        Ok(ip) => ip.to_string(),
+        Err(why) => return not_ready(format!("session {name}: {why}")),
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret = secrets
