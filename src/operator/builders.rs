@@ -334,12 +334,12 @@ pub fn build_service(session: &NotebookSession) -> Service {
 /// The metadata this operator applies is on `existing`: its labels and
 /// owner references.
 fn meta_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
-    let labels = existing.labels.clone().unwrap_or_default();
+    let labels = existing.labels.as_ref();
     desired
         .labels
         .iter()
         .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v))
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         && existing.owner_references == desired.owner_references
 }
 

@@ -354,13 +354,14 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
             "the sidecar is not ready yet",
         ),
     };
-    // A kernel state the operator does not know is never taken for healthy.
-    let kernel_dead = kernel.status == "False" || kernel.reason == "KernelStateUnknown";
-    let kernel_answered = matches!(observed.sidecar, SidecarObservation::Answered(_));
+    // The sidecar answered and its kernel does not (starting, restarting,
+    // dead, or a state the operator does not know: never taken for healthy).
+    let kernel_away =
+        matches!(&observed.sidecar, SidecarObservation::Answered(s) if !s.kernel.state.answers());
 
     let (phase, ready) = if let Some((reason, message)) = stuck {
         (SessionPhase::Failed, cond(READY, "False", &reason, message))
-    } else if pod_ready && !kernel_dead {
+    } else if pod_ready && !kernel_away {
         (
             SessionPhase::Ready,
             cond(
@@ -370,7 +371,7 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
                 "the sidecar is ready and the kernel answers",
             ),
         )
-    } else if pod_ready || (kernel_dead && kernel_answered) {
+    } else if pod_ready || kernel_away {
         // The sidecar says why the kernel does not answer; the kernel
         // container's last exit (OOMKilled, an exit code) says how it went.
         let message = match kernel_last_exit(&pod_status) {
@@ -405,7 +406,6 @@ fn phase_and_conditions(session: &NotebookSession, observed: &Observed<'_>) -> (
     (phase, vec![spec_valid, ready, scheduled, kernel])
 }
 
-/// New conditions, keeping each one's `lastTransitionTime` unless its status changed.
 /// How the kernel container last ended, when it restarted: "the kernel
 /// container was OOMKilled (exit code 137)".
 fn kernel_last_exit(pod_status: &k8s_openapi::api::core::v1::PodStatus) -> Option<String> {
@@ -422,6 +422,7 @@ fn kernel_last_exit(pod_status: &k8s_openapi::api::core::v1::PodStatus) -> Optio
     ))
 }
 
+/// New conditions, keeping each one's `lastTransitionTime` unless its status changed.
 fn merge_conditions(
     old: &[Condition],
     new: Vec<Cond>,
@@ -633,6 +634,12 @@ mod tests {
         build_status(session, &observed, now)
     }
 
+    fn message_of(status: &NotebookSessionStatus, type_: &str) -> String {
+        condition(status, type_)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    }
+
     fn reason(status: &NotebookSessionStatus, type_: &str) -> (String, String) {
         let c = condition(status, type_).unwrap_or_else(|| panic!("no {type_} condition"));
         (c.status.clone(), c.reason.clone())
@@ -760,9 +767,7 @@ mod tests {
         });
         let killed = status_with(&session, Some(&pod), sidecar("dead"), now());
         assert_eq!(reason(&killed, READY), ("False".into(), "KernelDead".into()));
-        let message = condition(&killed, READY)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
+        let message = message_of(&killed, READY);
         assert!(message.contains("OOMKilled (exit code 137"), "{message}");
         let restarting = status_with(&session, Some(&pod), sidecar("restarting"), now());
         assert_eq!(
@@ -789,9 +794,7 @@ mod tests {
             reason(&status, READY),
             ("False".into(), "ImagePullBackOff".into())
         );
-        let message = condition(&status, READY)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
+        let message = message_of(&status, READY);
         assert!(
             message.starts_with("container kernel: ImagePullBackOff"),
             "{message}"
@@ -805,9 +808,7 @@ mod tests {
             ("False".into(), "CrashLoopBackOff".into())
         );
         // The kernel's last log line (its termination message) says why.
-        let message = condition(&status, READY)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
+        let message = message_of(&status, READY);
         assert!(
             message.ends_with("; last log line: ModuleNotFoundError: No module named 'ipykernel'"),
             "{message}"
