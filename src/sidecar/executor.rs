@@ -367,15 +367,7 @@ impl Executor {
                 }
                 _ => {
                     let e = f.execution;
-                    self.finish_row(
-                        &e,
-                        State::Failed,
-                        Some(EndReason::Interrupted),
-                        Outputs::default(),
-                        None,
-                        None,
-                    )
-                    .await;
+                    self.finish_unrun(&e, State::Failed, EndReason::Interrupted).await;
                 }
             }
         }
@@ -496,15 +488,8 @@ impl Executor {
         }
         if let Err(e) = conn.client.send(Channel::Shell, &req).await {
             warn!(execution = %exec.id, error = %e, "sending execute_request");
-            self.finish_row(
-                &exec,
-                State::Failed,
-                Some(EndReason::KernelDied),
-                Outputs::default(),
-                None,
-                None,
-            )
-            .await;
+            self.finish_unrun(&exec, State::Failed, EndReason::KernelDied)
+                .await;
             return;
         }
         tracing::debug!(execution = %exec.id, "dispatched");
@@ -602,15 +587,8 @@ impl Executor {
                 result: exec.state.to_string(),
             });
         }
-        self.finish_row(
-            &exec,
-            State::Cancelled,
-            Some(EndReason::Cancelled),
-            Outputs::default(),
-            None,
-            None,
-        )
-        .await;
+        self.finish_unrun(&exec, State::Cancelled, EndReason::Cancelled)
+            .await;
         Ok(CancelOutcome {
             id: id.to_string(),
             result: "cancelled".into(),
@@ -855,6 +833,12 @@ impl Executor {
             .await;
     }
 
+    /// Ends an execution the kernel is not running: no outputs, no reply.
+    async fn finish_unrun(&self, exec: &Execution, state: State, reason: EndReason) {
+        self.finish_row(exec, state, Some(reason), Outputs::default(), None, None)
+            .await;
+    }
+
     /// Commits the final state, then announces it and wakes waiters.
     async fn finish_row(
         &self,
@@ -867,7 +851,6 @@ impl Executor {
     ) {
         let error = error.or_else(|| {
             reason
-                .filter(|r| *r != EndReason::Cancelled || state != State::Cancelled)
                 .filter(|_| state == State::Failed)
                 .map(|r| json!({"ename": "ExecutionFailed", "evalue": r.as_str(), "traceback": []}))
         });
