@@ -423,8 +423,8 @@ impl Tools {
     )]
     async fn kernel_status(&self) -> ToolResult {
         let mut v = kernel_json(&self.svc);
-        if let Ok(status) = self.svc.status().await {
-            v["queue"] = serde_json::to_value(&status.queue).unwrap_or_default();
+        if let Ok(queue) = self.svc.queue().await {
+            v["queue"] = serde_json::to_value(&queue).unwrap_or_default();
         }
         Ok(json_result(v))
     }

@@ -565,10 +565,27 @@ impl Caches {
     }
 }
 
-/// The caches keep what reconciles read; managedFields (often the larger
-/// part of a pod) are not read and not kept.
-fn forget_managed_fields<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
+/// One owned kind watched into a cache: the cache, and the stream of the
+/// objects that changed (which triggers their owners' reconciles). The
+/// cache keeps what reconciles read; managedFields (often the larger part
+/// of a pod) are not read and not kept.
+fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changes = watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    (store, changes)
 }
 
 /// The Controller, wired: NotebookSessions, and the objects they own (only
@@ -589,42 +606,18 @@ pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<Notebo
         builders::LABEL_NAME,
         builders::LABEL_NAME_VALUE
     ));
-    let (pods, pods_w) = reflector::store();
-    let (secrets, secrets_w) = reflector::store();
-    let (services, services_w) = reflector::store();
-    let (claims, claims_w) = reflector::store();
+    let (pods, pod_changes) = cached(api::<Pod>(&client, namespace), owned.clone());
+    let (secrets, secret_changes) = cached(api::<Secret>(&client, namespace), owned.clone());
+    let (services, service_changes) = cached(api::<Service>(&client, namespace), owned.clone());
+    let (claims, claim_changes) = cached(api::<PersistentVolumeClaim>(&client, namespace), owned);
     let controller = Controller::new(
         api::<NotebookSession>(&client, namespace),
         watcher::Config::default(),
     )
-    .owns_stream(
-        watcher(api::<Pod>(&client, namespace), owned.clone())
-            .default_backoff()
-            .modify(forget_managed_fields)
-            .reflect(pods_w)
-            .touched_objects(),
-    )
-    .owns_stream(
-        watcher(api::<Service>(&client, namespace), owned.clone())
-            .default_backoff()
-            .modify(forget_managed_fields)
-            .reflect(services_w)
-            .touched_objects(),
-    )
-    .owns_stream(
-        watcher(api::<Secret>(&client, namespace), owned.clone())
-            .default_backoff()
-            .modify(forget_managed_fields)
-            .reflect(secrets_w)
-            .touched_objects(),
-    )
-    .owns_stream(
-        watcher(api::<PersistentVolumeClaim>(&client, namespace), owned)
-            .default_backoff()
-            .modify(forget_managed_fields)
-            .reflect(claims_w)
-            .touched_objects(),
-    );
+    .owns_stream(pod_changes)
+    .owns_stream(service_changes)
+    .owns_stream(secret_changes)
+    .owns_stream(claim_changes);
     (
         controller,
         Caches {

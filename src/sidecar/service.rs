@@ -311,22 +311,27 @@ impl Service {
         *self.ready.borrow() && !self.is_shutting_down() && self.kernel.borrow().state.answers()
     }
 
-    /// What the operator copies into the session status.
-    pub async fn status(&self) -> Result<sidecar_api::Status, StoreError> {
+    /// Executions by state.
+    pub async fn queue(&self) -> Result<sidecar_api::QueueCounts, StoreError> {
         let counts = self.reader.counts().await?;
-        let k = self.kernel_status();
         let count = |s: State| {
             counts
                 .get(&s)
                 .map_or(0, |n| i64::try_from(*n).unwrap_or(i64::MAX))
         };
-        let queue = sidecar_api::QueueCounts {
+        Ok(sidecar_api::QueueCounts {
             queued: count(State::Queued),
             running: count(State::Running),
             completed: count(State::Completed),
             failed: count(State::Failed),
             cancelled: count(State::Cancelled),
-        };
+        })
+    }
+
+    /// What the operator copies into the session status.
+    pub async fn status(&self) -> Result<sidecar_api::Status, StoreError> {
+        let queue = self.queue().await?;
+        let k = self.kernel_status();
         Ok(sidecar_api::Status {
             kernel: sidecar_api::KernelSummary {
                 state: k.state,

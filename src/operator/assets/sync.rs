@@ -9,7 +9,7 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 
 use super::desired::leases_to_apply;
-use crate::operator::builders::MANAGER;
+use crate::operator::builders::{self, MANAGER};
 use crate::operator::crd::{AssetLease, NotebookSession};
 use crate::operator::metrics::Metrics;
 use crate::operator::sidecar_client::SidecarClient;
@@ -38,13 +38,10 @@ impl LeaseSync {
         if self.store.wait_until_ready().now_or_never().is_none() {
             return Ok(0);
         }
-        let (Some(namespace), Some(ip)) = (
-            session.namespace(),
-            pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()),
-        ) else {
+        let (Some(namespace), Ok(ip)) = (session.namespace(), builders::sidecar_ip(pod, None)) else {
             return Ok(0);
         };
-        let assets = sidecar.assets(ip, token).await?;
+        let assets = sidecar.assets(&ip.to_string(), token).await?;
         let name = session.name_any();
         let existing = self.store.state_filter(|lease| {
             lease.spec.session_ref.name == name && lease.namespace().as_deref() == Some(namespace.as_str())
