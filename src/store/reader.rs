@@ -303,6 +303,16 @@ mod tests {
     use super::super::writer::{EnqueueOutcome, Writer};
     use super::*;
 
+    /// A new database of this test process, and its writer.
+    fn fresh_store(tag: &str) -> (std::path::PathBuf, Writer) {
+        let dir = std::env::temp_dir().join(format!("nbo-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = schema::db_path(&dir);
+        let (w, _thread) = Writer::open(&path).unwrap();
+        (path, w)
+    }
+
     fn new_exec(id: &str, key: Option<&str>) -> NewExecution {
         NewExecution {
             id: id.into(),
@@ -315,11 +325,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn guarantee_1_concurrent_submissions_share_one_commit() {
-        let dir = std::env::temp_dir().join(format!("nbo-store-group-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = schema::db_path(&dir);
-        let (w, _h) = Writer::open(&path).unwrap();
+        let (path, w) = fresh_store("group");
         w.set_meta("warm", "1".into()).await.unwrap();
         let (before, taken_before) = (w.commits(), w.taken());
         // Another connection holds the write lock: the writer thread takes
@@ -352,11 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn enqueue_is_idempotent_by_key_and_fifo() {
-        let dir = std::env::temp_dir().join(format!("nbo-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = schema::db_path(&dir);
-        let (w, _h) = Writer::open(&path).unwrap();
+        let (path, w) = fresh_store("fifo");
         let r = Reader::new(&path);
         assert!(matches!(
             w.enqueue(new_exec("a", Some("k1"))).await.unwrap(),
