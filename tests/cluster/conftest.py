@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import random
 import re
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import tempfile
@@ -36,7 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import BIN, free_port  # noqa: E402
-from kube import Kube, path  # noqa: E402
+from kube import Kube, path, namespace_for_test  # noqa: E402
 from kubelet import SIDECAR_PORT_DEFAULT, StandInKubelet  # noqa: E402
 
 OPERATOR_NS = "nbo-system"
@@ -444,21 +442,9 @@ def refusals(log: str) -> list[str]:
 
 
 # -- one namespace per test --------------------------------------------------------------
-def _ns_name(request) -> str:
-    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_")).strip("-")[:40].strip("-")
-    return f"{base}-{''.join(random.choices(string.ascii_lowercase + string.digits, k=4))}"
-
-
 def dump_namespace(kube: Kube, cluster: Cluster, kubelet: StandInKubelet, operator: Operator | None,
                    ns: str) -> str:
-    out = [f"===== namespace {ns} ====="]
-    for kind in ("NotebookSession", "Pod", "Service", "PersistentVolumeClaim"):
-        try:
-            for o in kube.list(path(kind, ns)):
-                o["metadata"].pop("managedFields", None)
-                out.append(f"--- {kind} {o['metadata']['name']}\n" + yaml.safe_dump(o, sort_keys=False))
-        except Exception as e:  # noqa: BLE001
-            out.append(f"--- {kind}: {e}")
+    out = [f"===== namespace {ns} =====", *kube.describe(ns, ("NotebookSession", "Pod", "Service", "PersistentVolumeClaim"))]
     try:
         out.append("--- Secrets: " + ", ".join(o["metadata"]["name"] for o in kube.list(path("Secret", ns))))
         out.append("--- events\n" + cluster.kubectl("-n", ns, "get", "events", "--sort-by=.lastTimestamp",
@@ -487,7 +473,7 @@ class Namespace(str):
 
 
 def make_namespace(request, kube, cluster, kubelet, operator, labels=None):
-    name = _ns_name(request)
+    name = namespace_for_test(request.node.name)
     kube.create(path("Namespace"), {"apiVersion": "v1", "kind": "Namespace",
                                      "metadata": {"name": name, "labels": {"nbo.test/tier4": "true",
                                                                            **(labels or {})}}})

@@ -12,12 +12,16 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import random
+import re
+import string
 import subprocess
 import threading
 import time
 from typing import Callable, Iterator
 
 import requests
+import yaml
 
 # kind -> (group/version path prefix, plural, namespaced)
 KINDS = {
@@ -57,6 +61,12 @@ def path(kind: str, namespace: str | None = None, name: str | None = None, sub: 
     if sub:
         p += "/" + sub
     return p
+
+
+def namespace_for_test(test_name: str) -> str:
+    """A fresh namespace name for a test: its name, shortened, and 4 random characters."""
+    base = re.sub(r"[^a-z0-9]+", "-", test_name.lower().removeprefix("test_")).strip("-")[:40].strip("-")
+    return f"{base}-{''.join(random.choices(string.ascii_lowercase + string.digits, k=4))}"
 
 
 def obj_path(obj: dict, sub: str | None = None) -> str:
@@ -152,6 +162,17 @@ class Kube:
     def list(self, p: str, **params) -> list[dict]:
         return self.get(p, **params).get("items", [])
 
+    def describe(self, ns: str, kinds: tuple[str, ...]) -> list[str]:
+        """Every object of `kinds` in `ns` as YAML (without managedFields), for a failed test's dump."""
+        out = []
+        for kind in kinds:
+            try:
+                for o in self.list(path(kind, ns)):
+                    o["metadata"].pop("managedFields", None)
+                    out.append(f"--- {kind} {o['metadata']['name']}\n" + yaml.safe_dump(o, sort_keys=False))
+            except Exception as e:  # noqa: BLE001
+                out.append(f"--- {kind}: {e}")
+        return out
     def create(self, p: str, obj: dict) -> dict:
         return self.request("POST", p, body=obj)
 

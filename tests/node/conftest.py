@@ -17,10 +17,7 @@ import contextlib
 import json
 import os
 import pathlib
-import random
-import re
 import shutil
-import string
 import subprocess
 import sys
 import time
@@ -28,14 +25,13 @@ import time
 import anyio
 import pytest
 import requests
-import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from kube import Kube, path  # noqa: E402
+from kube import Kube, path, namespace_for_test  # noqa: E402
 
 RELEASE = "nbo"
 OPERATOR_NS = "nbo-system"
@@ -156,20 +152,8 @@ def chart(node, kube):
     yield {"values": values, "install_s": time.monotonic() - t0}
 
 
-def _ns_name(request) -> str:
-    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_")).strip("-")[:40].strip("-")
-    return f"{base}-{''.join(random.choices(string.ascii_lowercase + string.digits, k=4))}"
-
-
 def dump_namespace(node: Node, kube: Kube, ns: str) -> str:
-    out = [f"===== namespace {ns} ====="]
-    for kind in ("NotebookSession", "Pod", "PersistentVolumeClaim", "AssetLease"):
-        try:
-            for o in kube.list(path(kind, ns)):
-                o["metadata"].pop("managedFields", None)
-                out.append(f"--- {kind} {o['metadata']['name']}\n" + yaml.safe_dump(o, sort_keys=False))
-        except Exception as e:  # noqa: BLE001
-            out.append(f"--- {kind}: {e}")
+    out = [f"===== namespace {ns} =====", *kube.describe(ns, ("NotebookSession", "Pod", "PersistentVolumeClaim", "AssetLease"))]
     out.append("--- events\n" + node.kubectl("-n", ns, "get", "events", "--sort-by=.lastTimestamp", check=False))
     for pod in kube.list(path("Pod", ns)):
         for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
@@ -194,7 +178,7 @@ class Namespace(str):
 @pytest.fixture
 def ns(request, node, kube, chart):
     """A fresh namespace enforcing restricted Pod Security."""
-    name = _ns_name(request)
+    name = namespace_for_test(request.node.name)
     kube.create(path("Namespace"), {"apiVersion": "v1", "kind": "Namespace",
                                      "metadata": {"name": name, "labels": {"nbo.test/tier5": "true", **RESTRICTED}}})
     wait_namespace_sa(kube, name)
