@@ -24,13 +24,7 @@ pub async fn publish<K>(recorder: &Recorder, object: &K, type_: EventType, reaso
 where
     K: Resource<DynamicType = ()>,
 {
-    if note.len() > MAX_NOTE {
-        let mut cut = MAX_NOTE;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
+    note.truncate(crate::util::prefix(&note, MAX_NOTE).len());
     let event = Event {
         type_,
         reason: reason.into(),

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod builders;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod error;

@@ -11,6 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use super::builders::{endpoint, mcp_endpoint, pod_name, secret_name, ValidSpec, KERNEL_CONTAINER};
+use super::conditions::{self, cond, Cond, Transition};
 use super::crd::{NotebookSession, NotebookSessionStatus, QueueStatus, SessionPhase, ShutdownPolicy};
 use crate::sidecar_api::KernelState;
 
@@ -118,22 +119,6 @@ pub struct Observed<'a> {
     pub sidecar: SidecarObservation,
 }
 
-struct Cond {
-    type_: &'static str,
-    status: &'static str,
-    reason: String,
-    message: String,
-}
-
-fn cond(type_: &'static str, status: &'static str, reason: &str, message: impl Into<String>) -> Cond {
-    Cond {
-        type_,
-        status,
-        reason: reason.into(),
-        message: message.into(),
-    }
-}
-
 /// The new status of `session`.
 pub fn build_status(
     session: &NotebookSession,
@@ -146,7 +131,7 @@ pub fn build_status(
 
     let mut status = NotebookSessionStatus {
         phase: Some(phase),
-        conditions: merge_conditions(&old.conditions, conds, session.metadata.generation, now),
+        conditions: conditions::merge(&old.conditions, conds, session.metadata.generation, now),
         pod_name: observed.pod.map(|pod| pod.name_any()),
         endpoint: None,
         mcp_endpoint: None,
@@ -422,35 +407,9 @@ fn kernel_last_exit(pod_status: &k8s_openapi::api::core::v1::PodStatus) -> Optio
     ))
 }
 
-/// New conditions, keeping each one's `lastTransitionTime` unless its status changed.
-fn merge_conditions(
-    old: &[Condition],
-    new: Vec<Cond>,
-    generation: Option<i64>,
-    now: Timestamp,
-) -> Vec<Condition> {
-    new.into_iter()
-        .map(|c| {
-            let previous = old.iter().find(|o| o.type_ == c.type_);
-            let last_transition_time = match previous {
-                Some(p) if p.status == c.status => p.last_transition_time.clone(),
-                _ => Time(now),
-            };
-            Condition {
-                type_: c.type_.into(),
-                status: c.status.into(),
-                reason: c.reason,
-                message: c.message,
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect()
-}
-
 /// The condition of a type in a status.
 pub fn condition<'a>(status: &'a NotebookSessionStatus, type_: &str) -> Option<&'a Condition> {
-    status.conditions.iter().find(|c| c.type_ == type_)
+    conditions::find(&status.conditions, type_)
 }
 
 /// What the session should do now.
@@ -557,17 +516,6 @@ pub fn lifecycle(
         }
     }
     (Lifecycle::Run, next)
-}
-
-/// A change worth an Event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
-    /// `Normal` or `Warning`.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: String,
-    /// For people.
-    pub note: String,
 }
 
 /// Events to record between the old and the new status: phase changes, with

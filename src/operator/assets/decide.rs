@@ -30,6 +30,8 @@ use kube::ResourceExt;
 use crate::assets::name::is_valid;
 use crate::assets::ASSETS_DIR;
 use crate::operator::builders::{LABEL_MANAGED_BY, MANAGER};
+pub use crate::operator::conditions::floor_second;
+use crate::operator::conditions::{self, cond, Transition};
 use crate::operator::crd::{parse_duration, AssetLease, AssetLeaseStatus, LeasePhase};
 use crate::sidecar_api::AssetEntry;
 
@@ -109,15 +111,6 @@ pub fn ceil_second(t: Timestamp) -> Timestamp {
     }
 }
 
-/// The last whole second at or before `t`: what a `metav1.Time` keeps of it.
-pub fn floor_second(t: Timestamp) -> Timestamp {
-    if t.subsec_nanosecond() < 0 {
-        Timestamp::from_second(t.as_second() - 1).unwrap_or(t)
-    } else {
-        Timestamp::from_second(t.as_second()).unwrap_or(t)
-    }
-}
-
 /// What to do with a lease now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -149,11 +142,11 @@ pub fn plan(lease: &AssetLease, now: Timestamp, settings: Settings) -> Plan {
     let terms = match terms(lease) {
         Ok(terms) => terms,
         Err(why) => {
-            set_condition(
+            conditions::set(
                 &mut status.conditions,
                 generation,
                 now,
-                (SPEC_VALID, "False", "InvalidSpec", why),
+                cond(SPEC_VALID, "False", "InvalidSpec", why),
             );
             return Plan {
                 status,
@@ -161,11 +154,11 @@ pub fn plan(lease: &AssetLease, now: Timestamp, settings: Settings) -> Plan {
             };
         }
     };
-    set_condition(
+    conditions::set(
         &mut status.conditions,
         generation,
         now,
-        (SPEC_VALID, "True", "Valid", "the lease can be enforced".into()),
+        cond(SPEC_VALID, "True", "Valid", "the lease can be enforced"),
     );
     status.expires_at = Some(Time(terms.expires_at));
     if terms.expires_at > now {
@@ -326,8 +319,13 @@ pub fn verdict(lease: &AssetLease, now: Timestamp, settings: Settings, finding: 
     let generation = lease.metadata.generation;
     let checked = floor_second(now);
     let mut conditions = std::mem::take(&mut status.conditions);
-    let mut set = |condition: (&str, &str, &str, String)| {
-        set_condition(&mut conditions, generation, now, condition);
+    let mut set = |(type_, status, reason, message): (&'static str, &'static str, &str, String)| {
+        conditions::set(
+            &mut conditions,
+            generation,
+            now,
+            cond(type_, status, reason, message),
+        );
     };
     let asset = &terms.asset;
     // Every finding but another lease's hold comes from the sidecar.
@@ -487,55 +485,9 @@ pub fn release(lease: &AssetLease, holder: Option<(String, Timestamp)>) -> Relea
     Release::DeleteAsset(asset)
 }
 
-/// Sets one condition, keeping `lastTransitionTime` unless its status changes
-/// (metav1 rules); a new condition type is appended, so the order is stable.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    generation: Option<i64>,
-    now: Timestamp,
-    (type_, status, reason, message): (&str, &str, &str, String),
-) {
-    let mut message = message;
-    if message.len() > 1024 {
-        let mut cut = 1024;
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-    }
-    let existing = conditions.iter_mut().find(|c| c.type_ == type_);
-    let transition = match &existing {
-        Some(old) if old.status == status => old.last_transition_time.clone(),
-        _ => Time(floor_second(now)),
-    };
-    let new = Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: transition,
-    };
-    match existing {
-        Some(old) => *old = new,
-        None => conditions.push(new),
-    }
-}
-
 /// The condition of a type in a lease status.
 pub fn condition<'a>(status: &'a AssetLeaseStatus, type_: &str) -> Option<&'a Condition> {
-    status.conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// A change worth an Event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transition {
-    /// `Warning` rather than `Normal`.
-    pub warning: bool,
-    /// CamelCase reason.
-    pub reason: String,
-    /// For people.
-    pub note: String,
+    conditions::find(&status.conditions, type_)
 }
 
 /// Events between two statuses of a lease: phase changes, and the sidecar
