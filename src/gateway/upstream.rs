@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 
 use super::error::GatewayError;
 use super::review::TtlCache;
-use crate::operator::builders::{pod_name, secret_name, service_host, sidecar_ip, TOKEN_KEY};
+use crate::operator::builders::{pod_name, secret_name, service_host, session_token, sidecar_ip};
 use crate::operator::crd::NotebookSession;
 
 /// How long a resolved sidecar address and token are reused.
@@ -88,16 +88,9 @@ impl Upstreams {
             .await
             .map_err(GatewayError::kube("read the session Secret"))?
             .ok_or_else(|| GatewayError::NotReady(format!("session {ns}/{name} has no token Secret yet")))?;
-        let token = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(TOKEN_KEY))
-            .and_then(|b| String::from_utf8(b.0.clone()).ok())
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                GatewayError::NotReady(format!("the Secret of session {ns}/{name} holds no token"))
-            })?;
+        let token = session_token(&secret).ok_or_else(|| {
+            GatewayError::NotReady(format!("the Secret of session {ns}/{name} holds no token"))
+        })?;
         let up = Upstream {
             addr: SocketAddr::new(ip, self.port),
             host: service_host(&session),

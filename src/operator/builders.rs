@@ -222,6 +222,20 @@ pub fn secret_name(session: &str) -> String {
     format!("{session}-token")
 }
 
+/// A value of the session Secret, trimmed; `None` when the key is missing,
+/// empty, or not UTF-8.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    let text = std::str::from_utf8(&bytes.0).ok()?.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// The client token the session Secret holds: the one rule for the session
+/// controller, the lease controller and the gateway.
+pub fn session_token(secret: &Secret) -> Option<String> {
+    secret_value(secret, TOKEN_KEY)
+}
+
 /// Name of the state PersistentVolumeClaim.
 pub fn pvc_name(session: &str) -> String {
     format!("{session}-state")

@@ -2,29 +2,29 @@
 //! observe → status, with the building and the status computed by pure
 //! functions ([`super::builders`], [`super::status`]).
 
-use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-use super::assets::LeaseSync;
-use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER, TOKEN_KEY};
+use super::assets::{LeaseSync, SessionCaches};
+use super::backoff::Failures;
+use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER};
 use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
-use super::error::{is_already_exists, is_namespace_terminating, is_not_found, Error};
+use super::error::{is_already_exists, is_namespace_terminating, Error};
 use super::metrics::Metrics;
 use super::sidecar_client::SidecarClient;
 use super::status::{self, Activity, Lifecycle, Observed, SidecarObservation};
+use super::writes::{self, Written};
 
 /// Safety resync of a session no watch event touched.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -55,7 +55,7 @@ pub struct Context {
     /// Reads sidecar status.
     pub sidecar: SidecarClient,
     /// Consecutive failures per session, for the error backoff.
-    failures: Mutex<HashMap<ObjectRef<NotebookSession>, u32>>,
+    failures: Failures<ObjectRef<NotebookSession>>,
     /// Applies AssetLeases for new assets of Ready sessions, when the lease controller runs.
     leases: Option<LeaseSync>,
     /// The watch caches of owned objects.
@@ -77,7 +77,7 @@ impl Context {
             config,
             metrics,
             sidecar,
-            failures: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
             leases: None,
             caches,
         }
@@ -88,40 +88,6 @@ impl Context {
         self.leases = Some(leases);
         self
     }
-
-    fn record_failure(&self, key: ObjectRef<NotebookSession>) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let count = failures.entry(key).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
-    }
-
-    fn clear_failures(&self, key: &ObjectRef<NotebookSession>) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(key);
-    }
-}
-
-/// Error backoff: 1 s, 2 s, 4 s ... capped at 5 minutes, with up to 20 % jitter.
-pub fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(9);
-    let base = Duration::from_secs(1u64 << exponent).min(Duration::from_secs(300));
-    let jitter = rand::random::<f64>() * 0.2;
-    base.mul_f64(1.0 + jitter)
-}
-
-fn apply_params() -> PatchParams {
-    PatchParams::apply(MANAGER).force()
-}
-
-async fn apply<K>(api: &Api<K>, object: &K, step: &'static str) -> Result<K, Error>
-where
-    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
-{
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &apply_params(), &Patch::Apply(object))
-        .await
-        .map_err(Error::kube(step))
 }
 
 /// Reconciles one NotebookSession.
@@ -139,15 +105,14 @@ pub async fn reconcile(session: Arc<NotebookSession>, ctx: Arc<Context>) -> Resu
     ctx.metrics
         .reconciled(result.is_ok(), started.elapsed().as_secs_f64());
     if result.is_ok() {
-        ctx.clear_failures(&ObjectRef::from_obj(session.as_ref()));
+        ctx.failures.clear(&ObjectRef::from_obj(session.as_ref()));
     }
     result
 }
 
 /// Logs, counts, and backs off per session.
 pub fn error_policy(session: Arc<NotebookSession>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.record_failure(ObjectRef::from_obj(session.as_ref()));
-    let delay = backoff(failures);
+    let (failures, delay) = ctx.failures.record(ObjectRef::from_obj(session.as_ref()));
     ctx.metrics.error(error.category());
     tracing::warn!(
         session = %session.name_any(),
@@ -189,10 +154,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
                 sidecar: SidecarObservation::NotAsked,
             };
             let new = status::build_status(session, &observed, now);
-            match write_status(&sessions, session, new, ctx).await {
-                Err(Error::Kube { source, .. }) if is_not_found(&source) => {}
-                other => other?,
-            }
+            write_status(&sessions, session, new, ctx).await?;
         }
         return Ok(Action::await_change());
     }
@@ -222,13 +184,13 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     let cached = Caches::get(&ctx.caches.services, &namespace, &name);
     if !cached.is_some_and(|c| builders::service_matches(&c, &service)) {
         let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-        apply(&services, &service, "apply Service").await?;
+        writes::apply(&services, &service, "apply Service").await?;
     }
     if let Some(pvc) = builders::build_pvc(session) {
         let cached = Caches::get(&ctx.caches.claims, &namespace, &builders::pvc_name(&name));
         if !cached.is_some_and(|c| builders::claim_matches(&c, &pvc)) {
             let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-            apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
+            writes::apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
         }
     }
 
@@ -252,18 +214,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
                 "shutdownTime passed; deleting the session".into(),
             )
             .await;
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: session.uid(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::background()
-            };
-            match sessions.delete(&name, &params).await {
-                Ok(_) => {}
-                Err(err) if is_not_found(&err) => {}
-                Err(err) => return Err(Error::kube("delete NotebookSession at shutdownTime")(err)),
-            }
+            writes::delete_exact(&sessions, session, "delete NotebookSession at shutdownTime").await?;
             return Ok(Action::await_change());
         }
         Lifecycle::SuspendForIdle(suspension) => {
@@ -368,17 +319,10 @@ async fn ensure_secret(
             }
         }
     };
-    let value = |key: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-    };
-    if value(KERNEL_KEY_KEY).is_none() {
+    if builders::secret_value(&secret, KERNEL_KEY_KEY).is_none() {
         tracing::warn!(secret = %name, "the session Secret has no {KERNEL_KEY_KEY} key; the sidecar will not start");
     }
-    Ok(value(TOKEN_KEY))
+    Ok(builders::session_token(&secret))
 }
 
 async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) -> SidecarObservation {
@@ -413,7 +357,7 @@ async fn converge_pod(
         if suspended {
             return Ok(None);
         }
-        let created = apply(pods, &desired, "create Pod").await?;
+        let created = writes::apply(pods, &desired, "create Pod").await?;
         return Ok(Some(created));
     };
     if existing.metadata.deletion_timestamp.is_some() {
@@ -438,18 +382,7 @@ async fn converge_pod(
         return Ok(Some(existing));
     };
     publish(ctx, session, EventType::Normal, reason, note.into()).await;
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: existing.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match pods.delete(&existing.name_any(), &params).await {
-        Ok(either) => Ok(either.left()),
-        Err(err) if is_not_found(&err) || matches!(&err, kube::Error::Api(s) if s.code == 409) => Ok(None),
-        Err(err) => Err(Error::kube("delete Pod")(err)),
-    }
+    writes::delete_exact(pods, &existing, "delete Pod").await
 }
 
 /// Gives the session's new assets their leases. A failure is logged and
@@ -474,27 +407,19 @@ async fn write_status(
     ctx: &Context,
 ) -> Result<(), Error> {
     let old = session.status.as_ref();
-    if old == Some(&new) {
-        return Ok(());
+    let written = writes::status(
+        sessions,
+        &ctx.recorder,
+        session,
+        old,
+        &new,
+        status::transitions,
+        "apply NotebookSession status",
+    )
+    .await?;
+    if written == Written::Changed {
+        record_lifecycle_metrics(session, old, &new, ctx);
     }
-    record_lifecycle_metrics(session, old, &new, ctx);
-    for transition in status::transitions(old, &new) {
-        let kind = if transition.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        publish(ctx, session, kind, &transition.reason, transition.note).await;
-    }
-    let patch = serde_json::json!({
-        "apiVersion": NotebookSession::api_version(&()),
-        "kind": NotebookSession::kind(&()),
-        "status": new,
-    });
-    sessions
-        .patch_status(&session.name_any(), &apply_params(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::kube("apply NotebookSession status"))?;
     Ok(())
 }
 
@@ -547,6 +472,16 @@ pub struct Caches {
 }
 
 impl Caches {
+    /// What the lease controller reads: the sessions (the session
+    /// controller's own cache) with these pods and Secrets.
+    pub fn for_leases(&self, sessions: Store<NotebookSession>) -> SessionCaches {
+        SessionCaches {
+            sessions,
+            pods: self.pods.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+
     /// Waits until every cache holds its first complete listing.
     async fn ready(&self) {
         let _ = futures::join!(
@@ -557,7 +492,8 @@ impl Caches {
         );
     }
 
-    fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+    /// The object `namespace/name` in `store`, if the cache has it.
+    pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
     where
         K: Resource<DynamicType = ()> + Clone + 'static,
     {
@@ -627,17 +563,4 @@ pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<Notebo
             claims,
         },
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) >= Duration::from_secs(1) && backoff(1) < Duration::from_millis(1300));
-        assert!(backoff(3) >= Duration::from_secs(4));
-        assert!(backoff(50) <= Duration::from_secs(361));
-        assert!(backoff(50) >= Duration::from_secs(300));
-    }
 }

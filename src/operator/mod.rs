@@ -2,6 +2,7 @@
 //! and the controllers that apply them.
 
 pub mod assets;
+pub mod backoff;
 pub mod builders;
 pub mod conditions;
 pub mod controller;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod run;
 pub mod sidecar_client;
 pub mod status;
+pub mod writes;
 
 pub use run::{run_blocking, RunArgs};
 

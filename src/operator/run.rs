@@ -219,7 +219,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
     // AssetLeases: their own controller, beside the sessions' and under the
     // same leadership; its cache tells the session controller which assets
-    // have a lease already.
+    // have a lease already, and the session controller's caches tell it
+    // where each lease's sidecar is.
+    let (controller, caches) = controller::controller(client.clone(), args.namespace.as_deref());
     let lease_controller = assets::controller::controller(client.clone(), args.namespace.as_deref());
     let lease_sync = LeaseSync {
         store: lease_controller.store(),
@@ -234,6 +236,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         },
         metrics.clone(),
         sidecar.clone(),
+        caches.for_leases(controller.store()),
     ));
     let leases = lease_controller
         .run(
@@ -248,7 +251,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
         });
 
-    let (controller, caches) = controller::controller(client.clone(), args.namespace.as_deref());
     let context = Arc::new(
         Context::new(client.clone(), config, metrics.clone(), sidecar, caches.clone())
             .with_lease_sync(lease_sync),

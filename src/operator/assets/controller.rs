@@ -7,28 +7,29 @@
 //! when the index says the asset is unreferenced and unpinned, asks the
 //! sidecar to delete it; the sidecar re-checks from disk under its lock.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalized};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 
 use super::decide::{self, Finding, Next, Release, Settings, Step, FINALIZER};
-use crate::operator::builders::{self, MANAGER, TOKEN_KEY};
-use crate::operator::controller::backoff;
+use crate::operator::backoff::Failures;
+use crate::operator::builders;
+use crate::operator::controller::Caches;
 use crate::operator::crd::{AssetLease, AssetLeaseStatus, NotebookSession};
-use crate::operator::error::{is_not_found, Error};
+use crate::operator::error::Error;
 use crate::operator::metrics::Metrics;
 use crate::operator::sidecar_client::{AssetDeletion, SidecarClient};
+use crate::operator::writes;
 
 /// Settings of the lease controller.
 #[derive(Clone, Debug)]
@@ -39,11 +40,6 @@ pub struct LeaseControllerConfig {
     pub instance: Option<String>,
 }
 
-struct Failures {
-    count: u32,
-    not_before: Instant,
-}
-
 /// Shared state handed to every lease reconcile.
 pub struct LeaseContext {
     client: Client,
@@ -51,10 +47,36 @@ pub struct LeaseContext {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     sidecar: SidecarClient,
+    /// Where the leases' sessions, pods and Secrets are read.
+    sessions: SessionCaches,
     /// Consecutive failed checks per lease: the backoff, and the earliest
     /// next attempt (so that the watch event of our own status write does
     /// not bring the next attempt forward).
-    failures: Mutex<HashMap<ObjectRef<AssetLease>, Failures>>,
+    failures: Failures<ObjectRef<AssetLease>>,
+}
+
+/// The session controller's watch caches that the lease controller reads:
+/// the sessions, their kernel pods and their Secrets. A check reads them
+/// there instead of asking the apiserver three times; a stale answer only
+/// delays a deletion, since the sidecar re-checks every reference itself.
+#[derive(Clone)]
+pub struct SessionCaches {
+    /// NotebookSessions.
+    pub sessions: Store<NotebookSession>,
+    /// The sessions' kernel pods.
+    pub pods: Store<Pod>,
+    /// The sessions' Secrets.
+    pub secrets: Store<Secret>,
+}
+
+impl SessionCaches {
+    async fn ready(&self) {
+        let _ = futures::join!(
+            self.sessions.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+        );
+    }
 }
 
 impl LeaseContext {
@@ -64,6 +86,7 @@ impl LeaseContext {
         config: LeaseControllerConfig,
         metrics: Arc<Metrics>,
         sidecar: SidecarClient,
+        sessions: SessionCaches,
     ) -> Self {
         Self {
             recorder: crate::operator::events::recorder(client.clone(), config.instance.clone()),
@@ -71,39 +94,9 @@ impl LeaseContext {
             config,
             metrics,
             sidecar,
-            failures: Mutex::new(HashMap::new()),
+            sessions,
+            failures: Failures::default(),
         }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<AssetLease>, Failures>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records one more failure; returns the delay before the next attempt.
-    fn record_failure(&self, key: ObjectRef<AssetLease>) -> Duration {
-        let mut failures = self.failures();
-        let entry = failures.entry(key).or_insert(Failures {
-            count: 0,
-            not_before: Instant::now(),
-        });
-        entry.count = entry.count.saturating_add(1);
-        let delay = backoff(entry.count);
-        entry.not_before = Instant::now() + delay;
-        delay
-    }
-
-    fn clear_failures(&self, key: &ObjectRef<AssetLease>) {
-        self.failures().remove(key);
-    }
-
-    /// How long until the next attempt is allowed, when a backoff runs.
-    fn backing_off(&self, key: &ObjectRef<AssetLease>) -> Option<Duration> {
-        let failures = self.failures();
-        let wait = failures
-            .get(key)?
-            .not_before
-            .checked_duration_since(Instant::now())?;
-        (!wait.is_zero()).then_some(wait)
     }
 }
 
@@ -125,7 +118,7 @@ pub async fn reconcile(lease: Arc<AssetLease>, ctx: Arc<LeaseContext>) -> Result
 
 /// Logs, counts and backs off per lease.
 pub fn error_policy(lease: Arc<AssetLease>, error: &Error, ctx: Arc<LeaseContext>) -> Action {
-    let delay = ctx.record_failure(ObjectRef::from_obj(lease.as_ref()));
+    let (_, delay) = ctx.failures.record(ObjectRef::from_obj(lease.as_ref()));
     ctx.metrics.error(error.category());
     tracing::warn!(
         lease = %lease.name_any(),
@@ -174,7 +167,7 @@ async fn enforce(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
         }
         Step::WaitUntil(at) => {
             write_status(leases, lease, plan.status, ctx).await?;
-            ctx.clear_failures(&key);
+            ctx.failures.clear(&key);
             Ok(Wake::At(at))
         }
         Step::Remove => {
@@ -182,7 +175,7 @@ async fn enforce(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
             Ok(Wake::OnChange)
         }
         Step::Check => {
-            if let Some(wait) = ctx.backing_off(&key) {
+            if let Some(wait) = ctx.failures.backing_off(&key) {
                 write_status(leases, lease, plan.status, ctx).await?;
                 return Ok(Wake::After(wait));
             }
@@ -195,10 +188,10 @@ async fn enforce(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
             write_status(leases, lease, verdict.status, ctx).await?;
             match verdict.next {
                 Next::At(at) => {
-                    ctx.clear_failures(&key);
+                    ctx.failures.clear(&key);
                     Ok(Wake::At(at))
                 }
-                Next::Backoff => Ok(Wake::After(ctx.record_failure(key))),
+                Next::Backoff => Ok(Wake::After(ctx.failures.record(key).1)),
                 Next::AwaitChange => Ok(Wake::OnChange),
             }
         }
@@ -262,7 +255,7 @@ async fn check(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext)
     if let Some((other, until)) = decide::holder(lease, &others, Timestamp::now()) {
         return found(Finding::HeldByLease { lease: other, until });
     }
-    let target = match reach(lease, ctx).await? {
+    let target = match reach(lease, ctx).await {
         Reach::Ready { ip, token } => (ip, token),
         Reach::Gone { reason, message } | Reach::NotReady { reason, message } => {
             return found(Finding::Unreachable { reason, message })
@@ -328,55 +321,36 @@ enum Reach {
     NotReady { reason: &'static str, message: String },
 }
 
-async fn reach(lease: &AssetLease, ctx: &LeaseContext) -> Result<Reach, Error> {
+async fn reach(lease: &AssetLease, ctx: &LeaseContext) -> Reach {
+    ctx.sessions.ready().await;
     let namespace = lease.namespace().unwrap_or_default();
     let name = &lease.spec.session_ref.name;
-    let sessions: Api<NotebookSession> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(session) = sessions
-        .get_opt(name)
-        .await
-        .map_err(Error::kube("read NotebookSession"))?
-    else {
-        return Ok(Reach::Gone {
+    let Some(session) = Caches::get(&ctx.sessions.sessions, &namespace, name) else {
+        return Reach::Gone {
             reason: "SessionNotFound",
             message: format!("there is no NotebookSession {name}"),
-        });
+        };
     };
     if session.metadata.deletion_timestamp.is_some() {
-        return Ok(Reach::Gone {
+        return Reach::Gone {
             reason: "SessionTerminating",
             message: format!("the NotebookSession {name} is being deleted"),
-        });
+        };
     }
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pod_name = builders::pod_name(name);
-    let pod = pods.get_opt(&pod_name).await.map_err(Error::kube("read Pod"))?;
-    let not_ready = |message: String| {
-        Ok(Reach::NotReady {
-            reason: "SessionNotReady",
-            message,
-        })
+    let not_ready = |message: String| Reach::NotReady {
+        reason: "SessionNotReady",
+        message,
     };
-    let Some(pod) = pod else {
+    let Some(pod) = Caches::get(&ctx.sessions.pods, &namespace, &builders::pod_name(name)) else {
         return not_ready(format!("session {name} has no running kernel pod"));
     };
     let ip = match builders::sidecar_ip(&pod, None) {
         Ok(ip) => ip.to_string(),
         Err(why) => return not_ready(format!("session {name}: {why}")),
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = secrets
-        .get_opt(&builders::secret_name(name))
-        .await
-        .map_err(Error::kube("read Secret"))?;
-    let token = secret
-        .as_ref()
-        .and_then(|s| s.data.as_ref())
-        .and_then(|d| d.get(TOKEN_KEY))
-        .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-        .filter(|t| !t.is_empty());
-    match token {
-        Some(token) => Ok(Reach::Ready { ip, token }),
+    let secret = Caches::get(&ctx.sessions.secrets, &namespace, &builders::secret_name(name));
+    match secret.as_deref().and_then(builders::session_token) {
+        Some(token) => Reach::Ready { ip, token },
         None => not_ready(format!("the Secret of session {name} has no token")),
     }
 }
@@ -403,7 +377,7 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
         }
         Release::DeleteAsset(asset) => asset,
     };
-    let (ip, token) = match reach(lease, ctx).await? {
+    let (ip, token) = match reach(lease, ctx).await {
         Reach::Ready { ip, token } => (ip, token),
         Reach::Gone { message, .. } => {
             // The workspace goes with the session (and often the namespace,
@@ -451,27 +425,15 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
         Err(err) => return Err(Error::Sidecar(format!("releasing {asset}: {err}"))),
     };
     publish(ctx, lease, EventType::Normal, "Released", note).await;
-    ctx.clear_failures(&ObjectRef::from_obj(lease));
+    ctx.failures.clear(&ObjectRef::from_obj(lease));
     Ok(Wake::OnChange)
 }
 
 /// Removes a Reclaimed lease once its grace is over.
 async fn remove(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext) -> Result<(), Error> {
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: lease.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match leases.delete(&lease.name_any(), &params).await {
-        Ok(_) => {
-            ctx.metrics.asset_lease("removed");
-            Ok(())
-        }
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(Error::kube("delete a Reclaimed AssetLease")(err)),
-    }
+    writes::delete_exact(leases, lease, "delete a Reclaimed AssetLease").await?;
+    ctx.metrics.asset_lease("removed");
+    Ok(())
 }
 
 async fn write_status(
@@ -480,36 +442,19 @@ async fn write_status(
     new: AssetLeaseStatus,
     ctx: &LeaseContext,
 ) -> Result<(), Error> {
-    let old = lease.status.as_ref();
-    if old == Some(&new) {
-        return Ok(());
-    }
-    for transition in decide::transitions(old, &new) {
-        let kind = if transition.warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        publish(ctx, lease, kind, &transition.reason, transition.note).await;
-    }
-    let patch = serde_json::json!({
-        "apiVersion": AssetLease::api_version(&()),
-        "kind": AssetLease::kind(&()),
-        "status": new,
-    });
-    match leases
-        .patch_status(
-            &lease.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Removed meanwhile (its session went, or by hand after the finalizer ran).
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(err) => Err(Error::kube("apply AssetLease status")(err)),
-    }
+    // Gone means removed meanwhile (its session went, or by hand after the
+    // finalizer ran): nothing left to write.
+    writes::status(
+        leases,
+        &ctx.recorder,
+        lease,
+        lease.status.as_ref(),
+        &new,
+        decide::transitions,
+        "apply AssetLease status",
+    )
+    .await?;
+    Ok(())
 }
 
 async fn publish(ctx: &LeaseContext, lease: &AssetLease, type_: EventType, reason: &str, note: String) {
@@ -539,6 +484,8 @@ mod tests {
     //! fake sidecar (both axum on loopback): which requests each step makes.
 
     use super::*;
+    use std::sync::Mutex;
+
     use axum::extract::{Request, State};
     use axum::http::StatusCode;
     use axum::response::{IntoResponse, Response};
@@ -553,7 +500,6 @@ mod tests {
     #[derive(Clone)]
     struct Fake {
         seen: Seen,
-        objects: Arc<HashMap<String, Value>>,
         lease: Value,
     }
 
@@ -591,11 +537,6 @@ mod tests {
         }
         if method == "POST" && path.ends_with("/events") {
             return json_response(StatusCode::CREATED, body);
-        }
-        if method == "GET" {
-            if let Some(object) = fake.objects.get(&path) {
-                return json_response(StatusCode::OK, object.clone());
-            }
         }
         json_response(
             StatusCode::NOT_FOUND,
@@ -701,30 +642,24 @@ mod tests {
         }))
         .await;
         let ready = if pod_ready { "True" } else { "False" };
-        let objects = HashMap::from([
-            (
-                "/apis/notebook.dev/v1alpha1/namespaces/agents/notebooksessions/analysis".to_string(),
+        // The session, its pod and its Secret are read from the session
+        // controller's caches, never from the apiserver.
+        let sessions = SessionCaches {
+            sessions: cache(
                 json!({"apiVersion": "notebook.dev/v1alpha1", "kind": "NotebookSession",
-                       "metadata": {"name": "analysis", "namespace": "agents", "uid": "s-1"}, "spec": {}}),
+                   "metadata": {"name": "analysis", "namespace": "agents", "uid": "s-1"}, "spec": {}}),
             ),
-            (
-                "/api/v1/namespaces/agents/pods/analysis-kernel".to_string(),
-                json!({"apiVersion": "v1", "kind": "Pod",
-                       "metadata": {"name": "analysis-kernel", "namespace": "agents"},
-                       "status": {"podIP": "127.0.0.1", "phase": "Running",
-                                  "conditions": [{"type": "Ready", "status": ready}]}}),
-            ),
-            (
-                "/api/v1/namespaces/agents/secrets/analysis-token".to_string(),
-                json!({"apiVersion": "v1", "kind": "Secret",
-                       "metadata": {"name": "analysis-token", "namespace": "agents"},
-                       "data": {"token": "dG9r"}}),
-            ),
-        ]);
+            pods: cache(json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "analysis-kernel", "namespace": "agents"},
+                   "status": {"podIP": "127.0.0.1", "phase": "Running",
+                              "conditions": [{"type": "Ready", "status": ready}]}})),
+            secrets: cache(json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "analysis-token", "namespace": "agents"},
+                   "data": {"token": "dG9r"}})),
+        };
         let api: Seen = Seen::default();
         let api_port = serve(axum::Router::new().fallback(apiserver).with_state(Fake {
             seen: api.clone(),
-            objects: Arc::new(objects),
             lease: lease.clone(),
         }))
         .await;
@@ -740,6 +675,7 @@ mod tests {
             },
             Arc::new(Metrics::default()),
             SidecarClient::new(Duration::from_secs(2)).with_port(side_port),
+            sessions,
         );
         World {
             api,
@@ -748,6 +684,19 @@ mod tests {
             leases: Api::namespaced(client, "agents"),
             lease: serde_json::from_value(lease).expect("a lease"),
         }
+    }
+
+    /// A filled watch cache holding `object`.
+    fn cache<K>(object: Value) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+    {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        let object = serde_json::from_value(object).expect("a cached object");
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        store
     }
 
     fn ok_deleted() -> (StatusCode, Value) {
@@ -777,6 +726,12 @@ mod tests {
             .into_iter()
             .find(|(m, u, _)| m == "GET" && u.contains("/assetleases?"));
         let (_, uri, _) = list.expect("the other leases on the asset were listed");
+        let reads: Vec<_> = w.api_calls().into_iter().filter(|(m, _, _)| m == "GET").collect();
+        assert_eq!(
+            reads.len(),
+            1,
+            "the session, pod and Secret come from the caches: {reads:?}"
+        );
         assert!(
             uri.contains("fieldSelector=spec.sessionRef.name%3Danalysis%2Cspec.path%3Dassets%2F0a1b"),
             "{uri}"

@@ -11,5 +11,5 @@ pub mod decide;
 pub mod desired;
 pub mod sync;
 
-pub use controller::{LeaseContext, LeaseControllerConfig};
+pub use controller::{LeaseContext, LeaseControllerConfig, SessionCaches};
 pub use sync::LeaseSync;
