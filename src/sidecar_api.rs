@@ -57,6 +57,33 @@ pub struct Status {
     pub ready: bool,
     /// The event stream.
     pub events: EventsSummary,
+    /// [`Status::current_revision`] at the time of the answer, for the
+    /// next `?revision=`. Readers compute it from the fields instead, so a
+    /// sidecar that does not send it is still followed correctly.
+    pub revision: String,
+}
+
+impl Status {
+    /// What the operator copies into a session's status and acts on: the
+    /// kernel's state and restarts, the queue counts and readiness, as one
+    /// comparable text. Last activity, clients and the event stream are
+    /// left out: they move with every request and every output, and the
+    /// operator reads them when it looks anyway. `GET /v1/status?revision=R`
+    /// answers once the revision is no longer `R`.
+    pub fn current_revision(&self) -> String {
+        let q = &self.queue;
+        format!(
+            "{:?}.{}/{}.{}.{}.{}.{}/{}",
+            self.kernel.state,
+            self.kernel.restarts,
+            q.queued,
+            q.running,
+            q.completed,
+            q.failed,
+            q.cancelled,
+            u8::from(self.ready),
+        )
+    }
 }
 
 /// Kernel part of [`Status`].
@@ -181,6 +208,35 @@ mod tests {
     }
 
     #[test]
+    fn the_revision_moves_with_what_the_operator_copies_and_not_with_activity() {
+        let base = Status::default();
+        let mut same = base.clone();
+        same.last_activity = Some("2026-12-01T12:00:00Z".into());
+        same.clients = 3;
+        same.events.newest_seq = 99;
+        assert_eq!(same.current_revision(), base.current_revision());
+        let mut changes = Vec::new();
+        let mut s = base.clone();
+        s.queue.queued = 1;
+        changes.push(s);
+        let mut s = base.clone();
+        s.queue.completed = 1;
+        changes.push(s);
+        let mut s = base.clone();
+        s.kernel.state = KernelState::Idle;
+        changes.push(s);
+        let mut s = base.clone();
+        s.kernel.restarts = 1;
+        changes.push(s);
+        let mut s = base.clone();
+        s.ready = true;
+        changes.push(s);
+        for changed in changes {
+            assert_ne!(changed.current_revision(), base.current_revision(), "{changed:?}");
+        }
+    }
+
+    #[test]
     fn every_body_reads_back_as_written() {
         for state in [
             KernelState::Starting,
@@ -203,6 +259,7 @@ mod tests {
                 clients: 2,
                 ready: state.answers(),
                 events: EventsSummary { newest_seq: 9 },
+                revision: "Idle.2/1.1.3.4.5/1".into(),
             });
         }
         round_trip(Catalog {

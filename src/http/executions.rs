@@ -127,8 +127,47 @@ pub async fn restart(State(svc): Svc) -> Result<Response, ApiError> {
     Ok(Json(serde_json::to_value(svc.kernel_status()).unwrap_or_default()).into_response())
 }
 
-pub async fn status(State(svc): Svc) -> Result<Json<crate::sidecar_api::Status>, ApiError> {
-    Ok(Json(svc.status().await?))
+/// `GET /v1/status`, and with `?revision=R&wait_s=S` a long poll: the answer
+/// comes once the status's revision is no longer `R` (an execution queued,
+/// started or finished, the kernel's state, readiness), or after `S`
+/// seconds with the status as it is. This is how the operator learns of a
+/// change without reading every sidecar on a clock.
+pub async fn status(
+    State(svc): Svc,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<crate::sidecar_api::Status>, ApiError> {
+    let answer = |status| Ok(Json(status));
+    let Some(known) = q.get("revision").filter(|r| !r.is_empty()) else {
+        return answer(svc.status().await?);
+    };
+    let wait_s = match q.get("wait_s") {
+        None => 0.0,
+        Some(text) => text
+            .parse::<f64>()
+            .map_err(|_| ApiError::bad_field("wait_s", "must be a number of seconds"))?,
+    };
+    let wait = Service::wait_duration(wait_s).map_err(|m| ApiError::bad_field("wait_s", m))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribed before the first read, so a change between the read and
+    // the wait still wakes it.
+    let mut lifecycle = svc.bus.lifecycle();
+    let mut kernel = svc.kernel.clone();
+    let mut ready = svc.ready.clone();
+    loop {
+        lifecycle.borrow_and_update();
+        kernel.borrow_and_update();
+        ready.borrow_and_update();
+        let status = svc.status().await?;
+        if status.current_revision() != *known || tokio::time::Instant::now() >= deadline {
+            return answer(status);
+        }
+        tokio::select! {
+            changed = lifecycle.changed() => if changed.is_err() { return answer(status) },
+            changed = kernel.changed() => if changed.is_err() { return answer(status) },
+            changed = ready.changed() => if changed.is_err() { return answer(status) },
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
 }
 
 pub async fn readyz(State(svc): Svc) -> Response {

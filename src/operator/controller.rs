@@ -23,6 +23,7 @@ use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_namespace_terminating, Error};
 use super::metrics::Metrics;
 use super::sidecar_client::SidecarClient;
+use super::sidecar_watch::SidecarWatches;
 use super::status::{self, Activity, Lifecycle, Observed, SidecarObservation};
 use super::writes::{self, Written};
 
@@ -60,6 +61,8 @@ pub struct Context {
     leases: Option<LeaseSync>,
     /// The watch caches of owned objects.
     caches: Caches,
+    /// The long polls that bring a session back when its sidecar's status changes.
+    watches: SidecarWatches,
 }
 
 impl Context {
@@ -70,6 +73,7 @@ impl Context {
         metrics: Arc<Metrics>,
         sidecar: SidecarClient,
         caches: Caches,
+        watches: SidecarWatches,
     ) -> Self {
         Self {
             recorder: crate::operator::events::recorder(client.clone(), config.instance.clone()),
@@ -80,6 +84,7 @@ impl Context {
             failures: Failures::default(),
             leases: None,
             caches,
+            watches,
         }
     }
 
@@ -141,6 +146,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     let now = Timestamp::now();
 
     if session.metadata.deletion_timestamp.is_some() {
+        ctx.watches.forget(&ObjectRef::from_obj(session));
         // Owner references hand the children to the garbage collector; while a
         // foreground deletion waits for them, say so.
         let terminating = session.status.as_ref().and_then(|s| s.phase) == Some(SessionPhase::Terminating);
@@ -198,6 +204,18 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     let mut pod =
         Caches::get(&ctx.caches.pods, &namespace, &builders::pod_name(&name)).map(Arc::unwrap_or_clone);
     let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
+    // Follow the sidecar from what it just said, so a change brings the
+    // session back at once; a pod without a running sidecar has nothing to follow.
+    match (&sidecar, pod.as_ref(), token.as_deref()) {
+        (SidecarObservation::Answered(answer), Some(pod), Some(token)) => ctx.watches.watch(
+            ObjectRef::from_obj(session),
+            pod,
+            token,
+            answer.current_revision(),
+        ),
+        (SidecarObservation::NotAsked, ..) => ctx.watches.forget(&ObjectRef::from_obj(session)),
+        _ => {}
+    }
     let activity = match &sidecar {
         SidecarObservation::Answered(s) => s.activity(),
         _ => Activity::from_status(session.status.as_ref()),
@@ -270,9 +288,10 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         sync_asset_leases(session, pod.as_ref(), token.as_deref(), ctx).await;
     }
 
-    // Look again at the next deadline; while the pod is ready, every status
-    // interval for the sidecar's counts (nothing else tells us they changed).
-    // Everything else is driven by watch events, with a slow resync as a net.
+    // Look again at the next deadline. The sidecar's counts arrive through
+    // its long poll (`SidecarWatches`) and everything else through watch
+    // events; the status interval (while the pod is ready) and the resync
+    // are the nets below them.
     let mut after = match (phase, pod_ready) {
         (Some(SessionPhase::Ready), _) | (_, true) => Some(ctx.config.status_interval),
         _ => Some(RESYNC),
@@ -334,7 +353,7 @@ async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) 
     let Some(token) = token else {
         return SidecarObservation::Unreachable("the session Secret has no token".into());
     };
-    match ctx.sidecar.status(&ip.to_string(), token).await {
+    match ctx.sidecar.status(ip, token).await {
         Ok(answer) => SidecarObservation::Answered(answer),
         Err(err) => {
             ctx.metrics.sidecar_status_failures.inc();
@@ -526,8 +545,13 @@ where
 
 /// The Controller, wired: NotebookSessions, and the objects they own (only
 /// those carrying the operator's label, to keep the watches small), each
-/// owned kind watched once into a cache that reconciles read.
-pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<NotebookSession>, Caches) {
+/// owned kind watched once into a cache that reconciles read; and the
+/// sessions whose sidecar said its status changed.
+pub fn controller(
+    client: Client,
+    namespace: Option<&str>,
+    sidecar_changes: impl futures::Stream<Item = ObjectRef<NotebookSession>> + Send + 'static,
+) -> (Controller<NotebookSession>, Caches) {
     fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -553,7 +577,8 @@ pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<Notebo
     .owns_stream(pod_changes)
     .owns_stream(service_changes)
     .owns_stream(secret_changes)
-    .owns_stream(claim_changes);
+    .owns_stream(claim_changes)
+    .reconcile_on(sidecar_changes);
     (
         controller,
         Caches {

@@ -13,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod run;
 pub mod sidecar_client;
+pub mod sidecar_watch;
 pub mod status;
 pub mod writes;
 

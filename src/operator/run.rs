@@ -20,6 +20,7 @@ use super::error::{is_not_found, Error};
 use super::leader::{LeaderElector, LeaseConfig};
 use super::metrics::{self, Metrics, SnapshotSlot};
 use super::sidecar_client::SidecarClient;
+use super::sidecar_watch::{self, SidecarWatches};
 
 /// Flags of `notebook-operator run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -60,8 +61,9 @@ pub struct RunArgs {
     /// Pull policy of kernel images; absent: the Kubernetes default.
     #[arg(long, env = "NOTEBOOK_KERNEL_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
     pub kernel_image_pull_policy: Option<String>,
-    /// How often a Ready session's sidecar status is read (Go duration).
-    #[arg(long, default_value = "30s", value_parser = parse_flag_duration)]
+    /// How often a Ready session's sidecar status is read even though its
+    /// long poll said nothing changed (Go duration): a fallback.
+    #[arg(long, default_value = "5m", value_parser = parse_flag_duration)]
     pub status_interval: Duration,
     /// How long to wait for the CRDs to be established at start.
     #[arg(long, default_value = "60s", value_parser = parse_flag_duration)]
@@ -221,7 +223,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // same leadership; its cache tells the session controller which assets
     // have a lease already, and the session controller's caches tell it
     // where each lease's sidecar is.
-    let (controller, caches) = controller::controller(client.clone(), args.namespace.as_deref());
+    let (watches, sidecar_changes) = SidecarWatches::new(sidecar.clone(), sidecar_watch::WAIT);
+    let (controller, caches) =
+        controller::controller(client.clone(), args.namespace.as_deref(), sidecar_changes);
     let lease_controller = assets::controller::controller(client.clone(), args.namespace.as_deref());
     let lease_sync = LeaseSync {
         store: lease_controller.store(),
@@ -252,8 +256,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         });
 
     let context = Arc::new(
-        Context::new(client.clone(), config, metrics.clone(), sidecar, caches.clone())
-            .with_lease_sync(lease_sync),
+        Context::new(
+            client.clone(),
+            config,
+            metrics.clone(),
+            sidecar,
+            caches.clone(),
+            watches,
+        )
+        .with_lease_sync(lease_sync),
     );
     let store = controller.store();
     slot.set(Arc::new(move || store.state()));

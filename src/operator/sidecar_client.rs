@@ -55,9 +55,37 @@ impl SidecarClient {
     }
 
     /// `GET http://<ip>:<port>/v1/status` with `Authorization: Bearer <token>`.
-    pub async fn status(&self, pod_ip: &str, token: &str) -> Result<SidecarStatus, String> {
+    pub async fn status(&self, pod_ip: IpAddr, token: &str) -> Result<SidecarStatus, String> {
+        self.read_status(pod_ip, token, "/v1/status".into(), self.timeout)
+            .await
+    }
+
+    /// `GET /v1/status?revision=R&wait_s=S`: the status once its revision
+    /// is no longer `revision`, or after `wait` as it is then.
+    pub async fn status_after(
+        &self,
+        pod_ip: IpAddr,
+        token: &str,
+        revision: &str,
+        wait: Duration,
+    ) -> Result<SidecarStatus, String> {
+        let path = format!(
+            "/v1/status?revision={}&wait_s={}",
+            url_escape(revision),
+            wait.as_secs_f64()
+        );
+        self.read_status(pod_ip, token, path, wait + self.timeout).await
+    }
+
+    async fn read_status(
+        &self,
+        pod_ip: IpAddr,
+        token: &str,
+        path: String,
+        deadline: Duration,
+    ) -> Result<SidecarStatus, String> {
         let (authority, code, body) = self
-            .call(hyper::Method::GET, pod_ip, token, "/v1/status", MAX_BODY)
+            .call(hyper::Method::GET, pod_ip, token, &path, MAX_BODY, deadline)
             .await?;
         if !code.is_success() {
             return Err(refusal(&authority, code, &body));
@@ -67,9 +95,16 @@ impl SidecarClient {
     }
 
     /// `GET /v1/assets`: the sidecar's asset index.
-    pub async fn assets(&self, pod_ip: &str, token: &str) -> Result<Vec<AssetEntry>, String> {
+    pub async fn assets(&self, pod_ip: IpAddr, token: &str) -> Result<Vec<AssetEntry>, String> {
         let (authority, code, body) = self
-            .call(hyper::Method::GET, pod_ip, token, "/v1/assets", MAX_INDEX_BODY)
+            .call(
+                hyper::Method::GET,
+                pod_ip,
+                token,
+                "/v1/assets",
+                MAX_INDEX_BODY,
+                self.timeout,
+            )
             .await?;
         if !code.is_success() {
             return Err(refusal(&authority, code, &body));
@@ -81,14 +116,26 @@ impl SidecarClient {
 
     /// `DELETE /v1/assets/{name}`: the sidecar deletes the asset unless a
     /// notebook references it or it is pinned, checked under its own lock.
-    pub async fn delete_asset(&self, pod_ip: &str, token: &str, name: &str) -> Result<AssetDeletion, String> {
+    pub async fn delete_asset(
+        &self,
+        pod_ip: IpAddr,
+        token: &str,
+        name: &str,
+    ) -> Result<AssetDeletion, String> {
         // Asset names are `<sha256>.<ext>`; anything else never reaches the URL.
         if !crate::assets::name::is_valid(name) {
             return Err(format!("{name:?} is not an asset name"));
         }
         let path = format!("/v1/assets/{name}");
         let (authority, code, body) = self
-            .call(hyper::Method::DELETE, pod_ip, token, &path, MAX_BODY)
+            .call(
+                hyper::Method::DELETE,
+                pod_ip,
+                token,
+                &path,
+                MAX_BODY,
+                self.timeout,
+            )
             .await?;
         match code.as_u16() {
             200 | 204 => Ok(AssetDeletion::Deleted),
@@ -105,19 +152,17 @@ impl SidecarClient {
         }
     }
 
-    /// One request with the bearer token, under the client's deadline; the
+    /// One request with the bearer token, answered within `deadline`; the
     /// body is read whole up to `limit` bytes.
     async fn call(
         &self,
         method: hyper::Method,
-        pod_ip: &str,
+        ip: IpAddr,
         token: &str,
         path: &str,
         limit: usize,
+        deadline: Duration,
     ) -> Result<(String, hyper::StatusCode, Bytes), String> {
-        let ip: IpAddr = pod_ip
-            .parse()
-            .map_err(|_| format!("pod IP {pod_ip:?} is not an IP address"))?;
         let authority = match ip {
             IpAddr::V4(v4) => format!("{v4}:{}", self.port),
             IpAddr::V6(v6) => format!("[{v6}]:{}", self.port),
@@ -143,12 +188,25 @@ impl SidecarClient {
                 .to_bytes();
             Ok((code, body))
         };
-        match tokio::time::timeout(self.timeout, read).await {
+        match tokio::time::timeout(deadline, read).await {
             Ok(Ok((code, body))) => Ok((authority, code, body)),
             Ok(Err(err)) => Err(err),
-            Err(_) => Err(format!("{authority}: no answer within {:?}", self.timeout)),
+            Err(_) => Err(format!("{authority}: no answer within {deadline:?}")),
         }
     }
+}
+
+/// A query value with everything but unreserved characters percent-encoded.
+fn url_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn refusal(authority: &str, code: hyper::StatusCode, body: &[u8]) -> String {
@@ -185,6 +243,8 @@ mod tests {
     use axum::http::HeaderMap;
     use axum::routing::get;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     async fn serve(router: axum::Router) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
@@ -210,12 +270,12 @@ mod tests {
         );
         let port = serve(router).await;
         let client = SidecarClient::new(Duration::from_secs(2)).with_port(port);
-        let status = client.status("127.0.0.1", "s3cret").await.expect("status");
+        let status = client.status(LOCAL, "s3cret").await.expect("status");
         assert_eq!(status.kernel.state, crate::sidecar_api::KernelState::Idle);
         assert_eq!(status.queue.completed, 3);
         assert!(status.last_activity_time().is_some());
 
-        let denied = client.status("127.0.0.1", "wrong").await.expect_err("401");
+        let denied = client.status(LOCAL, "wrong").await.expect_err("401");
         assert!(denied.contains("401"), "{denied}");
     }
 
@@ -227,8 +287,7 @@ mod tests {
             listener.local_addr().expect("addr").port()
         };
         let client = SidecarClient::new(Duration::from_millis(500)).with_port(port);
-        assert!(client.status("127.0.0.1", "t").await.is_err());
-        assert!(client.status("not-an-ip", "t").await.is_err());
+        assert!(client.status(LOCAL, "t").await.is_err());
     }
 
     const SHA: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -265,7 +324,7 @@ mod tests {
         let port = serve(router).await;
         let client = SidecarClient::new(Duration::from_secs(2)).with_port(port);
 
-        let assets = client.assets("127.0.0.1", "t").await.expect("index");
+        let assets = client.assets(LOCAL, "t").await.expect("index");
         assert_eq!(assets.len(), 1);
         assert_eq!(assets[0].path, format!("assets/{SHA}.png"));
         assert_eq!(assets[0].referenced_by, ["a.ipynb"]);
@@ -279,9 +338,9 @@ mod tests {
             )
         );
 
-        let deleted = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.png")).await;
+        let deleted = client.delete_asset(LOCAL, "t", &format!("{SHA}.png")).await;
         assert_eq!(deleted, Ok(AssetDeletion::Deleted));
-        let in_use = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.svg")).await;
+        let in_use = client.delete_asset(LOCAL, "t", &format!("{SHA}.svg")).await;
         assert_eq!(
             in_use,
             Ok(AssetDeletion::InUse {
@@ -289,11 +348,11 @@ mod tests {
                 pinned: true
             })
         );
-        let missing = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.pdf")).await;
+        let missing = client.delete_asset(LOCAL, "t", &format!("{SHA}.pdf")).await;
         assert_eq!(missing, Ok(AssetDeletion::Missing));
-        let broken = client.delete_asset("127.0.0.1", "t", &format!("{SHA}.gif")).await;
+        let broken = client.delete_asset(LOCAL, "t", &format!("{SHA}.gif")).await;
         assert!(broken.expect_err("500").contains("500"));
-        let traversal = client.delete_asset("127.0.0.1", "t", "../x").await;
+        let traversal = client.delete_asset(LOCAL, "t", "../x").await;
         assert!(traversal.is_err());
     }
 }

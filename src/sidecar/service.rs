@@ -332,7 +332,7 @@ impl Service {
     pub async fn status(&self) -> Result<sidecar_api::Status, StoreError> {
         let queue = self.queue().await?;
         let k = self.kernel_status();
-        Ok(sidecar_api::Status {
+        let mut status = sidecar_api::Status {
             kernel: sidecar_api::KernelSummary {
                 state: k.state,
                 restarts: i64::try_from(k.restarts).unwrap_or(i64::MAX),
@@ -345,6 +345,9 @@ impl Service {
             events: sidecar_api::EventsSummary {
                 newest_seq: self.bus.newest(),
             },
-        })
+            revision: String::new(),
+        };
+        status.revision = status.current_revision();
+        Ok(status)
     }
 }

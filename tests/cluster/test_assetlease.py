@@ -15,8 +15,8 @@ from sessions import SidecarApi, create_session, get_session, parse_time, wait_r
 
 # "within 1 s of its lease's expiresAt"
 SLACK = 1.0
-# Longer than the operator's status interval in these tests (3 s), so that the
-# lease exists well before it expires.
+# Long enough that the lease (applied when the execution that made the asset
+# finishes, through the sidecar status long poll) exists well before it expires.
 LEASE_S = 20
 
 BIG_PNG = ("import base64, os\nfrom IPython.display import display\n"

@@ -261,7 +261,7 @@ async fn check(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext)
             return found(Finding::Unreachable { reason, message })
         }
     };
-    let (ip, token) = (target.0.as_str(), target.1.as_str());
+    let (ip, token) = (target.0, target.1.as_str());
     let index = match ctx.sidecar.assets(ip, token).await {
         Ok(index) => index,
         Err(message) => {
@@ -314,7 +314,7 @@ async fn check(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContext)
 /// Whether the session's sidecar can be asked, and how.
 enum Reach {
     /// The pod is ready: its IP and the session token.
-    Ready { ip: String, token: String },
+    Ready { ip: std::net::IpAddr, token: String },
     /// The session does not exist or is being deleted: its workspace goes with it.
     Gone { reason: &'static str, message: String },
     /// The session exists but its sidecar cannot be asked now.
@@ -345,7 +345,7 @@ async fn reach(lease: &AssetLease, ctx: &LeaseContext) -> Reach {
         return not_ready(format!("session {name} has no running kernel pod"));
     };
     let ip = match builders::sidecar_ip(&pod, None) {
-        Ok(ip) => ip.to_string(),
+        Ok(ip) => ip,
         Err(why) => return not_ready(format!("session {name}: {why}")),
     };
     let secret = Caches::get(&ctx.sessions.secrets, &namespace, &builders::secret_name(name));
@@ -399,7 +399,7 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
             return Ok(Wake::OnChange);
         }
     };
-    let note = match ctx.sidecar.delete_asset(&ip, &token, &asset).await {
+    let note = match ctx.sidecar.delete_asset(ip, &token, &asset).await {
         Ok(AssetDeletion::Deleted) => {
             ctx.metrics.asset_lease("released");
             format!("released; the sidecar deleted {asset}")

@@ -41,7 +41,7 @@ impl LeaseSync {
         let (Some(namespace), Ok(ip)) = (session.namespace(), builders::sidecar_ip(pod, None)) else {
             return Ok(0);
         };
-        let assets = sidecar.assets(&ip.to_string(), token).await?;
+        let assets = sidecar.assets(ip, token).await?;
         let name = session.name_any();
         let existing = self.store.state_filter(|lease| {
             lease.spec.session_ref.name == name && lease.namespace().as_deref() == Some(namespace.as_str())
