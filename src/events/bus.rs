@@ -78,10 +78,6 @@ pub struct Bus {
     /// Called with the next sequence number after each publish, outside the
     /// lock is not needed: it only stores a number (see `SeqReservation`).
     on_seq: Box<dyn Fn(u64) + Send + Sync>,
-    /// Bumped by every event that is not an output (an execution queued,
-    /// started or finished, a kernel state): what can change the sidecar's
-    /// status, for `GET /v1/status?revision=` to wait on.
-    lifecycle: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a new subscriber gets: the events it missed that the ring still
@@ -122,13 +118,7 @@ impl Bus {
             }),
             metrics: BusMetrics::default(),
             on_seq,
-            lifecycle: tokio::sync::watch::Sender::new(0),
         })
-    }
-
-    /// Changes whenever an event that is not an output is published.
-    pub fn lifecycle(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.lifecycle.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -205,9 +195,6 @@ impl Bus {
         drop(inner);
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         (self.on_seq)(seq);
-        if kind != "output" {
-            self.lifecycle.send_modify(|n| *n = n.wrapping_add(1));
-        }
         seq
     }
 

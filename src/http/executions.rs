@@ -149,12 +149,13 @@ pub async fn status(
     let wait = Service::wait_duration(wait_s).map_err(|m| ApiError::bad_field("wait_s", m))?;
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first read, so a change between the read and
-    // the wait still wakes it.
-    let mut lifecycle = svc.bus.lifecycle();
+    // the wait still wakes it; the store's signal fires after its commit,
+    // so the read it wakes sees the new counts.
+    let mut states = svc.writer.state_changes();
     let mut kernel = svc.kernel.clone();
     let mut ready = svc.ready.clone();
     loop {
-        lifecycle.borrow_and_update();
+        states.borrow_and_update();
         kernel.borrow_and_update();
         ready.borrow_and_update();
         let status = svc.status().await?;
@@ -162,7 +163,7 @@ pub async fn status(
             return answer(status);
         }
         tokio::select! {
-            changed = lifecycle.changed() => if changed.is_err() { return answer(status) },
+            changed = states.changed() => if changed.is_err() { return answer(status) },
             changed = kernel.changed() => if changed.is_err() { return answer(status) },
             changed = ready.changed() => if changed.is_err() { return answer(status) },
             () = tokio::time::sleep_until(deadline) => {}

@@ -357,6 +357,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_state_change_is_signalled_after_its_commit_and_other_writes_are_not() {
+        let (path, w) = fresh_store("states");
+        let r = Reader::new(&path);
+        let mut states = w.state_changes();
+        states.borrow_and_update();
+        w.set_meta("m", "1".into()).await.unwrap();
+        w.pin("x.png", true).await.unwrap();
+        assert!(
+            !states.has_changed().unwrap(),
+            "a write that moves no execution is not a change"
+        );
+        w.enqueue(new_exec("a", None)).await.unwrap();
+        // The signal comes after the commit: a read it wakes sees the row.
+        states.changed().await.unwrap();
+        assert_eq!(r.counts().await.unwrap()[&State::Queued], 1);
+        w.start("a", crate::util::now_rfc3339()).await.unwrap();
+        states.changed().await.unwrap();
+        assert_eq!(r.counts().await.unwrap()[&State::Running], 1);
+    }
+
+    #[tokio::test]
     async fn enqueue_is_idempotent_by_key_and_fifo() {
         let (path, w) = fresh_store("fifo");
         let r = Reader::new(&path);

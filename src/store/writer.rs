@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::model::{Execution, FinalRecord, NewExecution, State};
 use super::reader::row_to_execution;
@@ -76,6 +76,17 @@ enum Op {
     Close(oneshot::Sender<()>),
 }
 
+impl Op {
+    /// Whether the operation moves an execution between states (or removes
+    /// finished ones): what changes the queue counts.
+    fn moves_states(&self) -> bool {
+        matches!(
+            self,
+            Op::Enqueue(..) | Op::Start { .. } | Op::Finish { .. } | Op::Prune { .. }
+        )
+    }
+}
+
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct Writer {
@@ -84,6 +95,8 @@ pub struct Writer {
     commits: Arc<AtomicU64>,
     /// Operations the writer thread has taken from the channel.
     taken: Arc<AtomicU64>,
+    /// Bumped after each commit that moved an execution between states.
+    states: watch::Receiver<u64>,
 }
 
 impl Writer {
@@ -93,11 +106,27 @@ impl Writer {
         let (tx, rx) = mpsc::channel(8192);
         let commits = Arc::new(AtomicU64::new(0));
         let taken = Arc::new(AtomicU64::new(0));
+        let (moved, states) = watch::channel(0);
         let counters = (commits.clone(), taken.clone());
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch(), &counters.0, &counters.1))?;
-        Ok((Writer { tx, commits, taken }, handle))
+            .spawn(move || run(conn, rx, max_batch(), &counters.0, &counters.1, &moved))?;
+        Ok((
+            Writer {
+                tx,
+                commits,
+                taken,
+                states,
+            },
+            handle,
+        ))
+    }
+
+    /// Changes after every commit that moved an execution between states
+    /// (queued, running, finished, pruned): a change of the queue counts is
+    /// in the database when this fires.
+    pub fn state_changes(&self) -> watch::Receiver<u64> {
+        self.states.clone()
     }
 
     /// Transactions committed so far (`notebook_store_commits_total`).
@@ -203,6 +232,7 @@ fn run(
     max_batch: usize,
     commits: &AtomicU64,
     taken: &AtomicU64,
+    moved: &watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut closed = None;
@@ -219,8 +249,12 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
+        let moves_states = batch.iter().any(Op::moves_states);
         if commit_batch(&mut conn, &mut batch) {
             commits.fetch_add(1, Ordering::Relaxed);
+            if moves_states {
+                moved.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
         if closed.is_some() {
             break;
