@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -19,7 +20,8 @@ use serde::de::DeserializeOwned;
 use super::assets::{LeaseSync, SessionCaches};
 use super::backoff::Failures;
 use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER};
-use super::crd::{NotebookSession, NotebookSessionStatus, SessionPhase};
+use super::converge::{self, PodStep};
+use super::crd::{AssetLease, NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_namespace_terminating, Error};
 use super::metrics::Metrics;
 use super::sidecar_client::SidecarClient;
@@ -362,7 +364,8 @@ async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) 
     }
 }
 
-/// Creates, replaces or removes the kernel pod. Returns the pod as it now is.
+/// Creates, replaces or removes the kernel pod ([`converge::pod_step`]
+/// decides which). Returns the pod as it now is.
 async fn converge_pod(
     session: &NotebookSession,
     valid: &ValidSpec,
@@ -372,36 +375,15 @@ async fn converge_pod(
     ctx: &Context,
 ) -> Result<Option<Pod>, Error> {
     let desired = builders::build_pod(session, valid, &ctx.config.build);
-    let Some(existing) = pod else {
-        if suspended {
-            return Ok(None);
+    match (converge::pod_step(pod.as_ref(), &desired, suspended), pod) {
+        (PodStep::Create, _) => Ok(Some(writes::apply(pods, &desired, "create Pod").await?)),
+        (PodStep::Keep | PodStep::AwaitDeletion, pod) => Ok(pod),
+        (PodStep::Delete { reason, note }, Some(existing)) => {
+            publish(ctx, session, EventType::Normal, reason, note.into()).await;
+            writes::delete_exact(pods, &existing, "delete Pod").await
         }
-        let created = writes::apply(pods, &desired, "create Pod").await?;
-        return Ok(Some(created));
-    };
-    if existing.metadata.deletion_timestamp.is_some() {
-        // Wait for it to go; its deletion event brings us back.
-        return Ok(Some(existing));
+        (PodStep::Delete { .. }, None) => Ok(None),
     }
-    let finished = matches!(
-        existing.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Failed") | Some("Succeeded")
-    );
-    let outdated = builders::pod_spec_hash(&existing) != builders::pod_spec_hash(&desired);
-    let why = if suspended {
-        Some(("Suspended", "the session is suspended; removing the kernel pod"))
-    } else if finished {
-        Some(("PodFinished", "the kernel pod stopped; replacing it"))
-    } else if outdated {
-        Some(("SpecChanged", "the spec changed; replacing the kernel pod"))
-    } else {
-        None
-    };
-    let Some((reason, note)) = why else {
-        return Ok(Some(existing));
-    };
-    publish(ctx, session, EventType::Normal, reason, note.into()).await;
-    writes::delete_exact(pods, &existing, "delete Pod").await
 }
 
 /// Gives the session's new assets their leases. A failure is logged and
@@ -570,6 +552,18 @@ pub fn controller(
     let (secrets, secret_changes) = cached(api::<Secret>(&client, namespace), owned.clone());
     let (services, service_changes) = cached(api::<Service>(&client, namespace), owned.clone());
     let (claims, claim_changes) = cached(api::<PersistentVolumeClaim>(&client, namespace), owned);
+    // A lease deleted by hand leaves its asset without one: the session
+    // comes back to give it a new lease (its sidecar's status did not move,
+    // so nothing else would bring it back before the fallback read).
+    let released_leases = watcher(api::<AssetLease>(&client, namespace), watcher::Config::default())
+        .default_backoff()
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(watcher::Event::Delete(lease)) => Some(Ok(lease)),
+                Ok(_) => None,
+                Err(err) => Some(Err(err)),
+            })
+        });
     let controller = Controller::new(
         api::<NotebookSession>(&client, namespace),
         watcher::Config::default(),
@@ -578,6 +572,7 @@ pub fn controller(
     .owns_stream(service_changes)
     .owns_stream(secret_changes)
     .owns_stream(claim_changes)
+    .owns_stream(released_leases)
     .reconcile_on(sidecar_changes);
     (
         controller,

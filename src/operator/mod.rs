@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod builders;
 pub mod conditions;
 pub mod controller;
+pub mod converge;
 pub mod crd;
 pub mod error;
 pub mod events;

@@ -1,0 +1,125 @@
+//! Pure: what to do with a session's kernel pod, from the pod the session
+//! should have and the one it has. The controller carries the step out.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::builders::pod_spec_hash;
+
+/// One step towards the desired pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodStep {
+    /// There is none and there should be one: create it.
+    Create,
+    /// Nothing to do: the pod is as it should be, or there is none and
+    /// there should be none.
+    Keep,
+    /// The pod is being deleted: wait for it to go (its deletion event
+    /// brings the session back).
+    AwaitDeletion,
+    /// Delete this pod (a new one follows, unless the session is suspended).
+    Delete {
+        /// Event reason.
+        reason: &'static str,
+        /// Event note.
+        note: &'static str,
+    },
+}
+
+/// The step from `existing` towards `desired`; `suspended` sessions keep no pod.
+pub fn pod_step(existing: Option<&Pod>, desired: &Pod, suspended: bool) -> PodStep {
+    let Some(existing) = existing else {
+        return if suspended { PodStep::Keep } else { PodStep::Create };
+    };
+    if existing.metadata.deletion_timestamp.is_some() {
+        return PodStep::AwaitDeletion;
+    }
+    let finished = matches!(
+        existing.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed") | Some("Succeeded")
+    );
+    if suspended {
+        PodStep::Delete {
+            reason: "Suspended",
+            note: "the session is suspended; removing the kernel pod",
+        }
+    } else if finished {
+        PodStep::Delete {
+            reason: "PodFinished",
+            note: "the kernel pod stopped; replacing it",
+        }
+    } else if pod_spec_hash(existing) != pod_spec_hash(desired) {
+        PodStep::Delete {
+            reason: "SpecChanged",
+            note: "the spec changed; replacing the kernel pod",
+        }
+    } else {
+        PodStep::Keep
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(hash: &str, phase: &str, deleting: bool) -> Pod {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s-kernel", "annotations": {super::super::builders::ANNOTATION_SPEC_HASH: hash}},
+            "status": {"phase": phase},
+        }))
+        .expect("a pod");
+        if deleting {
+            pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        }
+        pod
+    }
+
+    fn reason(step: PodStep) -> &'static str {
+        match step {
+            PodStep::Delete { reason, .. } => reason,
+            other => panic!("not a deletion: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_pod_is_created_unless_the_session_is_suspended() {
+        let desired = pod("h1", "", false);
+        assert_eq!(pod_step(None, &desired, false), PodStep::Create);
+        assert_eq!(pod_step(None, &desired, true), PodStep::Keep);
+    }
+
+    #[test]
+    fn a_running_pod_of_the_same_spec_is_kept_and_one_being_deleted_is_waited_for() {
+        let desired = pod("h1", "", false);
+        assert_eq!(
+            pod_step(Some(&pod("h1", "Running", false)), &desired, false),
+            PodStep::Keep
+        );
+        assert_eq!(
+            pod_step(Some(&pod("h2", "Running", true)), &desired, true),
+            PodStep::AwaitDeletion
+        );
+    }
+
+    #[test]
+    fn a_pod_is_deleted_when_suspended_finished_or_of_another_spec_in_that_order() {
+        let desired = pod("h1", "", false);
+        assert_eq!(
+            reason(pod_step(Some(&pod("h2", "Failed", false)), &desired, true)),
+            "Suspended"
+        );
+        assert_eq!(
+            reason(pod_step(Some(&pod("h2", "Succeeded", false)), &desired, false)),
+            "PodFinished"
+        );
+        assert_eq!(
+            reason(pod_step(Some(&pod("h1", "Failed", false)), &desired, false)),
+            "PodFinished"
+        );
+        assert_eq!(
+            reason(pod_step(Some(&pod("h2", "Running", false)), &desired, false)),
+            "SpecChanged"
+        );
+    }
+}
