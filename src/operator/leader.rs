@@ -197,15 +197,19 @@ impl LeaderElector {
         Ok(true)
     }
 
-    /// Waits until this replica holds the lease.
-    pub async fn acquire(&mut self) {
+    /// Waits until this replica holds the lease; `waits` counts the
+    /// attempts that found another replica holding it.
+    pub async fn acquire(&mut self, waits: &prometheus_client::metrics::counter::Counter) {
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
                     tracing::info!(identity = %self.config.identity, lease = %self.config.name, "became the leader");
                     return;
                 }
-                Ok(false) => tracing::debug!("another replica leads; waiting"),
+                Ok(false) => {
+                    waits.inc();
+                    tracing::debug!("another replica leads; waiting");
+                }
                 Err(err) => tracing::warn!(error = %err, "leader election attempt failed"),
             }
             tokio::time::sleep(self.config.retry_period).await;

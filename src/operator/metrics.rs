@@ -154,6 +154,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Attempts to take the leader Lease that found another replica holding it.
+    pub leader_waits: Counter,
     /// Sidecar status reads that failed.
     pub sidecar_status_failures: Counter,
     /// AssetLease checks at expiry and releases, by outcome.
@@ -177,6 +179,7 @@ impl Default for Metrics {
         let reconcile_duration =
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
+        let leader_waits = Counter::default();
         let sidecar_status_failures = Counter::default();
         let asset_leases = Family::<OutcomeLabel, Counter>::default();
         let asset_leases_applied = Counter::default();
@@ -213,6 +216,11 @@ impl Default for Metrics {
         );
         registry.register("leader", "1 while this replica is the leader", leader.clone());
         registry.register(
+            "leader_election_waits",
+            "Attempts to take the leader Lease that found another replica holding it",
+            leader_waits.clone(),
+        );
+        registry.register(
             "sidecar_status_failures",
             "Reads of a sidecar's /v1/status that failed",
             sidecar_status_failures.clone(),
@@ -241,6 +249,7 @@ impl Default for Metrics {
             sessions,
             reconcile_duration,
             leader,
+            leader_waits,
             sidecar_status_failures,
             asset_leases,
             asset_leases_applied,

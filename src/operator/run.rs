@@ -199,7 +199,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     if let Some(elector) = elector.as_mut() {
         tracing::info!(identity = %elector.identity(), "waiting to become the leader");
         tokio::select! {
-            () = elector.acquire() => {},
+            () = elector.acquire(&metrics.leader_waits) => {},
             () = crate::util::shutdown_signal() => return Ok(()),
         }
         metrics.leader.set(1);

@@ -58,6 +58,16 @@ def wait_ready(kube: Kube, ns: str, name: str, timeout: float = READY_TIMEOUT) -
                         and s["status"].get("podName"), timeout, f"session {ns}/{name} Ready")
 
 
+def wait_until(predicate, timeout: float, step: float = 0.01, what: str = "") -> float:
+    """Polls predicate (for what no watch shows: a file, a metric); returns
+    the time it first held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(step)
+    return time.time()
+
+
 def parse_time(text: str) -> float:
     """RFC 3339 -> epoch seconds."""
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

@@ -11,7 +11,7 @@ import requests
 from conftest import OPERATOR_NS, refusals
 from harness import text_of
 from kube import ApiError, path
-from sessions import SidecarApi, cond, create_session, get_session, phase, wait_ready, wait_session
+from sessions import SidecarApi, cond, create_session, get_session, phase, wait_ready, wait_session, wait_until
 
 RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
               "seccompProfile": {"type": "RuntimeDefault"}}
@@ -242,6 +242,11 @@ def wait_healthz(op, timeout=30):
         time.sleep(0.1)
 
 
+def leader_waits(op) -> float:
+    found = re.search(r"^notebook_operator_leader_election_waits_total (\S+)$", op.metrics(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_a_second_replica_waits_for_the_lease_then_takes_over_and_replaces_no_pod(ns, operator, operator_factory):
     kube = ns.kube
     create_session(kube, ns, "steady")
@@ -250,7 +255,9 @@ def test_a_second_replica_waits_for_the_lease_then_takes_over_and_replaces_no_po
     standby = operator_factory("tier4-standby").start()
     try:
         wait_healthz(standby)
-        time.sleep(3)
+        # The witness that it could have taken over: two attempts that found
+        # the Lease held (the retry period is 2 s).
+        wait_until(lambda: leader_waits(standby) >= 2, timeout=30, what="the standby tried the Lease twice")
         assert operator.holder() == operator.identity
         assert re.search(r"^notebook_operator_leader 0$", standby.metrics(), re.M), standby.metrics()
         # The leader stops (SIGTERM releases the Lease): the standby takes
