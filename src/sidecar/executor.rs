@@ -4,23 +4,78 @@
 //! answers control commands. It waits on events only: the work notification,
 //! kernel messages, commands, and deadlines it set itself.
 
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
 use super::outputs::{Change, Outputs};
-use super::service::Service;
-use super::KernelSource;
+use super::{Activity, Config, KernelSource, OutputStats};
+use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
 use crate::jupyter::{Channel, ConnectionInfo, KernelClient, KernelMessage};
 use crate::kernel::process::KernelProcess;
-use crate::store::{EndReason, Execution, FinalRecord, State};
+use crate::store::{EndReason, Execution, FinalRecord, Reader, State, Writer};
+
+/// The settings of the sidecar the kernel actor reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kernel: KernelSource,
+    pub data_dir: PathBuf,
+    pub kernel_start_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub interrupt_grace: Duration,
+    pub retention: Duration,
+    pub input_reply: Option<String>,
+    pub coalesce_window: Duration,
+    pub asset_threshold: usize,
+    pub max_output_bytes: u64,
+}
+
+impl From<&Config> for Settings {
+    fn from(cfg: &Config) -> Self {
+        Settings {
+            kernel: cfg.kernel.clone(),
+            data_dir: cfg.data_dir.clone(),
+            kernel_start_timeout: cfg.kernel_start_timeout,
+            shutdown_grace: cfg.shutdown_grace,
+            interrupt_grace: cfg.interrupt_grace,
+            retention: cfg.retention,
+            input_reply: cfg.input_reply.clone(),
+            coalesce_window: cfg.coalesce_window,
+            asset_threshold: cfg.asset_threshold,
+            max_output_bytes: cfg.max_output_bytes,
+        }
+    }
+}
+
+/// What the kernel actor uses of the sidecar, and nothing more. It holds no
+/// sender of its own command channel: when the last handle that can send
+/// (the service's) goes, the channel closes and the actor stops.
+pub struct Deps {
+    pub cfg: Settings,
+    pub writer: Writer,
+    pub reader: Reader,
+    pub bus: Arc<Bus>,
+    /// Waiters woken after a final state is committed.
+    pub completions: Arc<Completions>,
+    /// Notified after each enqueue commit.
+    pub work: Arc<Notify>,
+    pub activity: Arc<Activity>,
+    pub output_stats: Arc<OutputStats>,
+    /// Kernel frames dropped for bad signatures or framing.
+    pub dropped: Arc<AtomicU64>,
+    /// The workspace, where large outputs become asset files.
+    pub root: Arc<crate::confined::Root>,
+}
 
 /// The execution the kernel is working on.
 struct Current {
@@ -66,8 +121,10 @@ impl Drop for Conn {
 }
 
 pub struct Executor {
-    svc: Arc<Service>,
+    deps: Deps,
     commands: mpsc::Receiver<Command>,
+    /// False once every sender has gone: `recv` would answer `None` at once.
+    commands_open: bool,
     status: watch::Sender<KernelStatus>,
     ready: watch::Sender<bool>,
     info: ConnectionInfo,
@@ -93,7 +150,7 @@ const KERNEL_EXIT_WAIT: Duration = Duration::from_secs(10);
 impl Executor {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        svc: Arc<Service>,
+        deps: Deps,
         commands: mpsc::Receiver<Command>,
         status: watch::Sender<KernelStatus>,
         ready: watch::Sender<bool>,
@@ -103,8 +160,9 @@ impl Executor {
     ) -> Self {
         let session = hex::encode(&identity);
         Executor {
-            svc,
+            deps,
             commands,
+            commands_open: true,
             status,
             ready,
             info,
@@ -127,7 +185,7 @@ impl Executor {
         });
         if changed && !matches!(state, KernelState::Busy | KernelState::Idle) {
             let restarts = self.status.borrow().restarts;
-            self.svc
+            self.deps
                 .bus
                 .publish("kernel", None, json!({"state": state, "restarts": restarts}));
         }
@@ -139,7 +197,7 @@ impl Executor {
     /// dead) until this succeeds; then it is idle.
     async fn connect(&mut self) -> Result<(), String> {
         self.conn = None;
-        let deadline = Instant::now() + self.svc.cfg.kernel_start_timeout;
+        let deadline = Instant::now() + self.deps.cfg.kernel_start_timeout;
         let mut hb = Heartbeat::new(&self.info);
         while !hb.ping(Duration::from_secs(1)).await {
             if Instant::now() > deadline {
@@ -157,7 +215,7 @@ impl Executor {
             &self.identity,
             &self.session,
             tx,
-            self.svc.dropped.clone(),
+            self.deps.dropped.clone(),
             Duration::from_secs(10),
         )
         .await
@@ -224,7 +282,7 @@ impl Executor {
     async fn restart_kernel(&mut self, reason: &str) -> Result<(), String> {
         info!(reason, "restarting the kernel");
         self.set_kernel(KernelState::Restarting);
-        match &self.svc.cfg.kernel {
+        match &self.deps.cfg.kernel {
             KernelSource::Spawn(launcher) => {
                 if let Some(mut p) = self.process.take() {
                     p.kill().await;
@@ -254,7 +312,7 @@ impl Executor {
         let mut result = self.connect().await;
         // A kernel that cannot come back in local mode gets one more fresh start.
         if result.is_err() {
-            if let KernelSource::Spawn(launcher) = &self.svc.cfg.kernel {
+            if let KernelSource::Spawn(launcher) = &self.deps.cfg.kernel {
                 if let Some(mut p) = self.process.take() {
                     p.kill().await;
                 }
@@ -274,7 +332,7 @@ impl Executor {
     }
 
     async fn interrupt_kernel(&mut self) -> Result<(), String> {
-        if let (KernelSource::Spawn(_), Some(p)) = (&self.svc.cfg.kernel, &self.process) {
+        if let (KernelSource::Spawn(_), Some(p)) = (&self.deps.cfg.kernel, &self.process) {
             let mode = self
                 .status
                 .borrow()
@@ -308,9 +366,9 @@ impl Executor {
             let _ = self.ready.send(true);
             self.main_loop().await;
             let _ = self.ready.send(false);
-            if let (KernelSource::Spawn(_), Some(mut p)) = (&self.svc.cfg.kernel, self.process.take()) {
+            if let (KernelSource::Spawn(_), Some(mut p)) = (&self.deps.cfg.kernel, self.process.take()) {
                 p.kill().await;
-                let _ = std::fs::remove_file(crate::kernel::process::pid_file(&self.svc.cfg.data_dir));
+                let _ = std::fs::remove_file(crate::kernel::process::pid_file(&self.deps.cfg.data_dir));
             }
             if let Some((_, waiters)) = self.shutdown.take() {
                 for w in waiters {
@@ -327,7 +385,7 @@ impl Executor {
     /// runs it, its reply completes it; a kernel_info probe answered first
     /// means the kernel no longer runs it (`interrupted`).
     async fn recover(&mut self) {
-        let in_flight = match self.svc.reader.in_flight().await {
+        let in_flight = match self.deps.reader.in_flight().await {
             Ok(v) => v,
             Err(e) => {
                 warn!(error = %e, "reading in-flight executions");
@@ -355,7 +413,7 @@ impl Executor {
                         msg_id,
                         reply: None,
                         idle: false,
-                        outputs: Outputs::with_limit(self.svc.cfg.max_output_bytes),
+                        outputs: Outputs::with_limit(self.deps.cfg.max_output_bytes),
                         pending_stream: None,
                         last_stream_flush: None,
                         deadline: None,
@@ -379,7 +437,7 @@ impl Executor {
     async fn reconnect(&mut self) {
         let mut backoff = Duration::from_secs(1);
         while self.conn.is_none() && self.shutdown.is_none() {
-            let result = match &self.svc.cfg.kernel {
+            let result = match &self.deps.cfg.kernel {
                 KernelSource::Spawn(_) => self.restart_kernel("the kernel is gone").await,
                 KernelSource::External => self.connect().await,
             };
@@ -388,15 +446,25 @@ impl Executor {
                 self.set_kernel(KernelState::Dead);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    cmd = self.commands.recv() => match cmd {
+                    cmd = self.commands.recv(), if self.commands_open => match cmd {
                         Some(Command::Shutdown(done)) => self.shutdown = Some((Instant::now(), vec![done])),
                         Some(other) => self.refuse(other),
-                        None => self.shutdown = Some((Instant::now(), Vec::new())),
+                        // Nobody can ask for anything any more, and there is
+                        // no kernel to finish with: stop now.
+                        None => self.commands_closed(Instant::now()),
                     },
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+
+    /// The command channel closed: no sender is left, so no shutdown request
+    /// can come either. Stops as if one had come, by `deadline`.
+    fn commands_closed(&mut self, deadline: Instant) {
+        info!("every service handle has gone; stopping");
+        self.commands_open = false;
+        self.shutdown.get_or_insert((deadline, Vec::new()));
     }
 
     /// Answers a command that cannot run while the kernel is away.
@@ -422,7 +490,7 @@ impl Executor {
                     self.start_next().await;
                 }
             }
-            let work = self.svc.clone();
+            let work = self.deps.work.clone();
             let cur_deadline = self
                 .current
                 .as_ref()
@@ -438,14 +506,12 @@ impl Executor {
             let idle = self.current.is_none();
             let process_exit = self.process.as_ref().map(|p| p.exited.clone());
             tokio::select! {
-                _ = work.work.notified(), if idle => {}
-                cmd = self.commands.recv() => match cmd {
+                _ = work.notified(), if idle => {}
+                cmd = self.commands.recv(), if self.commands_open => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
-                    None => {
-                        if self.shutdown.is_none() {
-                            self.shutdown = Some((Instant::now() + self.svc.cfg.shutdown_grace, Vec::new()));
-                        }
-                    }
+                    // Every service handle has gone: stop as on a shutdown
+                    // request, the running execution getting the grace.
+                    None => self.commands_closed(Instant::now() + self.deps.cfg.shutdown_grace),
                 },
                 ev = kernel_event(&mut self.conn) => match ev {
                     KernelEvent::Message(m) => self.on_kernel_message(*m).await,
@@ -461,7 +527,7 @@ impl Executor {
     }
 
     async fn start_next(&mut self) {
-        let next = match self.svc.reader.next_queued().await {
+        let next = match self.deps.reader.next_queued().await {
             Ok(n) => n,
             Err(e) => {
                 warn!(error = %e, "reading the queue");
@@ -473,7 +539,7 @@ impl Executor {
             return;
         };
         let Some(conn) = &self.conn else { return };
-        let allow_stdin = self.svc.cfg.input_reply.is_some();
+        let allow_stdin = self.deps.cfg.input_reply.is_some();
         let req = conn.client.request(
             "execute_request",
             json!({
@@ -482,7 +548,7 @@ impl Executor {
             }),
         );
         // Durable before it is sent: a restarted sidecar never sends it again.
-        if let Err(e) = self.svc.writer.dispatch(&exec.id, &req.header.msg_id).await {
+        if let Err(e) = self.deps.writer.dispatch(&exec.id, &req.header.msg_id).await {
             warn!(execution = %exec.id, error = %e, "could not record the dispatch; not sending");
             return;
         }
@@ -499,7 +565,7 @@ impl Executor {
             started: false,
             reply: None,
             idle: false,
-            outputs: Outputs::with_limit(self.svc.cfg.max_output_bytes),
+            outputs: Outputs::with_limit(self.deps.cfg.max_output_bytes),
             pending_stream: None,
             last_stream_flush: None,
             deadline: timeout.map(|t| Instant::now() + t),
@@ -519,8 +585,8 @@ impl Executor {
             return;
         }
         self.last_prune = Some(Instant::now());
-        let cutoff = time::OffsetDateTime::now_utc() - self.svc.cfg.retention;
-        match self.svc.writer.prune(crate::util::format_rfc3339(cutoff)).await {
+        let cutoff = time::OffsetDateTime::now_utc() - self.deps.cfg.retention;
+        match self.deps.writer.prune(crate::util::format_rfc3339(cutoff)).await {
             Ok(0) => {}
             Ok(n) => info!(pruned = n, "pruned finished executions past retention"),
             Err(e) => warn!(error = %e, "pruning"),
@@ -554,7 +620,7 @@ impl Executor {
                 let _ = reply.send(r);
             }
             Command::Shutdown(done) => {
-                let deadline = Instant::now() + self.svc.cfg.shutdown_grace;
+                let deadline = Instant::now() + self.deps.cfg.shutdown_grace;
                 match &mut self.shutdown {
                     Some((_, waiters)) => waiters.push(done),
                     None => self.shutdown = Some((deadline, vec![done])),
@@ -568,7 +634,7 @@ impl Executor {
             self.interrupt_kernel().await.map_err(ControlError::Failed)?;
             if let Some(c) = &mut self.current {
                 c.interrupted_for = Some(EndReason::Cancelled);
-                c.deadline = Some(Instant::now() + self.svc.cfg.interrupt_grace);
+                c.deadline = Some(Instant::now() + self.deps.cfg.interrupt_grace);
             }
             return Ok(CancelOutcome {
                 id: id.to_string(),
@@ -576,7 +642,7 @@ impl Executor {
             });
         }
         let exec = self
-            .svc
+            .deps
             .reader
             .get(id)
             .await?
@@ -660,7 +726,7 @@ impl Executor {
                 cur.idle_deadline = Some(Instant::now() + IDLE_AFTER_REPLY);
             }
             (Channel::Stdin, "input_request") => {
-                let value = self.svc.cfg.input_reply.clone().unwrap_or_default();
+                let value = self.deps.cfg.input_reply.clone().unwrap_or_default();
                 if let Some(conn) = &self.conn {
                     let mut reply = conn.client.request("input_reply", json!({"value": value}));
                     reply.parent_header = serde_json::to_value(&m.msg.header).unwrap_or_default();
@@ -687,12 +753,12 @@ impl Executor {
         }
         cur.started = true;
         let id = cur.exec.id.clone();
-        self.svc
+        self.deps
             .writer
             .start_detached(&id, crate::util::now_rfc3339())
             .await;
-        let seq = self.svc.bus.publish("started", Some(&id), json!({}));
-        self.svc.writer.set_last_seq(&id, seq);
+        let seq = self.deps.bus.publish("started", Some(&id), json!({}));
+        self.deps.writer.set_last_seq(&id, seq);
     }
 
     /// Moves large rich values into asset files (written before any client
@@ -709,11 +775,11 @@ impl Executor {
             "data": content.get("data").cloned().unwrap_or(Value::Null),
             "metadata": content.get("metadata").cloned().unwrap_or_else(|| json!({})),
         });
-        let (out, assets) = crate::assets::offload(&as_output, self.svc.cfg.asset_threshold);
+        let (out, assets) = crate::assets::offload(&as_output, self.deps.cfg.asset_threshold);
         if assets.is_empty() {
             return content;
         }
-        let root = self.svc.root.clone();
+        let root = self.deps.root.clone();
         let stored = tokio::task::spawn_blocking(move || {
             for a in &assets {
                 crate::assets::offload::store(&root, a)?;
@@ -737,7 +803,7 @@ impl Executor {
     }
 
     fn on_output(&mut self, msg_type: &str, content: &Value) {
-        let window = self.svc.cfg.coalesce_window;
+        let window = self.deps.cfg.coalesce_window;
         let Some(cur) = &mut self.current else { return };
         let change = cur.outputs.apply(msg_type, content);
         match change {
@@ -773,7 +839,7 @@ impl Executor {
                     Change::Cleared => json!({"clear_output": true}),
                     Change::None => return,
                 };
-                self.svc.bus.publish("output", Some(&id), fields);
+                self.deps.bus.publish("output", Some(&id), fields);
             }
         }
     }
@@ -783,7 +849,7 @@ impl Executor {
         if let Some((name, text, _)) = cur.pending_stream.take() {
             cur.last_stream_flush = Some(Instant::now());
             let id = cur.exec.id.clone();
-            self.svc.bus.publish(
+            self.deps.bus.publish(
                 "output",
                 Some(&id),
                 json!({"output": {"output_type": "stream", "name": name, "text": text}}),
@@ -814,7 +880,7 @@ impl Executor {
 
     async fn finish_current(&mut self, mut cur: Current, state: State, reason: Option<EndReason>) {
         if let Some((name, text, _)) = cur.pending_stream.take() {
-            self.svc.bus.publish(
+            self.deps.bus.publish(
                 "output",
                 Some(&cur.exec.id),
                 json!({"output": {"output_type": "stream", "name": name, "text": text}}),
@@ -858,11 +924,11 @@ impl Executor {
         let truncated = outputs.truncation();
         if let Some(t) = &truncated {
             let note = super::outputs::truncation_note(t);
-            self.svc
+            self.deps
                 .bus
                 .publish("output", Some(&exec.id), json!({"output": note}));
             outputs.push_note(note);
-            self.svc.note_truncation(t);
+            self.deps.output_stats.note(t);
             warn!(execution = %exec.id, kept = t.kept_bytes, dropped = t.dropped_bytes, reason = %t.reason, "outputs truncated");
         }
         let record = FinalRecord {
@@ -874,21 +940,21 @@ impl Executor {
             finished_at: crate::util::now_rfc3339(),
             truncated,
         };
-        match self.svc.writer.finish(&exec.id, record).await {
+        match self.deps.writer.finish(&exec.id, record).await {
             Ok(true) => {
-                let seq = self.svc.bus.publish(
+                let seq = self.deps.bus.publish(
                     "finished",
                     Some(&exec.id),
                     json!({"state": state, "reason": reason, "execution_count": count, "error": error}),
                 );
-                self.svc.writer.set_last_seq(&exec.id, seq);
+                self.deps.writer.set_last_seq(&exec.id, seq);
                 info!(execution = %exec.id, %state, reason = reason.map_or("", EndReason::as_str), "finished");
             }
             Ok(false) => {}
             Err(e) => warn!(execution = %exec.id, error = %e, "recording the final state"),
         }
-        self.svc.touch();
-        self.svc.completions.finished(&exec.id);
+        self.deps.activity.touch();
+        self.deps.completions.finished(&exec.id);
     }
 
     async fn on_kernel_death(&mut self, why: &str) {
@@ -904,7 +970,7 @@ impl Executor {
             self.conn = None;
             return;
         }
-        match &self.svc.cfg.kernel {
+        match &self.deps.cfg.kernel {
             KernelSource::Spawn(_) => {
                 if let Err(e) = self.restart_kernel(why).await {
                     warn!(error = %e, "kernel restart failed");
@@ -950,7 +1016,7 @@ impl Executor {
         }
         if cur.interrupted_for.is_none() {
             cur.interrupted_for = Some(EndReason::Timeout);
-            cur.deadline = Some(now + self.svc.cfg.interrupt_grace);
+            cur.deadline = Some(now + self.deps.cfg.interrupt_grace);
             if let Err(e) = self.interrupt_kernel().await {
                 warn!(error = %e, "interrupt for timeout failed");
             }
@@ -1019,5 +1085,59 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The actor's dependencies over a fresh database and workspace, with a
+    /// kernel that is never there.
+    fn unreachable_kernel(tag: &str) -> (Deps, ConnectionInfo) {
+        let dir = std::env::temp_dir().join(format!("nbo-executor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = crate::store::schema::db_path(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (writer, _thread) = Writer::open(&db).unwrap();
+        let mut cfg = Config::new(
+            dir.clone(),
+            dir.join("ws"),
+            dir.join("kernel.json"),
+            KernelSource::External,
+        );
+        cfg.kernel_start_timeout = Duration::ZERO;
+        let deps = Deps {
+            cfg: Settings::from(&cfg),
+            writer,
+            reader: Reader::new(&db),
+            bus: Bus::new(cfg.bus.clone(), 1, Box::new(|_| {})),
+            completions: Arc::default(),
+            work: Arc::default(),
+            activity: Arc::default(),
+            output_stats: Arc::default(),
+            dropped: Arc::default(),
+            root: Arc::new(crate::confined::Root::open(&cfg.workspace).unwrap()),
+        };
+        let info = ConnectionInfo::with_free_ports("127.0.0.1", "key".into()).unwrap();
+        (deps, info)
+    }
+
+    /// The actor holds no sender of its own command channel, so dropping
+    /// the last one (the service's) stops it: the closed channel is a
+    /// shutdown, not a wait that never ends.
+    #[tokio::test]
+    async fn the_actor_stops_when_the_last_command_sender_goes() {
+        let (deps, info) = unreachable_kernel("closed");
+        let (tx, rx) = mpsc::channel(1);
+        let (status, _status_rx) = watch::channel(KernelStatus::default());
+        let (ready, _ready_rx) = watch::channel(false);
+        let actor = Executor::new(deps, rx, status, ready, info, b"test".to_vec(), None);
+        let run = tokio::spawn(actor.run());
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the actor stopped")
+            .unwrap();
     }
 }
