@@ -4,6 +4,7 @@
 //! answers control commands. It waits on events only: the work notification,
 //! kernel messages, commands, and deadlines it set itself.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::cell::{self, Cell, Effect, Finished};
 use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
-use super::outputs::{Change, Outputs};
+use super::outputs::Outputs;
 use super::{Activity, Config, KernelSource, OutputStats};
 use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
@@ -32,12 +34,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub kernel_start_timeout: Duration,
     pub shutdown_grace: Duration,
-    pub interrupt_grace: Duration,
     pub retention: Duration,
     pub input_reply: Option<String>,
-    pub coalesce_window: Duration,
     pub asset_threshold: usize,
-    pub max_output_bytes: u64,
+    /// What the running cell follows (stream window, interrupt grace, output limit).
+    pub cell: cell::Limits,
 }
 
 impl From<&Config> for Settings {
@@ -47,12 +48,14 @@ impl From<&Config> for Settings {
             data_dir: cfg.data_dir.clone(),
             kernel_start_timeout: cfg.kernel_start_timeout,
             shutdown_grace: cfg.shutdown_grace,
-            interrupt_grace: cfg.interrupt_grace,
             retention: cfg.retention,
             input_reply: cfg.input_reply.clone(),
-            coalesce_window: cfg.coalesce_window,
             asset_threshold: cfg.asset_threshold,
-            max_output_bytes: cfg.max_output_bytes,
+            cell: cell::Limits {
+                coalesce_window: cfg.coalesce_window,
+                interrupt_grace: cfg.interrupt_grace,
+                max_output_bytes: cfg.max_output_bytes,
+            },
         }
     }
 }
@@ -75,34 +78,6 @@ pub struct Deps {
     pub dropped: Arc<AtomicU64>,
     /// The workspace, where large outputs become asset files.
     pub root: Arc<crate::confined::Root>,
-}
-
-/// The execution the kernel is working on.
-struct Current {
-    exec: Execution,
-    msg_id: String,
-    started: bool,
-    reply: Option<Value>,
-    idle: bool,
-    outputs: Outputs,
-    /// Stream text not yet published, coalesced: (name, text, flush at).
-    pending_stream: Option<(String, String, Instant)>,
-    /// When stream text of this execution was last published: text that
-    /// comes after a quiet window goes out at once, a flood is coalesced.
-    last_stream_flush: Option<Instant>,
-    deadline: Option<Instant>,
-    /// Why the kernel was interrupted, if it was: decides the final state.
-    interrupted_for: Option<EndReason>,
-    /// Recovered from a previous sidecar process: `probe` is a kernel_info
-    /// request; if its reply comes before ours, the kernel no longer runs it.
-    probe: Option<String>,
-    /// After the reply, when to stop waiting for the idle status quietly.
-    idle_deadline: Option<Instant>,
-    /// The idle status is late: a kernel_info request sent after the reply.
-    /// The kernel publishes on iopub in order, so its status for this
-    /// request comes after every output of ours: the witness that all of
-    /// them arrived. A timer alone once cut a 100 MB output short.
-    end_probe: Option<String>,
 }
 
 struct Conn {
@@ -132,18 +107,14 @@ pub struct Executor {
     session: String,
     process: Option<KernelProcess>,
     conn: Option<Conn>,
-    current: Option<Current>,
+    /// The running execution.
+    current: Option<Cell>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     last_prune: Option<Instant>,
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
-const IDLE_AFTER_REPLY: Duration = Duration::from_secs(2);
-/// How long the end-of-output witness may take before the outputs are
-/// recorded as unconfirmed (said in `truncated`, never silently).
-const END_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-const STREAM_FLUSH_BYTES: usize = 64 * 1024;
 /// How long a pod's kernel may take to exit after a shutdown request.
 const KERNEL_EXIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -407,21 +378,13 @@ impl Executor {
             match (probe, f.msg_id) {
                 (Some(probe), Some(msg_id)) => {
                     info!(execution = %f.execution.id, "following an execution the previous sidecar started");
-                    self.current = Some(Current {
-                        started: f.execution.state == State::Running,
-                        exec: f.execution,
+                    self.current = Some(Cell::recovered(
+                        f.execution.id,
                         msg_id,
-                        reply: None,
-                        idle: false,
-                        outputs: Outputs::with_limit(self.deps.cfg.max_output_bytes),
-                        pending_stream: None,
-                        last_stream_flush: None,
-                        deadline: None,
-                        interrupted_for: None,
-                        probe: Some(probe),
-                        idle_deadline: None,
-                        end_probe: None,
-                    });
+                        f.execution.state == State::Running,
+                        probe,
+                        self.deps.cfg.cell,
+                    ));
                 }
                 _ => {
                     let e = f.execution;
@@ -491,17 +454,11 @@ impl Executor {
                 }
             }
             let work = self.deps.work.clone();
-            let cur_deadline = self
+            let cell_at = self
                 .current
                 .as_ref()
-                .and_then(|c| match (c.deadline, c.idle_deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                });
-            let flush_at = self
-                .current
-                .as_ref()
-                .and_then(|c| c.pending_stream.as_ref().map(|p| p.2));
+                .and_then(Cell::next_deadline)
+                .map(Instant::from_std);
             let shutdown_at = self.shutdown.as_ref().map(|s| s.0);
             let idle = self.current.is_none();
             let process_exit = self.process.as_ref().map(|p| p.exited.clone());
@@ -519,8 +476,7 @@ impl Executor {
                     KernelEvent::Dead => self.on_kernel_death("the kernel stopped answering its heartbeat").await,
                 },
                 _ = exited(process_exit) => self.on_kernel_death("the kernel process exited").await,
-                _ = sleep_until(cur_deadline) => self.on_deadline().await,
-                _ = sleep_until(flush_at) => self.flush_stream(),
+                _ = sleep_until(cell_at) => self.on_cell_deadline().await,
                 _ = sleep_until(shutdown_at) => self.on_shutdown_deadline().await,
             }
         }
@@ -559,22 +515,13 @@ impl Executor {
             return;
         }
         tracing::debug!(execution = %exec.id, "dispatched");
-        let timeout = exec.timeout_s.map(Duration::from_secs_f64);
-        self.current = Some(Current {
-            msg_id: req.header.msg_id,
-            started: false,
-            reply: None,
-            idle: false,
-            outputs: Outputs::with_limit(self.deps.cfg.max_output_bytes),
-            pending_stream: None,
-            last_stream_flush: None,
-            deadline: timeout.map(|t| Instant::now() + t),
-            interrupted_for: None,
-            probe: None,
-            idle_deadline: None,
-            end_probe: None,
-            exec,
-        });
+        self.current = Some(Cell::dispatched(
+            exec.id,
+            req.header.msg_id,
+            exec.timeout_s.map(Duration::from_secs_f64),
+            std::time::Instant::now(),
+            self.deps.cfg.cell,
+        ));
     }
 
     async fn prune_when_idle(&mut self) {
@@ -599,16 +546,13 @@ impl Executor {
                 let r = self.interrupt_kernel().await.map_err(ControlError::Failed);
                 if r.is_ok() {
                     if let Some(c) = &mut self.current {
-                        c.interrupted_for.get_or_insert(EndReason::Interrupted);
+                        c.interrupted();
                     }
                 }
                 let _ = reply.send(r);
             }
             Command::Restart(reply) => {
-                if let Some(c) = self.current.take() {
-                    self.finish_current(c, State::Failed, Some(EndReason::KernelRestarted))
-                        .await;
-                }
+                self.end_current(State::Failed, EndReason::KernelRestarted).await;
                 let r = self
                     .restart_kernel("requested")
                     .await
@@ -630,11 +574,10 @@ impl Executor {
     }
 
     async fn cancel(&mut self, id: &str) -> Result<CancelOutcome, ControlError> {
-        if self.current.as_ref().is_some_and(|c| c.exec.id == id) {
+        if self.current.as_ref().is_some_and(|c| c.id() == id) {
             self.interrupt_kernel().await.map_err(ControlError::Failed)?;
             if let Some(c) = &mut self.current {
-                c.interrupted_for = Some(EndReason::Cancelled);
-                c.deadline = Some(Instant::now() + self.deps.cfg.interrupt_grace);
+                c.cancelling(std::time::Instant::now());
             }
             return Ok(CancelOutcome {
                 id: id.to_string(),
@@ -661,115 +604,99 @@ impl Executor {
         })
     }
 
-    async fn on_kernel_message(&mut self, m: KernelMessage) {
-        let msg_type = m.msg.msg_type().to_string();
-        let parent = m.msg.parent_msg_id().map(String::from);
-        if m.channel == Channel::Iopub && msg_type == "status" {
+    async fn on_kernel_message(&mut self, mut m: KernelMessage) {
+        if m.channel == Channel::Iopub && m.msg.msg_type() == "status" {
             match m.msg.content.get("execution_state").and_then(Value::as_str) {
                 Some("busy") => self.set_kernel(KernelState::Busy),
                 Some("idle") => self.set_kernel(KernelState::Idle),
                 _ => {}
             }
         }
-        let Some(cur) = &mut self.current else { return };
-        // A recovered execution: the probe answered first, so the kernel no
-        // longer runs ours.
-        if cur.probe.is_some()
-            && parent == cur.probe
-            && msg_type == "kernel_info_reply"
-            && cur.reply.is_none()
-        {
-            if let Some(c) = self.current.take() {
-                self.finish_current(c, State::Failed, Some(EndReason::Interrupted))
-                    .await;
-            }
-            return;
+        let Some(cell) = &self.current else { return };
+        if cell.is_rich_output(&m) {
+            let content = std::mem::take(&mut m.msg.content);
+            m.msg.content = self.offload(content).await;
         }
-        // The end-of-output witness: every iopub message of ours came before it.
-        if m.channel == Channel::Iopub && cur.end_probe.is_some() && parent == cur.end_probe {
-            if let Some(c) = self.current.take() {
-                self.finish_from_reply(c).await;
-            }
-            return;
-        }
-        if parent.as_deref() != Some(cur.msg_id.as_str()) {
-            return;
-        }
-        // Output still arriving after the reply: the idle status is behind it,
-        // so the quiet deadline moves with every message (under load iopub
-        // can lag the shell reply by seconds).
-        if cur.reply.is_some() {
-            let quiet = if cur.end_probe.is_some() {
-                END_PROBE_TIMEOUT
-            } else {
-                IDLE_AFTER_REPLY
-            };
-            cur.idle_deadline = Some(Instant::now() + quiet);
-        }
-        match (m.channel, msg_type.as_str()) {
-            (Channel::Iopub, "status") => {
-                let state = m.msg.content.get("execution_state").and_then(Value::as_str);
-                if state == Some("busy") {
-                    self.mark_started().await;
-                } else if state == Some("idle") {
-                    cur.idle = true;
-                }
-            }
-            (Channel::Iopub, "execute_input") => self.mark_started().await,
-            (Channel::Iopub, _) => {
-                self.mark_started().await;
-                let content = self.offload(&msg_type, m.msg.content).await;
-                self.on_output(&msg_type, &content);
-            }
-            (Channel::Shell, "execute_reply") => {
-                cur.reply = Some(m.msg.content.clone());
-                cur.idle_deadline = Some(Instant::now() + IDLE_AFTER_REPLY);
-            }
-            (Channel::Stdin, "input_request") => {
-                let value = self.deps.cfg.input_reply.clone().unwrap_or_default();
-                if let Some(conn) = &self.conn {
-                    let mut reply = conn.client.request("input_reply", json!({"value": value}));
-                    reply.parent_header = serde_json::to_value(&m.msg.header).unwrap_or_default();
-                    let _ = conn.client.send(Channel::Stdin, &reply).await;
-                }
-            }
-            _ => {}
-        }
-        let done = self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.reply.is_some() && (c.idle || c.probe.is_some()));
-        if done {
-            if let Some(c) = self.current.take() {
-                self.finish_from_reply(c).await;
-            }
-        }
+        let Some(cell) = &mut self.current else { return };
+        let effects = cell.on_message(&m, std::time::Instant::now());
+        self.apply(effects).await;
     }
 
-    async fn mark_started(&mut self) {
-        let Some(cur) = &mut self.current else { return };
-        if cur.started {
+    async fn on_cell_deadline(&mut self) {
+        let Some(cell) = &mut self.current else { return };
+        let effects = cell.on_deadline(std::time::Instant::now());
+        self.apply(effects).await;
+    }
+
+    /// Ends the running execution, if any, whatever the kernel does.
+    async fn end_current(&mut self, state: State, reason: EndReason) {
+        let Some(cell) = &mut self.current else { return };
+        let effects = cell.end(state, reason);
+        self.apply(effects).await;
+    }
+
+    /// Carries out what the running cell asked for, in order.
+    async fn apply(&mut self, effects: Vec<Effect>) {
+        let Some(id) = self.current.as_ref().map(|c| c.id().to_string()) else {
             return;
+        };
+        let mut effects = VecDeque::from(effects);
+        while let Some(effect) = effects.pop_front() {
+            match effect {
+                Effect::Started => {
+                    self.deps
+                        .writer
+                        .start_detached(&id, crate::util::now_rfc3339())
+                        .await;
+                    let seq = self.deps.bus.publish("started", Some(&id), json!({}));
+                    self.deps.writer.set_last_seq(&id, seq);
+                }
+                Effect::Output(fields) => {
+                    self.deps.bus.publish("output", Some(&id), fields);
+                }
+                Effect::AnswerInput(parent) => {
+                    let value = self.deps.cfg.input_reply.clone().unwrap_or_default();
+                    if let Some(conn) = &self.conn {
+                        let mut reply = conn.client.request("input_reply", json!({"value": value}));
+                        reply.parent_header = serde_json::to_value(&parent).unwrap_or_default();
+                        let _ = conn.client.send(Channel::Stdin, &reply).await;
+                    }
+                }
+                Effect::Interrupt => {
+                    if let Err(e) = self.interrupt_kernel().await {
+                        warn!(execution = %id, error = %e, "interrupt for timeout failed");
+                    }
+                }
+                Effect::ProbeEnd => {
+                    let sent = match &self.conn {
+                        Some(conn) => {
+                            let req = conn.client.request("kernel_info_request", json!({}));
+                            let ok = conn.client.send(Channel::Shell, &req).await.is_ok();
+                            ok.then_some(req.header.msg_id)
+                        }
+                        None => None,
+                    };
+                    if let Some(cell) = &mut self.current {
+                        match sent {
+                            Some(msg_id) => cell.probing_end(msg_id, std::time::Instant::now()),
+                            None => effects.extend(cell.end_unconfirmed()),
+                        }
+                    }
+                }
+                Effect::Finish(f) => {
+                    self.current = None;
+                    self.finish_row(&id, f).await;
+                }
+                Effect::RestartKernel => {
+                    let _ = self.restart_kernel("did not answer an interrupt").await;
+                }
+            }
         }
-        cur.started = true;
-        let id = cur.exec.id.clone();
-        self.deps
-            .writer
-            .start_detached(&id, crate::util::now_rfc3339())
-            .await;
-        let seq = self.deps.bus.publish("started", Some(&id), json!({}));
-        self.deps.writer.set_last_seq(&id, seq);
     }
 
     /// Moves large rich values into asset files (written before any client
     /// sees the stub that points at them).
-    async fn offload(&self, msg_type: &str, content: Value) -> Value {
-        if !matches!(
-            msg_type,
-            "display_data" | "execute_result" | "update_display_data"
-        ) {
-            return content;
-        }
+    async fn offload(&self, content: Value) -> Value {
         let as_output = json!({
             "output_type": "display_data",
             "data": content.get("data").cloned().unwrap_or(Value::Null),
@@ -802,134 +729,39 @@ impl Executor {
         }
     }
 
-    fn on_output(&mut self, msg_type: &str, content: &Value) {
-        let window = self.deps.cfg.coalesce_window;
-        let Some(cur) = &mut self.current else { return };
-        let change = cur.outputs.apply(msg_type, content);
-        match change {
-            Change::None => {}
-            Change::Output(o) if o["output_type"] == "stream" => {
-                let name = o["name"].as_str().unwrap_or("stdout").to_string();
-                let text = o["text"].as_str().unwrap_or("");
-                let same = cur.pending_stream.as_ref().is_some_and(|p| p.0 == name);
-                if !same {
-                    self.flush_stream();
-                }
-                let Some(cur) = &mut self.current else { return };
-                let now = Instant::now();
-                let quiet = cur.last_stream_flush.is_none_or(|t| now >= t + window);
-                let flush_at = cur.last_stream_flush.map_or(now, |t| t + window).max(now);
-                let p = cur
-                    .pending_stream
-                    .get_or_insert_with(|| (name, String::new(), flush_at));
-                p.1.push_str(text);
-                if quiet || p.1.len() >= STREAM_FLUSH_BYTES {
-                    self.flush_stream();
-                }
-            }
-            other => {
-                self.flush_stream();
-                let Some(cur) = &self.current else { return };
-                let id = cur.exec.id.clone();
-                let fields = match other {
-                    Change::Output(o) => json!({"output": o}),
-                    Change::Update { display_id, output } => {
-                        json!({"output": output, "update_display_id": display_id})
-                    }
-                    Change::Cleared => json!({"clear_output": true}),
-                    Change::None => return,
-                };
-                self.deps.bus.publish("output", Some(&id), fields);
-            }
-        }
-    }
-
-    fn flush_stream(&mut self) {
-        let Some(cur) = &mut self.current else { return };
-        if let Some((name, text, _)) = cur.pending_stream.take() {
-            cur.last_stream_flush = Some(Instant::now());
-            let id = cur.exec.id.clone();
-            self.deps.bus.publish(
-                "output",
-                Some(&id),
-                json!({"output": {"output_type": "stream", "name": name, "text": text}}),
-            );
-        }
-    }
-
-    async fn finish_from_reply(&mut self, cur: Current) {
-        let reply = cur.reply.clone().unwrap_or_default();
-        let status = reply.get("status").and_then(Value::as_str).unwrap_or("error");
-        match (status, cur.interrupted_for) {
-            ("ok", _) => self.finish_current(cur, State::Completed, None).await,
-            (_, Some(EndReason::Cancelled)) => {
-                self.finish_current(cur, State::Cancelled, Some(EndReason::Cancelled))
-                    .await
-            }
-            (_, Some(why)) => self.finish_current(cur, State::Failed, Some(why)).await,
-            ("aborted", None) => {
-                self.finish_current(cur, State::Failed, Some(EndReason::Aborted))
-                    .await
-            }
-            _ => {
-                self.finish_current(cur, State::Failed, Some(EndReason::Error))
-                    .await
-            }
-        }
-    }
-
-    async fn finish_current(&mut self, mut cur: Current, state: State, reason: Option<EndReason>) {
-        if let Some((name, text, _)) = cur.pending_stream.take() {
-            self.deps.bus.publish(
-                "output",
-                Some(&cur.exec.id),
-                json!({"output": {"output_type": "stream", "name": name, "text": text}}),
-            );
-        }
-        let reply = cur.reply.take().unwrap_or_default();
-        let count = reply.get("execution_count").and_then(Value::as_i64);
-        let error = (reply.get("status").and_then(Value::as_str) == Some("error")).then(|| {
-            json!({
-                "ename": reply.get("ename").cloned().unwrap_or(json!("")),
-                "evalue": reply.get("evalue").cloned().unwrap_or(json!("")),
-                "traceback": reply.get("traceback").cloned().unwrap_or(json!([])),
-            })
-        });
-        self.finish_row(&cur.exec, state, reason, cur.outputs, count, error)
-            .await;
-    }
-
     /// Ends an execution the kernel is not running: no outputs, no reply.
     async fn finish_unrun(&self, exec: &Execution, state: State, reason: EndReason) {
-        self.finish_row(exec, state, Some(reason), Outputs::default(), None, None)
-            .await;
+        let end = Finished {
+            state,
+            reason: Some(reason),
+            outputs: Outputs::default(),
+            execution_count: None,
+            error: None,
+        };
+        self.finish_row(&exec.id, end).await;
     }
 
     /// Commits the final state, then announces it and wakes waiters.
-    async fn finish_row(
-        &self,
-        exec: &Execution,
-        state: State,
-        reason: Option<EndReason>,
-        outputs: Outputs,
-        count: Option<i64>,
-        error: Option<Value>,
-    ) {
+    async fn finish_row(&self, id: &str, end: Finished) {
+        let Finished {
+            state,
+            reason,
+            mut outputs,
+            execution_count: count,
+            error,
+        } = end;
         let error = error.or_else(|| {
             reason
                 .filter(|_| state == State::Failed)
                 .map(|r| json!({"ename": "ExecutionFailed", "evalue": r.as_str(), "traceback": []}))
         });
-        let mut outputs = outputs;
         let truncated = outputs.truncation();
         if let Some(t) = &truncated {
             let note = super::outputs::truncation_note(t);
-            self.deps
-                .bus
-                .publish("output", Some(&exec.id), json!({"output": note}));
+            self.deps.bus.publish("output", Some(id), json!({"output": note}));
             outputs.push_note(note);
             self.deps.output_stats.note(t);
-            warn!(execution = %exec.id, kept = t.kept_bytes, dropped = t.dropped_bytes, reason = %t.reason, "outputs truncated");
+            warn!(execution = %id, kept = t.kept_bytes, dropped = t.dropped_bytes, reason = %t.reason, "outputs truncated");
         }
         let record = FinalRecord {
             state,
@@ -940,30 +772,27 @@ impl Executor {
             finished_at: crate::util::now_rfc3339(),
             truncated,
         };
-        match self.deps.writer.finish(&exec.id, record).await {
+        match self.deps.writer.finish(id, record).await {
             Ok(true) => {
                 let seq = self.deps.bus.publish(
                     "finished",
-                    Some(&exec.id),
+                    Some(id),
                     json!({"state": state, "reason": reason, "execution_count": count, "error": error}),
                 );
-                self.deps.writer.set_last_seq(&exec.id, seq);
-                info!(execution = %exec.id, %state, reason = reason.map_or("", EndReason::as_str), "finished");
+                self.deps.writer.set_last_seq(id, seq);
+                info!(execution = %id, %state, reason = reason.map_or("", EndReason::as_str), "finished");
             }
             Ok(false) => {}
-            Err(e) => warn!(execution = %exec.id, error = %e, "recording the final state"),
+            Err(e) => warn!(execution = %id, error = %e, "recording the final state"),
         }
         self.deps.activity.touch();
-        self.deps.completions.finished(&exec.id);
+        self.deps.completions.finished(id);
     }
 
     async fn on_kernel_death(&mut self, why: &str) {
         warn!(why, "kernel died");
         self.set_kernel(KernelState::Dead);
-        if let Some(c) = self.current.take() {
-            self.finish_current(c, State::Failed, Some(EndReason::KernelDied))
-                .await;
-        }
+        self.end_current(State::Failed, EndReason::KernelDied).await;
         if self.shutdown.is_some() {
             // Stopping anyway (a pod being deleted takes the kernel with it):
             // no restart, so the sidecar exits at once.
@@ -986,62 +815,10 @@ impl Executor {
         }
     }
 
-    async fn on_deadline(&mut self) {
-        let Some(cur) = &mut self.current else { return };
-        let now = Instant::now();
-        if cur.idle_deadline.is_some_and(|d| d <= now) && cur.reply.is_some() {
-            if cur.end_probe.is_none() {
-                // The reply came but the idle status did not (yet): ask for
-                // the witness that every output has arrived.
-                if let Some(conn) = &self.conn {
-                    let req = conn.client.request("kernel_info_request", json!({}));
-                    if conn.client.send(Channel::Shell, &req).await.is_ok() {
-                        tracing::debug!(execution = %cur.exec.id, "idle status late; probing for the end of output");
-                        cur.end_probe = Some(req.header.msg_id);
-                        cur.idle_deadline = Some(now + END_PROBE_TIMEOUT);
-                        return;
-                    }
-                }
-            }
-            // No witness either: finish, saying the outputs may be incomplete.
-            warn!(execution = %cur.exec.id, "the kernel's idle status never came; outputs recorded as unconfirmed");
-            cur.outputs.mark_unconfirmed();
-            if let Some(c) = self.current.take() {
-                self.finish_from_reply(c).await;
-            }
-            return;
-        }
-        if cur.deadline.is_none_or(|d| d > now) {
-            return;
-        }
-        if cur.interrupted_for.is_none() {
-            cur.interrupted_for = Some(EndReason::Timeout);
-            cur.deadline = Some(now + self.deps.cfg.interrupt_grace);
-            if let Err(e) = self.interrupt_kernel().await {
-                warn!(error = %e, "interrupt for timeout failed");
-            }
-            return;
-        }
-        // Interrupted and still not done: the kernel is stuck; restart it.
-        let why = cur.interrupted_for.unwrap_or(EndReason::Interrupted);
-        if let Some(c) = self.current.take() {
-            let state = if why == EndReason::Cancelled {
-                State::Cancelled
-            } else {
-                State::Failed
-            };
-            self.finish_current(c, state, Some(why)).await;
-        }
-        let _ = self.restart_kernel("did not answer an interrupt").await;
-    }
-
     async fn on_shutdown_deadline(&mut self) {
         if self.current.is_some() {
             let _ = self.interrupt_kernel().await;
-            if let Some(c) = self.current.take() {
-                self.finish_current(c, State::Failed, Some(EndReason::Interrupted))
-                    .await;
-            }
+            self.end_current(State::Failed, EndReason::Interrupted).await;
         }
     }
 }

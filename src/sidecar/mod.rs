@@ -2,6 +2,7 @@
 //! state shared with the HTTP and MCP layers.
 
 pub mod assets;
+pub mod cell;
 pub mod completion;
 pub mod control;
 pub mod executor;
