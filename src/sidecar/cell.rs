@@ -425,3 +425,413 @@ fn state_for(why: EndReason) -> State {
         State::Failed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jupyter::Message;
+
+    /// The `execute_request` the cell follows.
+    const OURS: &str = "request-1";
+    const WINDOW: Duration = Duration::from_millis(5);
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn limits() -> Limits {
+        Limits {
+            coalesce_window: WINDOW,
+            interrupt_grace: GRACE,
+            max_output_bytes: 1 << 20,
+        }
+    }
+
+    fn cell(timeout: Option<Duration>, now: Instant) -> Cell {
+        Cell::dispatched("exec-1".into(), OURS.into(), timeout, now, limits())
+    }
+
+    fn msg(channel: Channel, msg_type: &str, parent: &str, content: Value) -> KernelMessage {
+        let mut msg = Message::new(msg_type, content, "kernel-session");
+        msg.parent_header = json!({"msg_id": parent});
+        KernelMessage { channel, msg }
+    }
+
+    fn status(parent: &str, state: &str) -> KernelMessage {
+        msg(
+            Channel::Iopub,
+            "status",
+            parent,
+            json!({"execution_state": state}),
+        )
+    }
+
+    fn stream(name: &str, text: &str) -> KernelMessage {
+        msg(
+            Channel::Iopub,
+            "stream",
+            OURS,
+            json!({"name": name, "text": text}),
+        )
+    }
+
+    fn reply(content: Value) -> KernelMessage {
+        msg(Channel::Shell, "execute_reply", OURS, content)
+    }
+
+    fn stream_event(name: &str, text: &str) -> Effect {
+        Effect::Output(json!({"output": {"output_type": "stream", "name": name, "text": text}}))
+    }
+
+    /// The one effect of `fx`, which must be the end.
+    fn finished(mut fx: Vec<Effect>) -> Finished {
+        assert_eq!(fx.len(), 1, "{fx:?}");
+        match fx.remove(0) {
+            Effect::Finish(f) => f,
+            other => panic!("not the end: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_normal_execution_starts_announces_output_and_completes_on_idle() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        assert_eq!(c.on_message(&status(OURS, "busy"), t0), vec![Effect::Started]);
+        let input = msg(
+            Channel::Iopub,
+            "execute_input",
+            OURS,
+            json!({"code": "print(1); 2"}),
+        );
+        assert_eq!(c.on_message(&input, t0), vec![]);
+        assert_eq!(
+            c.on_message(&stream("stdout", "1\n"), t0),
+            vec![stream_event("stdout", "1\n")]
+        );
+        let result = msg(
+            Channel::Iopub,
+            "execute_result",
+            OURS,
+            json!({"execution_count": 3, "data": {"text/plain": "2"}, "metadata": {}}),
+        );
+        let result_event = json!({"output": {"output_type": "execute_result", "execution_count": 3,
+            "data": {"text/plain": "2"}, "metadata": {}}});
+        assert_eq!(c.on_message(&result, t0), vec![Effect::Output(result_event)]);
+        // The reply alone does not end it: output may still be on its way.
+        assert_eq!(
+            c.on_message(&reply(json!({"status": "ok", "execution_count": 3})), t0),
+            vec![]
+        );
+        assert_eq!(c.next_deadline(), Some(t0 + IDLE_AFTER_REPLY));
+        let end = finished(c.on_message(&status(OURS, "idle"), t0));
+        assert_eq!(
+            (end.state, end.reason, end.execution_count, end.error),
+            (State::Completed, None, Some(3), None)
+        );
+        let kinds: Vec<_> = end
+            .outputs
+            .as_slice()
+            .iter()
+            .map(|o| o["output_type"].clone())
+            .collect();
+        assert_eq!(kinds, vec![json!("stream"), json!("execute_result")]);
+        assert_eq!(end.outputs.truncation(), None);
+        // Over: nothing more comes out of it.
+        assert_eq!(c.on_message(&status(OURS, "idle"), t0), vec![]);
+        assert_eq!(c.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_error_reply_fails_with_reason_error_and_the_kernels_error() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        let error = json!({"status": "error", "execution_count": 1, "ename": "ZeroDivisionError",
+            "evalue": "division by zero", "traceback": ["tb"]});
+        assert_eq!(c.on_message(&reply(error), t0), vec![]);
+        let end = finished(c.on_message(&status(OURS, "idle"), t0));
+        assert_eq!((end.state, end.reason), (State::Failed, Some(EndReason::Error)));
+        assert_eq!(
+            end.error,
+            Some(json!({"ename": "ZeroDivisionError", "evalue": "division by zero", "traceback": ["tb"]}))
+        );
+    }
+
+    #[test]
+    fn an_aborted_reply_fails_with_reason_aborted() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&reply(json!({"status": "aborted"})), t0);
+        let end = finished(c.on_message(&status(OURS, "idle"), t0));
+        assert_eq!(
+            (end.state, end.reason, end.error),
+            (State::Failed, Some(EndReason::Aborted), None)
+        );
+    }
+
+    #[test]
+    fn past_its_timeout_the_kernel_is_interrupted_and_after_the_grace_restarted() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut c = cell(Some(timeout), t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        assert_eq!(c.next_deadline(), Some(t0 + timeout));
+        assert_eq!(c.on_deadline(t0 + timeout / 2), vec![]);
+        assert_eq!(c.on_deadline(t0 + timeout), vec![Effect::Interrupt]);
+        assert_eq!(c.next_deadline(), Some(t0 + timeout + GRACE));
+        let mut fx = c.on_deadline(t0 + timeout + GRACE);
+        assert_eq!(fx.pop(), Some(Effect::RestartKernel));
+        let end = finished(fx);
+        assert_eq!((end.state, end.reason), (State::Failed, Some(EndReason::Timeout)));
+    }
+
+    #[test]
+    fn a_timed_out_execution_that_the_interrupt_stops_fails_with_timeout() {
+        let t0 = Instant::now();
+        let mut c = cell(Some(Duration::from_secs(1)), t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(c.on_deadline(t1), vec![Effect::Interrupt]);
+        let interrupted =
+            json!({"status": "error", "ename": "KeyboardInterrupt", "evalue": "", "traceback": []});
+        c.on_message(&reply(interrupted), t1);
+        let end = finished(c.on_message(&status(OURS, "idle"), t1));
+        assert_eq!((end.state, end.reason), (State::Failed, Some(EndReason::Timeout)));
+        assert_eq!(
+            end.error.as_ref().map(|e| e["ename"].clone()),
+            Some(json!("KeyboardInterrupt"))
+        );
+    }
+
+    #[test]
+    fn a_cancelled_running_execution_ends_cancelled_even_when_the_kernel_is_stuck() {
+        let t0 = Instant::now();
+        let mut stops = cell(None, t0);
+        stops.cancelling(t0);
+        stops.on_message(
+            &reply(json!({"status": "error", "ename": "KeyboardInterrupt"})),
+            t0,
+        );
+        let end = finished(stops.on_message(&status(OURS, "idle"), t0));
+        assert_eq!(
+            (end.state, end.reason),
+            (State::Cancelled, Some(EndReason::Cancelled))
+        );
+
+        let mut stuck = cell(None, t0);
+        stuck.cancelling(t0);
+        assert_eq!(stuck.next_deadline(), Some(t0 + GRACE));
+        let mut fx = stuck.on_deadline(t0 + GRACE);
+        assert_eq!(fx.pop(), Some(Effect::RestartKernel));
+        let end = finished(fx);
+        assert_eq!(
+            (end.state, end.reason),
+            (State::Cancelled, Some(EndReason::Cancelled))
+        );
+    }
+
+    #[test]
+    fn an_interrupt_request_ends_it_interrupted_but_does_not_override_a_timeout() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.interrupted();
+        c.on_message(&reply(json!({"status": "error"})), t0);
+        let end = finished(c.on_message(&status(OURS, "idle"), t0));
+        assert_eq!(end.reason, Some(EndReason::Interrupted));
+
+        let mut timed_out = cell(Some(Duration::ZERO), t0);
+        assert_eq!(timed_out.on_deadline(t0), vec![Effect::Interrupt]);
+        timed_out.interrupted();
+        timed_out.on_message(&reply(json!({"status": "error"})), t0);
+        let end = finished(timed_out.on_message(&status(OURS, "idle"), t0));
+        assert_eq!(end.reason, Some(EndReason::Timeout));
+    }
+
+    #[test]
+    fn kernel_death_mid_cell_ends_it_with_kernel_died_keeping_its_output() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        c.on_message(&stream("stdout", "a"), t0);
+        // Held for the window, then announced before the end.
+        assert_eq!(c.on_message(&stream("stdout", "b"), t0), vec![]);
+        let mut fx = c.end(State::Failed, EndReason::KernelDied);
+        assert_eq!(fx.remove(0), stream_event("stdout", "b"));
+        let end = finished(fx);
+        assert_eq!(
+            (end.state, end.reason, end.error),
+            (State::Failed, Some(EndReason::KernelDied), None)
+        );
+        assert_eq!(end.outputs.as_slice()[0]["text"], json!("ab"));
+        assert_eq!(c.end(State::Failed, EndReason::KernelDied), vec![]);
+    }
+
+    #[test]
+    fn messages_of_other_requests_are_ignored() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        let other = "someone-else";
+        assert_eq!(c.on_message(&status(other, "busy"), t0), vec![]);
+        let out = msg(
+            Channel::Iopub,
+            "stream",
+            other,
+            json!({"name": "stdout", "text": "x"}),
+        );
+        assert_eq!(c.on_message(&out, t0), vec![]);
+        let theirs = msg(Channel::Shell, "execute_reply", other, json!({"status": "ok"}));
+        assert_eq!(c.on_message(&theirs, t0), vec![]);
+        assert_eq!(c.on_message(&status(other, "idle"), t0), vec![]);
+        let mut orphan = status("", "idle");
+        orphan.msg.parent_header = json!({});
+        assert_eq!(c.on_message(&orphan, t0), vec![]);
+        assert_eq!(c.next_deadline(), None);
+        // Still ours to finish, with none of their output.
+        c.on_message(&reply(json!({"status": "ok"})), t0);
+        let end = finished(c.on_message(&status(OURS, "idle"), t0));
+        assert!(end.outputs.as_slice().is_empty());
+    }
+
+    #[test]
+    fn stream_text_goes_out_at_once_after_a_quiet_window_and_coalesced_in_a_flood() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = cell(None, t0);
+        assert_eq!(
+            c.on_message(&stream("stdout", "a"), t0),
+            vec![Effect::Started, stream_event("stdout", "a")]
+        );
+        assert_eq!(c.on_message(&stream("stdout", "b"), t0 + ms(1)), vec![]);
+        assert_eq!(c.on_message(&stream("stdout", "c"), t0 + ms(2)), vec![]);
+        assert_eq!(c.next_deadline(), Some(t0 + WINDOW));
+        assert_eq!(c.on_deadline(t0 + ms(4)), vec![]);
+        assert_eq!(c.on_deadline(t0 + WINDOW), vec![stream_event("stdout", "bc")]);
+        assert_eq!(c.next_deadline(), None);
+        // Another name: what is pending goes out first, the new text waits
+        // for the window from that flush.
+        let t1 = t0 + WINDOW + ms(1);
+        assert_eq!(c.on_message(&stream("stdout", "d"), t1), vec![]);
+        assert_eq!(
+            c.on_message(&stream("stderr", "e"), t1),
+            vec![stream_event("stdout", "d")]
+        );
+        assert_eq!(c.next_deadline(), Some(t1 + WINDOW));
+        // Any other output flushes the stream before it.
+        let display = msg(
+            Channel::Iopub,
+            "display_data",
+            OURS,
+            json!({"data": {"text/plain": "x"}, "metadata": {}}),
+        );
+        let fx = c.on_message(&display, t1 + ms(1));
+        assert_eq!(fx.len(), 2, "{fx:?}");
+        assert_eq!(fx[0], stream_event("stderr", "e"));
+        // A flood past the byte threshold goes out without waiting.
+        let big = "x".repeat(STREAM_FLUSH_BYTES);
+        assert_eq!(
+            c.on_message(&stream("stdout", &big), t1 + ms(2)),
+            vec![stream_event("stdout", &big)]
+        );
+        c.on_message(&reply(json!({"status": "ok"})), t1 + ms(2));
+        let end = finished(c.on_message(&status(OURS, "idle"), t1 + ms(2)));
+        let texts: Vec<_> = end.outputs.as_slice().iter().map(|o| o["text"].clone()).collect();
+        assert_eq!(texts, vec![json!("abcd"), json!("e"), Value::Null, json!(big)]);
+    }
+
+    #[test]
+    fn a_late_idle_status_is_waited_for_through_the_end_of_output_witness() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        c.on_message(&reply(json!({"status": "ok", "execution_count": 1})), t0);
+        // Output after the reply moves the quiet deadline.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            c.on_message(&stream("stdout", "late"), t1),
+            vec![stream_event("stdout", "late")]
+        );
+        assert_eq!(c.next_deadline(), Some(t1 + IDLE_AFTER_REPLY));
+        assert_eq!(c.on_deadline(t1 + IDLE_AFTER_REPLY), vec![Effect::ProbeEnd]);
+        let t2 = t1 + IDLE_AFTER_REPLY;
+        c.probing_end("witness".into(), t2);
+        assert_eq!(c.next_deadline(), Some(t2 + END_PROBE_TIMEOUT));
+        // The witness's own reply on shell is not the witness; its iopub status is.
+        let info = msg(
+            Channel::Shell,
+            "kernel_info_reply",
+            "witness",
+            json!({"status": "ok"}),
+        );
+        assert_eq!(c.on_message(&info, t2), vec![]);
+        let end = finished(c.on_message(&status("witness", "busy"), t2));
+        assert_eq!((end.state, end.execution_count), (State::Completed, Some(1)));
+        assert_eq!(end.outputs.truncation(), None);
+        assert_eq!(end.outputs.as_slice().len(), 1);
+    }
+
+    #[test]
+    fn without_the_witness_the_outputs_are_recorded_as_unconfirmed() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&reply(json!({"status": "ok"})), t0);
+        let t1 = t0 + IDLE_AFTER_REPLY;
+        assert_eq!(c.on_deadline(t1), vec![Effect::ProbeEnd]);
+        c.probing_end("witness".into(), t1);
+        assert_eq!(c.on_deadline(t1 + END_PROBE_TIMEOUT / 2), vec![]);
+        let end = finished(c.on_deadline(t1 + END_PROBE_TIMEOUT));
+        assert_eq!(end.state, State::Completed);
+        let why = end.outputs.truncation().map(|t| t.reason);
+        assert_eq!(why.as_deref(), Some("end_of_output_unconfirmed"));
+
+        // The witness could not even be sent: the same, at once.
+        let mut unsent = cell(None, t0);
+        unsent.on_message(&reply(json!({"status": "ok"})), t0);
+        assert_eq!(unsent.on_deadline(t1), vec![Effect::ProbeEnd]);
+        let end = finished(unsent.end_unconfirmed());
+        assert!(end.outputs.truncation().is_some());
+    }
+
+    #[test]
+    fn a_recovered_execution_ends_interrupted_when_the_probe_answers_first() {
+        let t0 = Instant::now();
+        let mut gone = Cell::recovered("exec-1".into(), OURS.into(), true, "probe".into(), limits());
+        assert_eq!(gone.next_deadline(), None);
+        let info = msg(
+            Channel::Shell,
+            "kernel_info_reply",
+            "probe",
+            json!({"status": "ok"}),
+        );
+        let end = finished(gone.on_message(&info, t0));
+        assert_eq!(
+            (end.state, end.reason),
+            (State::Failed, Some(EndReason::Interrupted))
+        );
+
+        // Still running in the kernel: its reply completes it, without the
+        // idle status, and it was started already.
+        let mut alive = Cell::recovered("exec-1".into(), OURS.into(), true, "probe".into(), limits());
+        assert_eq!(alive.on_message(&status(OURS, "busy"), t0), vec![]);
+        let end = finished(alive.on_message(&reply(json!({"status": "ok", "execution_count": 7})), t0));
+        assert_eq!((end.state, end.execution_count), (State::Completed, Some(7)));
+        assert_eq!(alive.on_message(&info, t0), vec![]);
+    }
+
+    #[test]
+    fn an_input_request_of_ours_is_answered_and_rich_output_is_recognised() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        let ask = msg(Channel::Stdin, "input_request", OURS, json!({"prompt": "? "}));
+        assert_eq!(
+            c.on_message(&ask, t0),
+            vec![Effect::AnswerInput(ask.msg.header.clone())]
+        );
+        let display = msg(Channel::Iopub, "display_data", OURS, json!({"data": {}}));
+        assert!(c.is_rich_output(&display));
+        assert!(!c.is_rich_output(&stream("stdout", "x")));
+        let theirs = msg(
+            Channel::Iopub,
+            "display_data",
+            "someone-else",
+            json!({"data": {}}),
+        );
+        assert!(!c.is_rich_output(&theirs));
+    }
+}
