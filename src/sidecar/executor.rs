@@ -1,8 +1,10 @@
 //! The kernel actor: the one task that talks to the kernel. It runs queued
-//! executions one at a time in submission order, follows the kernel's replies
-//! and iopub output, supervises the kernel (heartbeat, death, restart) and
-//! answers control commands. It waits on events only: the work notification,
-//! kernel messages, commands, and deadlines it set itself.
+//! executions one at a time in submission order, supervises the kernel
+//! (heartbeat, death, restart) and answers control commands. What the
+//! running execution's messages and deadlines mean is decided by its
+//! [`Cell`] (pure); the actor does the I/O the cell's effects ask for. It
+//! waits on events only: the work notification, kernel messages, commands,
+//! and deadlines it set itself.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
