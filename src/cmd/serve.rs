@@ -14,7 +14,7 @@ use crate::http::{self, auth};
 use crate::jupyter::ConnectionInfo;
 use crate::kernel::process::KernelProcess;
 use crate::sidecar::control::{Command, KernelStatus};
-use crate::sidecar::executor::Executor;
+use crate::sidecar::executor::{self, Executor};
 use crate::sidecar::{Config, Service};
 use crate::store::{schema, Reader, Writer};
 
@@ -120,8 +120,20 @@ pub async fn run(
             tracing::warn!(error = %e, "no file notifications; the asset index follows the sidecar's own writes only");
         }
     }
+    let deps = executor::Deps {
+        cfg: executor::Settings::from(&svc.cfg),
+        writer: svc.writer.clone(),
+        reader: svc.reader.clone(),
+        bus: svc.bus.clone(),
+        completions: svc.completions.clone(),
+        work: svc.work.clone(),
+        activity: svc.activity.clone(),
+        output_stats: svc.output_stats.clone(),
+        dropped: svc.dropped.clone(),
+        root: svc.root.clone(),
+    };
     let executor = Executor::new(
-        svc.clone(),
+        deps,
         cmd_rx,
         status_tx,
         ready_tx,

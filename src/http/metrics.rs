@@ -82,13 +82,13 @@ pub async fn registry(svc: &Service) -> Registry {
         &mut r,
         "notebook_outputs_truncated",
         "Executions whose outputs were truncated (max_output_bytes) or left unconfirmed",
-        load(&svc.truncated_outputs),
+        load(&svc.output_stats.truncated),
     );
     counter(
         &mut r,
         "notebook_output_bytes_dropped",
         "Output bytes the kernel sent that an output limit left out",
-        load(&svc.dropped_output_bytes),
+        load(&svc.output_stats.dropped_bytes),
     );
     counter(
         &mut r,

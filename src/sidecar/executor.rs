@@ -1,53 +1,85 @@
 //! The kernel actor: the one task that talks to the kernel. It runs queued
-//! executions one at a time in submission order, follows the kernel's replies
-//! and iopub output, supervises the kernel (heartbeat, death, restart) and
-//! answers control commands. It waits on events only: the work notification,
-//! kernel messages, commands, and deadlines it set itself.
+//! executions one at a time in submission order, supervises the kernel
+//! (heartbeat, death, restart) and answers control commands. What the
+//! running execution's messages and deadlines mean is decided by its
+//! [`Cell`] (pure); the actor does the I/O the cell's effects ask for. It
+//! waits on events only: the work notification, kernel messages, commands,
+//! and deadlines it set itself.
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
+use super::cell::{self, Cell, Effect, Finished};
+use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
-use super::outputs::{Change, Outputs};
-use super::service::Service;
-use super::KernelSource;
+use super::outputs::Outputs;
+use super::{Activity, Config, KernelSource, OutputStats};
+use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
 use crate::jupyter::{Channel, ConnectionInfo, KernelClient, KernelMessage};
 use crate::kernel::process::KernelProcess;
-use crate::store::{EndReason, Execution, FinalRecord, State};
+use crate::store::{EndReason, Execution, FinalRecord, Reader, State, Writer};
 
-/// The execution the kernel is working on.
-struct Current {
-    exec: Execution,
-    msg_id: String,
-    started: bool,
-    reply: Option<Value>,
-    idle: bool,
-    outputs: Outputs,
-    /// Stream text not yet published, coalesced: (name, text, flush at).
-    pending_stream: Option<(String, String, Instant)>,
-    /// When stream text of this execution was last published: text that
-    /// comes after a quiet window goes out at once, a flood is coalesced.
-    last_stream_flush: Option<Instant>,
-    deadline: Option<Instant>,
-    /// Why the kernel was interrupted, if it was: decides the final state.
-    interrupted_for: Option<EndReason>,
-    /// Recovered from a previous sidecar process: `probe` is a kernel_info
-    /// request; if its reply comes before ours, the kernel no longer runs it.
-    probe: Option<String>,
-    /// After the reply, when to stop waiting for the idle status quietly.
-    idle_deadline: Option<Instant>,
-    /// The idle status is late: a kernel_info request sent after the reply.
-    /// The kernel publishes on iopub in order, so its status for this
-    /// request comes after every output of ours: the witness that all of
-    /// them arrived. A timer alone once cut a 100 MB output short.
-    end_probe: Option<String>,
+/// The settings of the sidecar the kernel actor reads.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kernel: KernelSource,
+    pub data_dir: PathBuf,
+    pub kernel_start_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub retention: Duration,
+    pub input_reply: Option<String>,
+    pub asset_threshold: usize,
+    /// What the running cell follows (stream window, interrupt grace, output limit).
+    pub cell: cell::Limits,
+}
+
+impl From<&Config> for Settings {
+    fn from(cfg: &Config) -> Self {
+        Settings {
+            kernel: cfg.kernel.clone(),
+            data_dir: cfg.data_dir.clone(),
+            kernel_start_timeout: cfg.kernel_start_timeout,
+            shutdown_grace: cfg.shutdown_grace,
+            retention: cfg.retention,
+            input_reply: cfg.input_reply.clone(),
+            asset_threshold: cfg.asset_threshold,
+            cell: cell::Limits {
+                coalesce_window: cfg.coalesce_window,
+                interrupt_grace: cfg.interrupt_grace,
+                max_output_bytes: cfg.max_output_bytes,
+            },
+        }
+    }
+}
+
+/// What the kernel actor uses of the sidecar, and nothing more. It holds no
+/// sender of its own command channel: when the last handle that can send
+/// (the service's) goes, the channel closes and the actor stops.
+pub struct Deps {
+    pub cfg: Settings,
+    pub writer: Writer,
+    pub reader: Reader,
+    pub bus: Arc<Bus>,
+    /// Waiters woken after a final state is committed.
+    pub completions: Arc<Completions>,
+    /// Notified after each enqueue commit.
+    pub work: Arc<Notify>,
+    pub activity: Arc<Activity>,
+    pub output_stats: Arc<OutputStats>,
+    /// Kernel frames dropped for bad signatures or framing.
+    pub dropped: Arc<AtomicU64>,
+    /// The workspace, where large outputs become asset files.
+    pub root: Arc<crate::confined::Root>,
 }
 
 struct Conn {
@@ -66,8 +98,10 @@ impl Drop for Conn {
 }
 
 pub struct Executor {
-    svc: Arc<Service>,
+    deps: Deps,
     commands: mpsc::Receiver<Command>,
+    /// False once every sender has gone: `recv` would answer `None` at once.
+    commands_open: bool,
     status: watch::Sender<KernelStatus>,
     ready: watch::Sender<bool>,
     info: ConnectionInfo,
@@ -75,25 +109,21 @@ pub struct Executor {
     session: String,
     process: Option<KernelProcess>,
     conn: Option<Conn>,
-    current: Option<Current>,
+    /// The running execution.
+    current: Option<Cell>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     last_prune: Option<Instant>,
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
-const IDLE_AFTER_REPLY: Duration = Duration::from_secs(2);
-/// How long the end-of-output witness may take before the outputs are
-/// recorded as unconfirmed (said in `truncated`, never silently).
-const END_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-const STREAM_FLUSH_BYTES: usize = 64 * 1024;
 /// How long a pod's kernel may take to exit after a shutdown request.
 const KERNEL_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 impl Executor {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        svc: Arc<Service>,
+        deps: Deps,
         commands: mpsc::Receiver<Command>,
         status: watch::Sender<KernelStatus>,
         ready: watch::Sender<bool>,
@@ -103,8 +133,9 @@ impl Executor {
     ) -> Self {
         let session = hex::encode(&identity);
         Executor {
-            svc,
+            deps,
             commands,
+            commands_open: true,
             status,
             ready,
             info,
@@ -127,7 +158,7 @@ impl Executor {
         });
         if changed && !matches!(state, KernelState::Busy | KernelState::Idle) {
             let restarts = self.status.borrow().restarts;
-            self.svc
+            self.deps
                 .bus
                 .publish("kernel", None, json!({"state": state, "restarts": restarts}));
         }
@@ -139,7 +170,7 @@ impl Executor {
     /// dead) until this succeeds; then it is idle.
     async fn connect(&mut self) -> Result<(), String> {
         self.conn = None;
-        let deadline = Instant::now() + self.svc.cfg.kernel_start_timeout;
+        let deadline = Instant::now() + self.deps.cfg.kernel_start_timeout;
         let mut hb = Heartbeat::new(&self.info);
         while !hb.ping(Duration::from_secs(1)).await {
             if Instant::now() > deadline {
@@ -157,7 +188,7 @@ impl Executor {
             &self.identity,
             &self.session,
             tx,
-            self.svc.dropped.clone(),
+            self.deps.dropped.clone(),
             Duration::from_secs(10),
         )
         .await
@@ -224,7 +255,7 @@ impl Executor {
     async fn restart_kernel(&mut self, reason: &str) -> Result<(), String> {
         info!(reason, "restarting the kernel");
         self.set_kernel(KernelState::Restarting);
-        match &self.svc.cfg.kernel {
+        match &self.deps.cfg.kernel {
             KernelSource::Spawn(launcher) => {
                 if let Some(mut p) = self.process.take() {
                     p.kill().await;
@@ -254,7 +285,7 @@ impl Executor {
         let mut result = self.connect().await;
         // A kernel that cannot come back in local mode gets one more fresh start.
         if result.is_err() {
-            if let KernelSource::Spawn(launcher) = &self.svc.cfg.kernel {
+            if let KernelSource::Spawn(launcher) = &self.deps.cfg.kernel {
                 if let Some(mut p) = self.process.take() {
                     p.kill().await;
                 }
@@ -274,7 +305,7 @@ impl Executor {
     }
 
     async fn interrupt_kernel(&mut self) -> Result<(), String> {
-        if let (KernelSource::Spawn(_), Some(p)) = (&self.svc.cfg.kernel, &self.process) {
+        if let (KernelSource::Spawn(_), Some(p)) = (&self.deps.cfg.kernel, &self.process) {
             let mode = self
                 .status
                 .borrow()
@@ -308,9 +339,9 @@ impl Executor {
             let _ = self.ready.send(true);
             self.main_loop().await;
             let _ = self.ready.send(false);
-            if let (KernelSource::Spawn(_), Some(mut p)) = (&self.svc.cfg.kernel, self.process.take()) {
+            if let (KernelSource::Spawn(_), Some(mut p)) = (&self.deps.cfg.kernel, self.process.take()) {
                 p.kill().await;
-                let _ = std::fs::remove_file(crate::kernel::process::pid_file(&self.svc.cfg.data_dir));
+                let _ = std::fs::remove_file(crate::kernel::process::pid_file(&self.deps.cfg.data_dir));
             }
             if let Some((_, waiters)) = self.shutdown.take() {
                 for w in waiters {
@@ -327,7 +358,7 @@ impl Executor {
     /// runs it, its reply completes it; a kernel_info probe answered first
     /// means the kernel no longer runs it (`interrupted`).
     async fn recover(&mut self) {
-        let in_flight = match self.svc.reader.in_flight().await {
+        let in_flight = match self.deps.reader.in_flight().await {
             Ok(v) => v,
             Err(e) => {
                 warn!(error = %e, "reading in-flight executions");
@@ -349,21 +380,13 @@ impl Executor {
             match (probe, f.msg_id) {
                 (Some(probe), Some(msg_id)) => {
                     info!(execution = %f.execution.id, "following an execution the previous sidecar started");
-                    self.current = Some(Current {
-                        started: f.execution.state == State::Running,
-                        exec: f.execution,
+                    self.current = Some(Cell::recovered(
+                        f.execution.id,
                         msg_id,
-                        reply: None,
-                        idle: false,
-                        outputs: Outputs::with_limit(self.svc.cfg.max_output_bytes),
-                        pending_stream: None,
-                        last_stream_flush: None,
-                        deadline: None,
-                        interrupted_for: None,
-                        probe: Some(probe),
-                        idle_deadline: None,
-                        end_probe: None,
-                    });
+                        f.execution.state == State::Running,
+                        probe,
+                        self.deps.cfg.cell,
+                    ));
                 }
                 _ => {
                     let e = f.execution;
@@ -379,7 +402,7 @@ impl Executor {
     async fn reconnect(&mut self) {
         let mut backoff = Duration::from_secs(1);
         while self.conn.is_none() && self.shutdown.is_none() {
-            let result = match &self.svc.cfg.kernel {
+            let result = match &self.deps.cfg.kernel {
                 KernelSource::Spawn(_) => self.restart_kernel("the kernel is gone").await,
                 KernelSource::External => self.connect().await,
             };
@@ -388,15 +411,25 @@ impl Executor {
                 self.set_kernel(KernelState::Dead);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    cmd = self.commands.recv() => match cmd {
+                    cmd = self.commands.recv(), if self.commands_open => match cmd {
                         Some(Command::Shutdown(done)) => self.shutdown = Some((Instant::now(), vec![done])),
                         Some(other) => self.refuse(other),
-                        None => self.shutdown = Some((Instant::now(), Vec::new())),
+                        // Nobody can ask for anything any more, and there is
+                        // no kernel to finish with: stop now.
+                        None => self.commands_closed(Instant::now()),
                     },
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
+    }
+
+    /// The command channel closed: no sender is left, so no shutdown request
+    /// can come either. Stops as if one had come, by `deadline`.
+    fn commands_closed(&mut self, deadline: Instant) {
+        info!("every service handle has gone; stopping");
+        self.commands_open = false;
+        self.shutdown.get_or_insert((deadline, Vec::new()));
     }
 
     /// Answers a command that cannot run while the kernel is away.
@@ -422,30 +455,22 @@ impl Executor {
                     self.start_next().await;
                 }
             }
-            let work = self.svc.clone();
-            let cur_deadline = self
+            let work = self.deps.work.clone();
+            let cell_at = self
                 .current
                 .as_ref()
-                .and_then(|c| match (c.deadline, c.idle_deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                });
-            let flush_at = self
-                .current
-                .as_ref()
-                .and_then(|c| c.pending_stream.as_ref().map(|p| p.2));
+                .and_then(Cell::next_deadline)
+                .map(Instant::from_std);
             let shutdown_at = self.shutdown.as_ref().map(|s| s.0);
             let idle = self.current.is_none();
             let process_exit = self.process.as_ref().map(|p| p.exited.clone());
             tokio::select! {
-                _ = work.work.notified(), if idle => {}
-                cmd = self.commands.recv() => match cmd {
+                _ = work.notified(), if idle => {}
+                cmd = self.commands.recv(), if self.commands_open => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
-                    None => {
-                        if self.shutdown.is_none() {
-                            self.shutdown = Some((Instant::now() + self.svc.cfg.shutdown_grace, Vec::new()));
-                        }
-                    }
+                    // Every service handle has gone: stop as on a shutdown
+                    // request, the running execution getting the grace.
+                    None => self.commands_closed(Instant::now() + self.deps.cfg.shutdown_grace),
                 },
                 ev = kernel_event(&mut self.conn) => match ev {
                     KernelEvent::Message(m) => self.on_kernel_message(*m).await,
@@ -453,15 +478,14 @@ impl Executor {
                     KernelEvent::Dead => self.on_kernel_death("the kernel stopped answering its heartbeat").await,
                 },
                 _ = exited(process_exit) => self.on_kernel_death("the kernel process exited").await,
-                _ = sleep_until(cur_deadline) => self.on_deadline().await,
-                _ = sleep_until(flush_at) => self.flush_stream(),
+                _ = sleep_until(cell_at) => self.on_cell_deadline().await,
                 _ = sleep_until(shutdown_at) => self.on_shutdown_deadline().await,
             }
         }
     }
 
     async fn start_next(&mut self) {
-        let next = match self.svc.reader.next_queued().await {
+        let next = match self.deps.reader.next_queued().await {
             Ok(n) => n,
             Err(e) => {
                 warn!(error = %e, "reading the queue");
@@ -473,7 +497,7 @@ impl Executor {
             return;
         };
         let Some(conn) = &self.conn else { return };
-        let allow_stdin = self.svc.cfg.input_reply.is_some();
+        let allow_stdin = self.deps.cfg.input_reply.is_some();
         let req = conn.client.request(
             "execute_request",
             json!({
@@ -482,7 +506,7 @@ impl Executor {
             }),
         );
         // Durable before it is sent: a restarted sidecar never sends it again.
-        if let Err(e) = self.svc.writer.dispatch(&exec.id, &req.header.msg_id).await {
+        if let Err(e) = self.deps.writer.dispatch(&exec.id, &req.header.msg_id).await {
             warn!(execution = %exec.id, error = %e, "could not record the dispatch; not sending");
             return;
         }
@@ -493,22 +517,13 @@ impl Executor {
             return;
         }
         tracing::debug!(execution = %exec.id, "dispatched");
-        let timeout = exec.timeout_s.map(Duration::from_secs_f64);
-        self.current = Some(Current {
-            msg_id: req.header.msg_id,
-            started: false,
-            reply: None,
-            idle: false,
-            outputs: Outputs::with_limit(self.svc.cfg.max_output_bytes),
-            pending_stream: None,
-            last_stream_flush: None,
-            deadline: timeout.map(|t| Instant::now() + t),
-            interrupted_for: None,
-            probe: None,
-            idle_deadline: None,
-            end_probe: None,
-            exec,
-        });
+        self.current = Some(Cell::dispatched(
+            exec.id,
+            req.header.msg_id,
+            exec.timeout_s.map(Duration::from_secs_f64),
+            std::time::Instant::now(),
+            self.deps.cfg.cell,
+        ));
     }
 
     async fn prune_when_idle(&mut self) {
@@ -519,8 +534,8 @@ impl Executor {
             return;
         }
         self.last_prune = Some(Instant::now());
-        let cutoff = time::OffsetDateTime::now_utc() - self.svc.cfg.retention;
-        match self.svc.writer.prune(crate::util::format_rfc3339(cutoff)).await {
+        let cutoff = time::OffsetDateTime::now_utc() - self.deps.cfg.retention;
+        match self.deps.writer.prune(crate::util::format_rfc3339(cutoff)).await {
             Ok(0) => {}
             Ok(n) => info!(pruned = n, "pruned finished executions past retention"),
             Err(e) => warn!(error = %e, "pruning"),
@@ -533,16 +548,13 @@ impl Executor {
                 let r = self.interrupt_kernel().await.map_err(ControlError::Failed);
                 if r.is_ok() {
                     if let Some(c) = &mut self.current {
-                        c.interrupted_for.get_or_insert(EndReason::Interrupted);
+                        c.interrupted();
                     }
                 }
                 let _ = reply.send(r);
             }
             Command::Restart(reply) => {
-                if let Some(c) = self.current.take() {
-                    self.finish_current(c, State::Failed, Some(EndReason::KernelRestarted))
-                        .await;
-                }
+                self.end_current(State::Failed, EndReason::KernelRestarted).await;
                 let r = self
                     .restart_kernel("requested")
                     .await
@@ -554,7 +566,7 @@ impl Executor {
                 let _ = reply.send(r);
             }
             Command::Shutdown(done) => {
-                let deadline = Instant::now() + self.svc.cfg.shutdown_grace;
+                let deadline = Instant::now() + self.deps.cfg.shutdown_grace;
                 match &mut self.shutdown {
                     Some((_, waiters)) => waiters.push(done),
                     None => self.shutdown = Some((deadline, vec![done])),
@@ -564,11 +576,10 @@ impl Executor {
     }
 
     async fn cancel(&mut self, id: &str) -> Result<CancelOutcome, ControlError> {
-        if self.current.as_ref().is_some_and(|c| c.exec.id == id) {
+        if self.current.as_ref().is_some_and(|c| c.id() == id) {
             self.interrupt_kernel().await.map_err(ControlError::Failed)?;
             if let Some(c) = &mut self.current {
-                c.interrupted_for = Some(EndReason::Cancelled);
-                c.deadline = Some(Instant::now() + self.svc.cfg.interrupt_grace);
+                c.cancelling(std::time::Instant::now());
             }
             return Ok(CancelOutcome {
                 id: id.to_string(),
@@ -576,7 +587,7 @@ impl Executor {
             });
         }
         let exec = self
-            .svc
+            .deps
             .reader
             .get(id)
             .await?
@@ -595,125 +606,109 @@ impl Executor {
         })
     }
 
-    async fn on_kernel_message(&mut self, m: KernelMessage) {
-        let msg_type = m.msg.msg_type().to_string();
-        let parent = m.msg.parent_msg_id().map(String::from);
-        if m.channel == Channel::Iopub && msg_type == "status" {
+    async fn on_kernel_message(&mut self, mut m: KernelMessage) {
+        if m.channel == Channel::Iopub && m.msg.msg_type() == "status" {
             match m.msg.content.get("execution_state").and_then(Value::as_str) {
                 Some("busy") => self.set_kernel(KernelState::Busy),
                 Some("idle") => self.set_kernel(KernelState::Idle),
                 _ => {}
             }
         }
-        let Some(cur) = &mut self.current else { return };
-        // A recovered execution: the probe answered first, so the kernel no
-        // longer runs ours.
-        if cur.probe.is_some()
-            && parent == cur.probe
-            && msg_type == "kernel_info_reply"
-            && cur.reply.is_none()
-        {
-            if let Some(c) = self.current.take() {
-                self.finish_current(c, State::Failed, Some(EndReason::Interrupted))
-                    .await;
-            }
-            return;
+        let Some(cell) = &self.current else { return };
+        if cell.is_rich_output(&m) {
+            let content = std::mem::take(&mut m.msg.content);
+            m.msg.content = self.offload(content).await;
         }
-        // The end-of-output witness: every iopub message of ours came before it.
-        if m.channel == Channel::Iopub && cur.end_probe.is_some() && parent == cur.end_probe {
-            if let Some(c) = self.current.take() {
-                self.finish_from_reply(c).await;
-            }
-            return;
-        }
-        if parent.as_deref() != Some(cur.msg_id.as_str()) {
-            return;
-        }
-        // Output still arriving after the reply: the idle status is behind it,
-        // so the quiet deadline moves with every message (under load iopub
-        // can lag the shell reply by seconds).
-        if cur.reply.is_some() {
-            let quiet = if cur.end_probe.is_some() {
-                END_PROBE_TIMEOUT
-            } else {
-                IDLE_AFTER_REPLY
-            };
-            cur.idle_deadline = Some(Instant::now() + quiet);
-        }
-        match (m.channel, msg_type.as_str()) {
-            (Channel::Iopub, "status") => {
-                let state = m.msg.content.get("execution_state").and_then(Value::as_str);
-                if state == Some("busy") {
-                    self.mark_started().await;
-                } else if state == Some("idle") {
-                    cur.idle = true;
-                }
-            }
-            (Channel::Iopub, "execute_input") => self.mark_started().await,
-            (Channel::Iopub, _) => {
-                self.mark_started().await;
-                let content = self.offload(&msg_type, m.msg.content).await;
-                self.on_output(&msg_type, &content);
-            }
-            (Channel::Shell, "execute_reply") => {
-                cur.reply = Some(m.msg.content.clone());
-                cur.idle_deadline = Some(Instant::now() + IDLE_AFTER_REPLY);
-            }
-            (Channel::Stdin, "input_request") => {
-                let value = self.svc.cfg.input_reply.clone().unwrap_or_default();
-                if let Some(conn) = &self.conn {
-                    let mut reply = conn.client.request("input_reply", json!({"value": value}));
-                    reply.parent_header = serde_json::to_value(&m.msg.header).unwrap_or_default();
-                    let _ = conn.client.send(Channel::Stdin, &reply).await;
-                }
-            }
-            _ => {}
-        }
-        let done = self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.reply.is_some() && (c.idle || c.probe.is_some()));
-        if done {
-            if let Some(c) = self.current.take() {
-                self.finish_from_reply(c).await;
-            }
-        }
+        let Some(cell) = &mut self.current else { return };
+        let effects = cell.on_message(&m, std::time::Instant::now());
+        self.apply(effects).await;
     }
 
-    async fn mark_started(&mut self) {
-        let Some(cur) = &mut self.current else { return };
-        if cur.started {
+    async fn on_cell_deadline(&mut self) {
+        let Some(cell) = &mut self.current else { return };
+        let effects = cell.on_deadline(std::time::Instant::now());
+        self.apply(effects).await;
+    }
+
+    /// Ends the running execution, if any, whatever the kernel does.
+    async fn end_current(&mut self, state: State, reason: EndReason) {
+        let Some(cell) = &mut self.current else { return };
+        let effects = cell.end(state, reason);
+        self.apply(effects).await;
+    }
+
+    /// Carries out what the running cell asked for, in order.
+    async fn apply(&mut self, effects: Vec<Effect>) {
+        let Some(id) = self.current.as_ref().map(|c| c.id().to_string()) else {
             return;
+        };
+        let mut effects = VecDeque::from(effects);
+        while let Some(effect) = effects.pop_front() {
+            match effect {
+                Effect::Started => {
+                    self.deps
+                        .writer
+                        .start_detached(&id, crate::util::now_rfc3339())
+                        .await;
+                    let seq = self.deps.bus.publish("started", Some(&id), json!({}));
+                    self.deps.writer.set_last_seq(&id, seq);
+                }
+                Effect::Output(fields) => {
+                    self.deps.bus.publish("output", Some(&id), fields);
+                }
+                Effect::AnswerInput(parent) => {
+                    let value = self.deps.cfg.input_reply.clone().unwrap_or_default();
+                    if let Some(conn) = &self.conn {
+                        let mut reply = conn.client.request("input_reply", json!({"value": value}));
+                        reply.parent_header = serde_json::to_value(&parent).unwrap_or_default();
+                        let _ = conn.client.send(Channel::Stdin, &reply).await;
+                    }
+                }
+                Effect::Interrupt => {
+                    if let Err(e) = self.interrupt_kernel().await {
+                        warn!(execution = %id, error = %e, "interrupt for timeout failed");
+                    }
+                }
+                Effect::ProbeEnd => {
+                    let sent = match &self.conn {
+                        Some(conn) => {
+                            let req = conn.client.request("kernel_info_request", json!({}));
+                            let ok = conn.client.send(Channel::Shell, &req).await.is_ok();
+                            ok.then_some(req.header.msg_id)
+                        }
+                        None => None,
+                    };
+                    if let Some(cell) = &mut self.current {
+                        match sent {
+                            Some(msg_id) => cell.probing_end(msg_id, std::time::Instant::now()),
+                            None => effects.extend(cell.end_unconfirmed()),
+                        }
+                    }
+                }
+                Effect::Finish(f) => {
+                    self.current = None;
+                    self.finish_row(&id, f).await;
+                }
+                Effect::RestartKernel => {
+                    let _ = self.restart_kernel("did not answer an interrupt").await;
+                }
+            }
         }
-        cur.started = true;
-        let id = cur.exec.id.clone();
-        self.svc
-            .writer
-            .start_detached(&id, crate::util::now_rfc3339())
-            .await;
-        let seq = self.svc.bus.publish("started", Some(&id), json!({}));
-        self.svc.writer.set_last_seq(&id, seq);
     }
 
     /// Moves large rich values into asset files (written before any client
     /// sees the stub that points at them).
-    async fn offload(&self, msg_type: &str, content: Value) -> Value {
-        if !matches!(
-            msg_type,
-            "display_data" | "execute_result" | "update_display_data"
-        ) {
-            return content;
-        }
+    async fn offload(&self, content: Value) -> Value {
         let as_output = json!({
             "output_type": "display_data",
             "data": content.get("data").cloned().unwrap_or(Value::Null),
             "metadata": content.get("metadata").cloned().unwrap_or_else(|| json!({})),
         });
-        let (out, assets) = crate::assets::offload(&as_output, self.svc.cfg.asset_threshold);
+        let (out, assets) = crate::assets::offload(&as_output, self.deps.cfg.asset_threshold);
         if assets.is_empty() {
             return content;
         }
-        let root = self.svc.root.clone();
+        let root = self.deps.root.clone();
         let stored = tokio::task::spawn_blocking(move || {
             for a in &assets {
                 crate::assets::offload::store(&root, a)?;
@@ -736,134 +731,39 @@ impl Executor {
         }
     }
 
-    fn on_output(&mut self, msg_type: &str, content: &Value) {
-        let window = self.svc.cfg.coalesce_window;
-        let Some(cur) = &mut self.current else { return };
-        let change = cur.outputs.apply(msg_type, content);
-        match change {
-            Change::None => {}
-            Change::Output(o) if o["output_type"] == "stream" => {
-                let name = o["name"].as_str().unwrap_or("stdout").to_string();
-                let text = o["text"].as_str().unwrap_or("");
-                let same = cur.pending_stream.as_ref().is_some_and(|p| p.0 == name);
-                if !same {
-                    self.flush_stream();
-                }
-                let Some(cur) = &mut self.current else { return };
-                let now = Instant::now();
-                let quiet = cur.last_stream_flush.is_none_or(|t| now >= t + window);
-                let flush_at = cur.last_stream_flush.map_or(now, |t| t + window).max(now);
-                let p = cur
-                    .pending_stream
-                    .get_or_insert_with(|| (name, String::new(), flush_at));
-                p.1.push_str(text);
-                if quiet || p.1.len() >= STREAM_FLUSH_BYTES {
-                    self.flush_stream();
-                }
-            }
-            other => {
-                self.flush_stream();
-                let Some(cur) = &self.current else { return };
-                let id = cur.exec.id.clone();
-                let fields = match other {
-                    Change::Output(o) => json!({"output": o}),
-                    Change::Update { display_id, output } => {
-                        json!({"output": output, "update_display_id": display_id})
-                    }
-                    Change::Cleared => json!({"clear_output": true}),
-                    Change::None => return,
-                };
-                self.svc.bus.publish("output", Some(&id), fields);
-            }
-        }
-    }
-
-    fn flush_stream(&mut self) {
-        let Some(cur) = &mut self.current else { return };
-        if let Some((name, text, _)) = cur.pending_stream.take() {
-            cur.last_stream_flush = Some(Instant::now());
-            let id = cur.exec.id.clone();
-            self.svc.bus.publish(
-                "output",
-                Some(&id),
-                json!({"output": {"output_type": "stream", "name": name, "text": text}}),
-            );
-        }
-    }
-
-    async fn finish_from_reply(&mut self, cur: Current) {
-        let reply = cur.reply.clone().unwrap_or_default();
-        let status = reply.get("status").and_then(Value::as_str).unwrap_or("error");
-        match (status, cur.interrupted_for) {
-            ("ok", _) => self.finish_current(cur, State::Completed, None).await,
-            (_, Some(EndReason::Cancelled)) => {
-                self.finish_current(cur, State::Cancelled, Some(EndReason::Cancelled))
-                    .await
-            }
-            (_, Some(why)) => self.finish_current(cur, State::Failed, Some(why)).await,
-            ("aborted", None) => {
-                self.finish_current(cur, State::Failed, Some(EndReason::Aborted))
-                    .await
-            }
-            _ => {
-                self.finish_current(cur, State::Failed, Some(EndReason::Error))
-                    .await
-            }
-        }
-    }
-
-    async fn finish_current(&mut self, mut cur: Current, state: State, reason: Option<EndReason>) {
-        if let Some((name, text, _)) = cur.pending_stream.take() {
-            self.svc.bus.publish(
-                "output",
-                Some(&cur.exec.id),
-                json!({"output": {"output_type": "stream", "name": name, "text": text}}),
-            );
-        }
-        let reply = cur.reply.take().unwrap_or_default();
-        let count = reply.get("execution_count").and_then(Value::as_i64);
-        let error = (reply.get("status").and_then(Value::as_str) == Some("error")).then(|| {
-            json!({
-                "ename": reply.get("ename").cloned().unwrap_or(json!("")),
-                "evalue": reply.get("evalue").cloned().unwrap_or(json!("")),
-                "traceback": reply.get("traceback").cloned().unwrap_or(json!([])),
-            })
-        });
-        self.finish_row(&cur.exec, state, reason, cur.outputs, count, error)
-            .await;
-    }
-
     /// Ends an execution the kernel is not running: no outputs, no reply.
     async fn finish_unrun(&self, exec: &Execution, state: State, reason: EndReason) {
-        self.finish_row(exec, state, Some(reason), Outputs::default(), None, None)
-            .await;
+        let end = Finished {
+            state,
+            reason: Some(reason),
+            outputs: Outputs::default(),
+            execution_count: None,
+            error: None,
+        };
+        self.finish_row(&exec.id, end).await;
     }
 
     /// Commits the final state, then announces it and wakes waiters.
-    async fn finish_row(
-        &self,
-        exec: &Execution,
-        state: State,
-        reason: Option<EndReason>,
-        outputs: Outputs,
-        count: Option<i64>,
-        error: Option<Value>,
-    ) {
+    async fn finish_row(&self, id: &str, end: Finished) {
+        let Finished {
+            state,
+            reason,
+            mut outputs,
+            execution_count: count,
+            error,
+        } = end;
         let error = error.or_else(|| {
             reason
                 .filter(|_| state == State::Failed)
                 .map(|r| json!({"ename": "ExecutionFailed", "evalue": r.as_str(), "traceback": []}))
         });
-        let mut outputs = outputs;
         let truncated = outputs.truncation();
         if let Some(t) = &truncated {
             let note = super::outputs::truncation_note(t);
-            self.svc
-                .bus
-                .publish("output", Some(&exec.id), json!({"output": note}));
+            self.deps.bus.publish("output", Some(id), json!({"output": note}));
             outputs.push_note(note);
-            self.svc.note_truncation(t);
-            warn!(execution = %exec.id, kept = t.kept_bytes, dropped = t.dropped_bytes, reason = %t.reason, "outputs truncated");
+            self.deps.output_stats.note(t);
+            warn!(execution = %id, kept = t.kept_bytes, dropped = t.dropped_bytes, reason = %t.reason, "outputs truncated");
         }
         let record = FinalRecord {
             state,
@@ -874,37 +774,34 @@ impl Executor {
             finished_at: crate::util::now_rfc3339(),
             truncated,
         };
-        match self.svc.writer.finish(&exec.id, record).await {
+        match self.deps.writer.finish(id, record).await {
             Ok(true) => {
-                let seq = self.svc.bus.publish(
+                let seq = self.deps.bus.publish(
                     "finished",
-                    Some(&exec.id),
+                    Some(id),
                     json!({"state": state, "reason": reason, "execution_count": count, "error": error}),
                 );
-                self.svc.writer.set_last_seq(&exec.id, seq);
-                info!(execution = %exec.id, %state, reason = reason.map_or("", EndReason::as_str), "finished");
+                self.deps.writer.set_last_seq(id, seq);
+                info!(execution = %id, %state, reason = reason.map_or("", EndReason::as_str), "finished");
             }
             Ok(false) => {}
-            Err(e) => warn!(execution = %exec.id, error = %e, "recording the final state"),
+            Err(e) => warn!(execution = %id, error = %e, "recording the final state"),
         }
-        self.svc.touch();
-        self.svc.completions.finished(&exec.id);
+        self.deps.activity.touch();
+        self.deps.completions.finished(id);
     }
 
     async fn on_kernel_death(&mut self, why: &str) {
         warn!(why, "kernel died");
         self.set_kernel(KernelState::Dead);
-        if let Some(c) = self.current.take() {
-            self.finish_current(c, State::Failed, Some(EndReason::KernelDied))
-                .await;
-        }
+        self.end_current(State::Failed, EndReason::KernelDied).await;
         if self.shutdown.is_some() {
             // Stopping anyway (a pod being deleted takes the kernel with it):
             // no restart, so the sidecar exits at once.
             self.conn = None;
             return;
         }
-        match &self.svc.cfg.kernel {
+        match &self.deps.cfg.kernel {
             KernelSource::Spawn(_) => {
                 if let Err(e) = self.restart_kernel(why).await {
                     warn!(error = %e, "kernel restart failed");
@@ -920,62 +817,10 @@ impl Executor {
         }
     }
 
-    async fn on_deadline(&mut self) {
-        let Some(cur) = &mut self.current else { return };
-        let now = Instant::now();
-        if cur.idle_deadline.is_some_and(|d| d <= now) && cur.reply.is_some() {
-            if cur.end_probe.is_none() {
-                // The reply came but the idle status did not (yet): ask for
-                // the witness that every output has arrived.
-                if let Some(conn) = &self.conn {
-                    let req = conn.client.request("kernel_info_request", json!({}));
-                    if conn.client.send(Channel::Shell, &req).await.is_ok() {
-                        tracing::debug!(execution = %cur.exec.id, "idle status late; probing for the end of output");
-                        cur.end_probe = Some(req.header.msg_id);
-                        cur.idle_deadline = Some(now + END_PROBE_TIMEOUT);
-                        return;
-                    }
-                }
-            }
-            // No witness either: finish, saying the outputs may be incomplete.
-            warn!(execution = %cur.exec.id, "the kernel's idle status never came; outputs recorded as unconfirmed");
-            cur.outputs.mark_unconfirmed();
-            if let Some(c) = self.current.take() {
-                self.finish_from_reply(c).await;
-            }
-            return;
-        }
-        if cur.deadline.is_none_or(|d| d > now) {
-            return;
-        }
-        if cur.interrupted_for.is_none() {
-            cur.interrupted_for = Some(EndReason::Timeout);
-            cur.deadline = Some(now + self.svc.cfg.interrupt_grace);
-            if let Err(e) = self.interrupt_kernel().await {
-                warn!(error = %e, "interrupt for timeout failed");
-            }
-            return;
-        }
-        // Interrupted and still not done: the kernel is stuck; restart it.
-        let why = cur.interrupted_for.unwrap_or(EndReason::Interrupted);
-        if let Some(c) = self.current.take() {
-            let state = if why == EndReason::Cancelled {
-                State::Cancelled
-            } else {
-                State::Failed
-            };
-            self.finish_current(c, state, Some(why)).await;
-        }
-        let _ = self.restart_kernel("did not answer an interrupt").await;
-    }
-
     async fn on_shutdown_deadline(&mut self) {
         if self.current.is_some() {
             let _ = self.interrupt_kernel().await;
-            if let Some(c) = self.current.take() {
-                self.finish_current(c, State::Failed, Some(EndReason::Interrupted))
-                    .await;
-            }
+            self.end_current(State::Failed, EndReason::Interrupted).await;
         }
     }
 }
@@ -1019,5 +864,59 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The actor's dependencies over a fresh database and workspace, with a
+    /// kernel that is never there.
+    fn unreachable_kernel(tag: &str) -> (Deps, ConnectionInfo) {
+        let dir = std::env::temp_dir().join(format!("nbo-executor-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = crate::store::schema::db_path(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (writer, _thread) = Writer::open(&db).unwrap();
+        let mut cfg = Config::new(
+            dir.clone(),
+            dir.join("ws"),
+            dir.join("kernel.json"),
+            KernelSource::External,
+        );
+        cfg.kernel_start_timeout = Duration::ZERO;
+        let deps = Deps {
+            cfg: Settings::from(&cfg),
+            writer,
+            reader: Reader::new(&db),
+            bus: Bus::new(cfg.bus.clone(), 1, Box::new(|_| {})),
+            completions: Arc::default(),
+            work: Arc::default(),
+            activity: Arc::default(),
+            output_stats: Arc::default(),
+            dropped: Arc::default(),
+            root: Arc::new(crate::confined::Root::open(&cfg.workspace).unwrap()),
+        };
+        let info = ConnectionInfo::with_free_ports("127.0.0.1", "key".into()).unwrap();
+        (deps, info)
+    }
+
+    /// The actor holds no sender of its own command channel, so dropping
+    /// the last one (the service's) stops it: the closed channel is a
+    /// shutdown, not a wait that never ends.
+    #[tokio::test]
+    async fn the_actor_stops_when_the_last_command_sender_goes() {
+        let (deps, info) = unreachable_kernel("closed");
+        let (tx, rx) = mpsc::channel(1);
+        let (status, _status_rx) = watch::channel(KernelStatus::default());
+        let (ready, _ready_rx) = watch::channel(false);
+        let actor = Executor::new(deps, rx, status, ready, info, b"test".to_vec(), None);
+        let run = tokio::spawn(actor.run());
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("the actor stopped")
+            .unwrap();
     }
 }

@@ -2,6 +2,7 @@
 //! state shared with the HTTP and MCP layers.
 
 pub mod assets;
+pub mod cell;
 pub mod completion;
 pub mod control;
 pub mod executor;
@@ -9,6 +10,8 @@ pub mod outputs;
 pub mod service;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub use service::{Service, SubmitError, SubmitRequest, Submitted};
@@ -78,5 +81,41 @@ impl Config {
             asset_threshold: 256 * 1024,
             max_output_bytes: 32 << 20,
         }
+    }
+}
+
+/// When a client or the kernel last did something: touched by the service
+/// and by the kernel actor, read for the session status.
+pub struct Activity(Mutex<String>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity(Mutex::new(crate::util::now_rfc3339()))
+    }
+}
+
+impl Activity {
+    pub fn touch(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = crate::util::now_rfc3339();
+    }
+
+    /// The last activity, RFC 3339.
+    pub fn last(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Executions whose outputs were truncated, and the output bytes left out:
+/// counted by the kernel actor, read by `/metrics`.
+#[derive(Default)]
+pub struct OutputStats {
+    pub truncated: AtomicU64,
+    pub dropped_bytes: AtomicU64,
+}
+
+impl OutputStats {
+    pub fn note(&self, t: &crate::store::Truncation) {
+        self.truncated.fetch_add(1, Ordering::Relaxed);
+        self.dropped_bytes.fetch_add(t.dropped_bytes, Ordering::Relaxed);
     }
 }

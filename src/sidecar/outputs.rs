@@ -21,7 +21,7 @@ pub enum Change {
     None,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outputs {
     list: Vec<Value>,
     displays: HashMap<String, Vec<usize>>,

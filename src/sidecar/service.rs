@@ -1,7 +1,7 @@
 //! The sidecar's operations, shared by the HTTP routes and the MCP tools.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelStatus};
-use super::Config;
+use super::{Activity, Config, OutputStats};
 use crate::events::Bus;
 use crate::sidecar_api;
 use crate::store::{
@@ -53,9 +53,9 @@ pub struct Service {
     pub writer: Writer,
     pub reader: Reader,
     pub bus: Arc<Bus>,
-    pub completions: Completions,
+    pub completions: Arc<Completions>,
     /// Woken after each enqueue commit.
-    pub work: Notify,
+    pub work: Arc<Notify>,
     pub commands: mpsc::Sender<Command>,
     pub kernel: watch::Receiver<KernelStatus>,
     pub ready: watch::Receiver<bool>,
@@ -69,11 +69,9 @@ pub struct Service {
     pub workspace_lock: tokio::sync::Mutex<()>,
     /// Kernel frames dropped for bad signatures or framing.
     pub dropped: Arc<AtomicU64>,
-    /// Executions whose outputs were truncated, and the output bytes left out.
-    pub truncated_outputs: AtomicU64,
-    pub dropped_output_bytes: AtomicU64,
+    pub output_stats: Arc<OutputStats>,
+    pub activity: Arc<Activity>,
     shutting_down: AtomicBool,
-    last_activity: Mutex<String>,
 }
 
 impl Service {
@@ -95,35 +93,24 @@ impl Service {
             writer,
             reader,
             bus,
-            completions: Completions::default(),
-            work: Notify::new(),
+            completions: Arc::default(),
+            work: Arc::default(),
             commands,
             kernel,
             ready,
             dropped: Arc::new(AtomicU64::new(0)),
-            truncated_outputs: AtomicU64::new(0),
-            dropped_output_bytes: AtomicU64::new(0),
+            output_stats: Arc::default(),
+            activity: Arc::default(),
             shutting_down: AtomicBool::new(false),
-            last_activity: Mutex::new(crate::util::now_rfc3339()),
         })
     }
 
     pub fn touch(&self) {
-        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = crate::util::now_rfc3339();
+        self.activity.touch();
     }
 
     pub fn last_activity(&self) -> String {
-        self.last_activity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Counts a truncated execution for `/metrics`.
-    pub fn note_truncation(&self, t: &crate::store::Truncation) {
-        self.truncated_outputs.fetch_add(1, Ordering::Relaxed);
-        self.dropped_output_bytes
-            .fetch_add(t.dropped_bytes, Ordering::Relaxed);
+        self.activity.last()
     }
 
     pub fn begin_shutdown(&self) {
