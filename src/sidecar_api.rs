@@ -7,10 +7,11 @@
 //! this build does not know reads as [`KernelState::Unknown`], which is never
 //! taken for a kernel that answers.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The kernel's state as the sidecar sees it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelState {
     /// Not yet connected.
@@ -70,7 +71,7 @@ pub struct KernelSummary {
 }
 
 /// Executions by state.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct QueueCounts {
     /// Waiting.
@@ -94,7 +95,7 @@ pub struct EventsSummary {
 }
 
 /// One entry of `GET /v1/assets`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct AssetEntry {
     /// `<sha256>.<ext>`.
@@ -114,7 +115,7 @@ pub struct AssetEntry {
 }
 
 /// A notebook the reference index could not read.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct IndexProblem {
     /// Workspace-relative path.
@@ -124,7 +125,7 @@ pub struct IndexProblem {
 }
 
 /// `GET /v1/assets`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct Catalog {
     /// The assets, oldest first.
