@@ -49,16 +49,6 @@ const WRITE_WAIT: Duration = Duration::from_secs(10);
 const READ_TEXT_BYTES: usize = 8 << 10;
 const READ_TOTAL_BYTES: usize = 256 << 10;
 
-/// The gateway's, until its tools are typed too.
-pub(crate) fn tool_error(message: impl Into<String>) -> CallToolResult {
-    ToolError::new(message).into()
-}
-
-/// The gateway's, until its tools are typed too.
-pub(crate) fn json_result(v: Value) -> CallToolResult {
-    CallToolResult::structured(v)
-}
-
 pub(crate) fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration, ToolError> {
     Service::wait_duration(seconds.unwrap_or(default)).map_err(|m| ToolError::new(format!("{field} {m}")))
 }
