@@ -7,10 +7,11 @@
 //! this build does not know reads as [`KernelState::Unknown`], which is never
 //! taken for a kernel that answers.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The kernel's state as the sidecar sees it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelState {
     /// Not yet connected.
@@ -97,7 +98,7 @@ pub struct KernelSummary {
 }
 
 /// Executions by state.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct QueueCounts {
     /// Waiting.
@@ -121,7 +122,7 @@ pub struct EventsSummary {
 }
 
 /// One entry of `GET /v1/assets`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct AssetEntry {
     /// `<sha256>.<ext>`.
@@ -141,7 +142,7 @@ pub struct AssetEntry {
 }
 
 /// A notebook the reference index could not read.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct IndexProblem {
     /// Workspace-relative path.
@@ -151,7 +152,7 @@ pub struct IndexProblem {
 }
 
 /// `GET /v1/assets`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(default)]
 pub struct Catalog {
     /// The assets, oldest first.

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::ResourceExt;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::review::User;
@@ -221,32 +223,56 @@ pub fn is_failed(s: &NotebookSession) -> bool {
         .is_some_and(|p| p == crd::SessionPhase::Failed)
 }
 
-/// What an agent reads about a session.
-pub fn summary(s: &NotebookSession) -> Value {
+/// What an agent reads about a session: the answer of the gateway's session tools.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SessionSummary {
+    pub namespace: String,
+    pub name: String,
+    /// `namespace/name`, as the kernel tools' `session` argument takes it.
+    pub session: String,
+    pub phase: Option<crd::SessionPhase>,
+    pub ready: bool,
+    /// The Ready condition's message, when it has one.
+    pub message: Option<String>,
+    pub suspended: bool,
+    pub deleting: bool,
+    /// The user who asked the gateway for it.
+    pub requested_by: Option<String>,
+    pub image: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub created_at: Option<String>,
+    pub last_activity_time: Option<String>,
+    pub queue: Option<crd::QueueStatus>,
+    pub kernel_restarts: Option<i64>,
+    /// The gateway path of the session's sidecar routes.
+    pub url: String,
+}
+
+pub fn summary(s: &NotebookSession) -> SessionSummary {
     let ns = s.namespace().unwrap_or_default();
     let name = s.name_any();
     let status = s.status.as_ref();
     let ready = status.and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"));
-    json!({
-        "namespace": ns,
-        "name": name,
-        "session": format!("{ns}/{name}"),
-        "phase": status.and_then(|st| st.phase).map(|p| p.as_str()),
-        "ready": is_ready(s),
-        "message": ready.map(|c| c.message.clone()).filter(|m| !m.is_empty()),
-        "suspended": s.spec.suspend,
-        "deleting": s.metadata.deletion_timestamp.is_some(),
-        "requested_by": s.annotations().get(REQUESTED_BY),
-        "image": s.spec.kernel.image,
-        "idle_timeout": s.spec.idle_timeout,
-        "created_at": s.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
-        "last_activity_time": status.and_then(|st| st.last_activity_time.as_ref()).map(|t| t.0.to_string()),
-        "queue": status.and_then(|st| st.queue.as_ref()).map(|q| json!({
-            "queued": q.queued, "running": q.running, "completed": q.completed, "failed": q.failed,
-        })),
-        "kernel_restarts": status.and_then(|st| st.kernel_restarts),
-        "url": format!("/sessions/{ns}/{name}"),
-    })
+    SessionSummary {
+        session: format!("{ns}/{name}"),
+        url: format!("/sessions/{ns}/{name}"),
+        phase: status.and_then(|st| st.phase),
+        ready: is_ready(s),
+        message: ready.map(|c| c.message.clone()).filter(|m| !m.is_empty()),
+        suspended: s.spec.suspend,
+        deleting: s.metadata.deletion_timestamp.is_some(),
+        requested_by: s.annotations().get(REQUESTED_BY).cloned(),
+        image: s.spec.kernel.image.clone(),
+        idle_timeout: s.spec.idle_timeout.clone(),
+        created_at: s.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        last_activity_time: status
+            .and_then(|st| st.last_activity_time.as_ref())
+            .map(|t| t.0.to_string()),
+        queue: status.and_then(|st| st.queue.clone()),
+        kernel_restarts: status.and_then(|st| st.kernel_restarts),
+        namespace: ns,
+        name,
+    }
 }
 
 #[cfg(test)]
@@ -393,10 +419,10 @@ mod tests {
         )
         .unwrap();
         let v = summary(&s);
-        assert_eq!(v["url"], "/sessions/ns/s1");
-        assert_eq!(v["session"], "ns/s1");
-        assert_eq!(v["ready"], false);
-        assert_eq!(v["requested_by"], "alice");
+        assert_eq!(v.url, "/sessions/ns/s1");
+        assert_eq!(v.session, "ns/s1");
+        assert!(!v.ready);
+        assert_eq!(v.requested_by.as_deref(), Some("alice"));
         s.status = Some(
             serde_json::from_value(json!({
                 "phase": "Ready",
@@ -406,6 +432,9 @@ mod tests {
             .unwrap(),
         );
         assert!(is_ready(&s));
-        assert_eq!(summary(&s)["phase"], "Ready");
+        assert_eq!(summary(&s).phase, Some(crd::SessionPhase::Ready));
+        let v = serde_json::to_value(summary(&s)).unwrap();
+        assert_eq!(v["phase"], "Ready");
+        assert_eq!(v["queue"], serde_json::Value::Null);
     }
 }

@@ -14,8 +14,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::ResourceExt;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::ToolCallContext;
-use rmcp::handler::server::wrapper::Parameters;
+use rmcp::handler::server::tool::{IntoCallToolResult, ToolCallContext};
+use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, ListToolsResult,
     PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
@@ -23,29 +23,28 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_router, ErrorData, RoleServer, ServerHandler};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use super::error::GatewayError;
 use super::review::{Access, User};
-use super::sessions::{self, NewSession};
+use super::sessions::{self, NewSession, SessionSummary};
 use super::Gateway;
-use crate::mcp::tools::{json_result, tool_error, wait_for};
+use crate::mcp::tools::wait_for;
+use crate::mcp::ToolError;
 use crate::operator::crd::NotebookSession;
 
 /// How long `delete_session` waits for the object to be gone by default.
 const DEFAULT_DELETE_WAIT_S: f64 = 30.0;
 
-type ToolResult = Result<CallToolResult, ErrorData>;
-
 /// The reviewed user of the HTTP request that carried this MCP message.
-fn user_of(ctx: &RequestContext<RoleServer>) -> Answer<User> {
+fn user_of(ctx: &RequestContext<RoleServer>) -> Result<User, ToolError> {
     ctx.extensions
         .get::<axum::http::request::Parts>()
         .and_then(|p| p.extensions.get::<User>())
         .cloned()
-        .ok_or_else(|| tool_error("unauthenticated: the request carried no reviewed user"))
+        .ok_or_else(|| ToolError::new("unauthenticated: the request carried no reviewed user"))
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -98,6 +97,32 @@ pub struct DeleteSessionParams {
     pub wait_s: Option<f64>,
 }
 
+/// `create_session`: the session as it is after `waited_s` of waiting.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CreatedSession {
+    #[serde(flatten)]
+    pub session: SessionSummary,
+    /// Seconds the call waited for the session to be Ready.
+    pub waited_s: f64,
+}
+
+/// `list_sessions`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SessionList {
+    pub namespace: String,
+    pub sessions: Vec<SessionSummary>,
+}
+
+/// `delete_session`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct DeletedSession {
+    pub namespace: String,
+    pub name: String,
+    pub deleted: bool,
+    /// The session and everything it owned are gone (within `wait_s`).
+    pub gone: bool,
+}
+
 /// The MCP server of one agent connection.
 #[derive(Clone)]
 pub struct GatewayTools {
@@ -119,23 +144,23 @@ impl GatewayTools {
         Api::namespaced(self.gw.kube.clone(), ns)
     }
 
-    async fn allow(&self, user: &User, verb: &'static str, ns: &str, name: Option<&str>) -> Answer<()> {
-        self.gw
-            .reviewer
-            .authorize(
-                user,
-                Access {
-                    verb,
-                    namespace: ns.to_string(),
-                    name: name.map(str::to_string),
-                },
-            )
-            .await
-            .map_err(|e| tool_error(e.to_string()))
+    async fn allow(
+        &self,
+        user: &User,
+        verb: &'static str,
+        ns: &str,
+        name: Option<&str>,
+    ) -> Result<(), ToolError> {
+        let access = Access {
+            verb,
+            namespace: ns.to_string(),
+            name: name.map(str::to_string),
+        };
+        Ok(self.gw.reviewer.authorize(user, access).await?)
     }
 
     /// Refuses when `user` already has as many live sessions as allowed.
-    async fn check_cap(&self, user: &User) -> Answer<()> {
+    async fn check_cap(&self, user: &User) -> Result<(), ToolError> {
         let cap = self.gw.cfg.max_sessions_per_user;
         if cap == 0 {
             return Ok(());
@@ -149,10 +174,10 @@ impl GatewayTools {
         let list = all
             .list(&ListParams::default().labels(&selector))
             .await
-            .map_err(|e| tool_error(format!("counting your sessions: {e}")))?;
+            .map_err(|e| ToolError::new(format!("counting your sessions: {e}")))?;
         let live = sessions::live_sessions_of(&list.items, &user.username);
         match sessions::over_cap(live, cap, &user.username) {
-            Some(msg) => Err(tool_error(msg)),
+            Some(msg) => Err(ToolError::new(msg)),
             None => Ok(()),
         }
     }
@@ -163,10 +188,10 @@ impl GatewayTools {
         ctx: &RequestContext<RoleServer>,
         name: &str,
         namespace: Option<&str>,
-    ) -> Answer<(User, String, String)> {
+    ) -> Result<(User, String, String), ToolError> {
         let user = user_of(ctx)?;
         let (ns, name) = sessions::session_ref(name, namespace, &user, &self.gw.cfg.default_namespace)
-            .map_err(tool_error)?;
+            .map_err(ToolError::new)?;
         Ok((user, ns, name))
     }
 
@@ -177,13 +202,18 @@ impl GatewayTools {
         name: &str,
         namespace: Option<&str>,
         verb: &'static str,
-    ) -> Answer<(User, String, String)> {
+    ) -> Result<(User, String, String), ToolError> {
         let (user, ns, name) = self.target(ctx, name, namespace)?;
         self.allow(&user, verb, &ns, Some(&name)).await?;
         Ok((user, ns, name))
     }
 
-    async fn set_suspend(&self, p: SessionParams, ctx: RequestContext<RoleServer>, suspend: bool) -> Answer {
+    async fn set_suspend(
+        &self,
+        p: SessionParams,
+        ctx: RequestContext<RoleServer>,
+        suspend: bool,
+    ) -> Result<Json<SessionSummary>, ToolError> {
         let (user, ns, name) = self
             .authorized(&ctx, &p.name, p.namespace.as_deref(), "patch")
             .await?;
@@ -206,17 +236,22 @@ impl GatewayTools {
             .api(&ns)
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(kube_error("patch the NotebookSession"))?;
-        Ok(json_result(sessions::summary(&s)))
+            .map_err(GatewayError::kube("patch the NotebookSession"))?;
+        Ok(Json(sessions::summary(&s)))
     }
 
-    /// A kernel tool on the session named by the `session` argument.
-    async fn forward(&self, request: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> Answer {
+    /// A kernel tool on the session named by the `session` argument: the
+    /// sidecar's result as it sent it.
+    async fn forward(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ToolError> {
         let mut args = request.arguments.unwrap_or_default();
         let session = match args.remove("session") {
             Some(Value::String(s)) => s,
             _ => {
-                return Err(tool_error(
+                return Err(ToolError::new(
                     "session is required: the name of a session (or namespace/name) from create_session or list_sessions",
                 ))
             }
@@ -224,17 +259,13 @@ impl GatewayTools {
         let namespace = match args.remove("namespace") {
             Some(Value::String(s)) => Some(s),
             None | Some(Value::Null) => None,
-            Some(_) => return Err(tool_error("namespace must be a string")),
+            Some(_) => return Err(ToolError::new("namespace must be a string")),
         };
         let (user, ns, name) = self.target(&ctx, &session, namespace.as_deref())?;
         let span = tracing::info_span!("tool", tool = %request.name, session = %format!("{ns}/{name}"),
                                        user = %user.username);
         async move {
-            let up = self
-                .gw
-                .session_upstream(&user, &ns, &name)
-                .await
-                .map_err(|e| tool_error(e.to_string()))?;
+            let up = self.gw.session_upstream(&user, &ns, &name).await?;
             let mut params = json!({"name": request.name, "arguments": Value::Object(args)});
             // rmcp hands the request's `_meta` (the progress token) to the
             // handler in the context: pass it on so the sidecar reports progress.
@@ -277,19 +308,29 @@ impl GatewayTools {
             let _ = relay.await;
             match answer {
                 Ok(Ok(result)) => serde_json::from_value::<CallToolResult>(result)
-                    .map_err(|e| tool_error(format!("the sidecar's answer is not a tool result: {e}"))),
-                Ok(Err(message)) => Err(tool_error(message)),
+                    .map_err(|e| ToolError::new(format!("the sidecar's answer is not a tool result: {e}"))),
+                Ok(Err(message)) => Err(ToolError::new(message)),
                 Err(e) => {
                     self.gw.upstreams.forget(&ns, &name);
-                    Err(tool_error(e.to_string()))
+                    Err(e.into())
                 }
             }
         }
         .instrument(span)
         .await
     }
+}
 
-    async fn create(&self, p: CreateSessionParams, ctx: RequestContext<RoleServer>) -> Answer {
+#[tool_router]
+impl GatewayTools {
+    #[tool(
+        description = "Create a Jupyter kernel session (a NotebookSession object) and, with wait_ready_s, wait until it is Ready. Returns its namespace, name, phase and readiness; use the kernel tools (execute, run_cell, ...) with session=<name> (or namespace/name) to work in it, and delete_session when done."
+    )]
+    async fn create_session(
+        &self,
+        Parameters(p): Parameters<CreateSessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<CreatedSession>, ToolError> {
         let user = user_of(&ctx)?;
         let wait = wait_for(p.wait_ready_s, 0.0, "wait_ready_s")?;
         let ns = sessions::namespace_for(p.namespace.as_deref(), &user, &self.gw.cfg.default_namespace);
@@ -299,7 +340,7 @@ impl GatewayTools {
             idle_timeout: p.idle_timeout,
             storage: p.storage,
         };
-        let obj = sessions::desired(&new, &ns, &user).map_err(tool_error)?;
+        let obj = sessions::desired(&new, &ns, &user).map_err(ToolError::new)?;
         self.allow(&user, "create", &ns, None).await?;
         let api = self.api(&ns);
         let created = {
@@ -311,7 +352,7 @@ impl GatewayTools {
             self.check_cap(&user).await?;
             api.create(&PostParams::default(), &obj)
                 .await
-                .map_err(kube_error("create the NotebookSession"))?
+                .map_err(GatewayError::kube("create the NotebookSession"))?
         };
         let name = created.name_any();
         tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session created");
@@ -324,11 +365,11 @@ impl GatewayTools {
             match tokio::time::timeout(wait, await_condition(api.clone(), &name, done)).await {
                 Ok(Ok(Some(s))) => latest = s,
                 Ok(Ok(None)) => {
-                    return Err(tool_error(format!(
+                    return Err(ToolError::new(format!(
                         "session {ns}/{name} was deleted while starting"
                     )))
                 }
-                Ok(Err(e)) => return Err(tool_error(format!("watching session {ns}/{name}: {e}"))),
+                Ok(Err(e)) => return Err(ToolError::new(format!("watching session {ns}/{name}: {e}"))),
                 Err(_) => {
                     if let Ok(Some(s)) = api.get_opt(&name).await {
                         latest = s;
@@ -336,41 +377,63 @@ impl GatewayTools {
                 }
             }
         }
-        let mut v = sessions::summary(&latest);
-        v["waited_s"] = json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
-        Ok(json_result(v))
+        Ok(Json(CreatedSession {
+            session: sessions::summary(&latest),
+            waited_s: (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        }))
     }
 
-    async fn list(&self, p: NamespaceParams, ctx: RequestContext<RoleServer>) -> Answer {
+    #[tool(
+        description = "The sessions in a namespace (default: your own), with phase, readiness and who asked for each."
+    )]
+    async fn list_sessions(
+        &self,
+        Parameters(p): Parameters<NamespaceParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SessionList>, ToolError> {
         let user = user_of(&ctx)?;
         let ns = sessions::namespace_for(p.namespace.as_deref(), &user, &self.gw.cfg.default_namespace);
         if !sessions::is_dns_label(&ns) {
-            return Err(tool_error(format!("{ns:?} is not a namespace name")));
+            return Err(ToolError::new(format!("{ns:?} is not a namespace name")));
         }
         self.allow(&user, "list", &ns, None).await?;
         let list = self
             .api(&ns)
             .list(&ListParams::default())
             .await
-            .map_err(kube_error("list NotebookSessions"))?;
-        Ok(json_result(json!({
-            "namespace": ns,
-            "sessions": list.items.iter().map(sessions::summary).collect::<Vec<_>>(),
-        })))
+            .map_err(GatewayError::kube("list NotebookSessions"))?;
+        Ok(Json(SessionList {
+            sessions: list.items.iter().map(sessions::summary).collect(),
+            namespace: ns,
+        }))
     }
 
-    async fn get(&self, p: SessionParams, ctx: RequestContext<RoleServer>) -> Answer {
+    #[tool(description = "One session: phase, readiness, queue counts, last activity.")]
+    async fn get_session(
+        &self,
+        Parameters(p): Parameters<SessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<SessionSummary>, ToolError> {
         let (_, ns, name) = self
             .authorized(&ctx, &p.name, p.namespace.as_deref(), "get")
             .await?;
-        match self.api(&ns).get_opt(&name).await {
-            Ok(Some(s)) => Ok(json_result(sessions::summary(&s))),
-            Ok(None) => Err(tool_error(format!("no session {ns}/{name}"))),
-            Err(e) => Err(kube_error("read the NotebookSession")(e)),
-        }
+        let s = self
+            .api(&ns)
+            .get_opt(&name)
+            .await
+            .map_err(GatewayError::kube("read the NotebookSession"))?
+            .ok_or_else(|| ToolError::new(format!("no session {ns}/{name}")))?;
+        Ok(Json(sessions::summary(&s)))
     }
 
-    async fn delete(&self, p: DeleteSessionParams, ctx: RequestContext<RoleServer>) -> Answer {
+    #[tool(
+        description = "Delete a session: its kernel pod, token, service and storage go with it. Waits up to wait_s (default 30 s) until everything is gone."
+    )]
+    async fn delete_session(
+        &self,
+        Parameters(p): Parameters<DeleteSessionParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<DeletedSession>, ToolError> {
         let wait = wait_for(p.wait_s, DEFAULT_DELETE_WAIT_S, "wait_s")?;
         let (user, ns, name) = self
             .authorized(&ctx, &p.name, p.namespace.as_deref(), "delete")
@@ -381,7 +444,7 @@ impl GatewayTools {
         let uid = api
             .delete(&name, &DeleteParams::foreground())
             .await
-            .map_err(kube_error("delete the NotebookSession"))?
+            .map_err(GatewayError::kube("delete the NotebookSession"))?
             .either(|s| s.uid(), |_| None);
         self.gw.upstreams.forget(&ns, &name);
         tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session deleted");
@@ -392,65 +455,12 @@ impl GatewayTools {
                 Ok(Ok(_))
             ),
         };
-        Ok(json_result(
-            json!({"namespace": ns, "name": name, "deleted": true, "gone": gone}),
-        ))
-    }
-}
-
-/// A tool's answer either way: its result, or the error result that says why not.
-type Answer<T = CallToolResult> = Result<T, CallToolResult>;
-
-fn answered(a: Answer) -> ToolResult {
-    Ok(a.unwrap_or_else(|refusal| refusal))
-}
-
-fn kube_error(step: &'static str) -> impl FnOnce(kube::Error) -> CallToolResult {
-    move |e| tool_error(GatewayError::kube(step)(e).to_string())
-}
-
-#[tool_router]
-impl GatewayTools {
-    #[tool(
-        description = "Create a Jupyter kernel session (a NotebookSession object) and, with wait_ready_s, wait until it is Ready. Returns its namespace, name, phase and readiness; use the kernel tools (execute, run_cell, ...) with session=<name> (or namespace/name) to work in it, and delete_session when done."
-    )]
-    async fn create_session(
-        &self,
-        Parameters(p): Parameters<CreateSessionParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        answered(self.create(p, ctx).await)
-    }
-
-    #[tool(
-        description = "The sessions in a namespace (default: your own), with phase, readiness and who asked for each."
-    )]
-    async fn list_sessions(
-        &self,
-        Parameters(p): Parameters<NamespaceParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        answered(self.list(p, ctx).await)
-    }
-
-    #[tool(description = "One session: phase, readiness, queue counts, last activity.")]
-    async fn get_session(
-        &self,
-        Parameters(p): Parameters<SessionParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        answered(self.get(p, ctx).await)
-    }
-
-    #[tool(
-        description = "Delete a session: its kernel pod, token, service and storage go with it. Waits up to wait_s (default 30 s) until everything is gone."
-    )]
-    async fn delete_session(
-        &self,
-        Parameters(p): Parameters<DeleteSessionParams>,
-        ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        answered(self.delete(p, ctx).await)
+        Ok(Json(DeletedSession {
+            namespace: ns,
+            name,
+            deleted: true,
+            gone,
+        }))
     }
 
     #[tool(
@@ -460,8 +470,8 @@ impl GatewayTools {
         &self,
         Parameters(p): Parameters<SessionParams>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        answered(self.set_suspend(p, ctx, true).await)
+    ) -> Result<Json<SessionSummary>, ToolError> {
+        self.set_suspend(p, ctx, true).await
     }
 
     #[tool(
@@ -471,8 +481,8 @@ impl GatewayTools {
         &self,
         Parameters(p): Parameters<SessionParams>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult {
-        answered(self.set_suspend(p, ctx, false).await)
+    ) -> Result<Json<SessionSummary>, ToolError> {
+        self.set_suspend(p, ctx, false).await
     }
 }
 
@@ -521,7 +531,7 @@ impl ServerHandler for GatewayTools {
                 .call(ToolCallContext::new(self, request, context))
                 .await
         } else if self.kernel_tools.iter().any(|t| t.name == request.name) {
-            answered(self.forward(request, context).await).map(Into::into)
+            self.forward(request, context).await.into_call_tool_result()
         } else {
             return Err(ErrorData::invalid_params(format!("no tool {tool}"), None));
         };
@@ -606,6 +616,30 @@ mod tests {
                 "{} would lose an argument to the gateway",
                 t.name
             );
+        }
+    }
+
+    #[test]
+    fn session_tools_publish_object_output_schemas_and_kernel_tools_keep_theirs() {
+        for t in GatewayTools::tool_router().list_all() {
+            let schema = t.output_schema.as_ref().unwrap_or_else(|| panic!("{}", t.name));
+            assert_eq!(schema["type"], "object", "{}", t.name);
+        }
+        let created = GatewayTools::tool_router()
+            .list_all()
+            .into_iter()
+            .find(|t| t.name == "create_session")
+            .and_then(|t| t.output_schema)
+            .unwrap();
+        // The summary is flattened into the answer beside waited_s.
+        let props = created["properties"].as_object().unwrap();
+        assert!(
+            props.contains_key("waited_s") && props.contains_key("session") && props.contains_key("phase")
+        );
+        let sidecar = crate::mcp::Tools::definitions();
+        for t in kernel_tools() {
+            let own = sidecar.iter().find(|s| s.name == t.name).unwrap();
+            assert_eq!(t.output_schema, own.output_schema, "{}", t.name);
         }
     }
 

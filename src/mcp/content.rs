@@ -6,6 +6,7 @@
 use rmcp::model::{CallToolResult, ContentBlock};
 use serde_json::{json, Value};
 
+use super::output::ExecutionHeader;
 use crate::notebook::model::multiline;
 use crate::store::{Execution, State};
 
@@ -227,28 +228,32 @@ pub fn output_blocks(id: &str, index: usize, o: &Value, caps: &Caps) -> Vec<Cont
 }
 
 /// The machine-readable summary of an execution that every result starts with.
-pub fn header(e: &Execution) -> Value {
-    let mut h = json!({
-        "id": e.id,
-        "state": e.state,
-        "execution_count": e.execution_count,
-    });
-    if let Some(r) = e.reason {
-        h["reason"] = json!(r);
+pub fn header(e: &Execution) -> ExecutionHeader {
+    let (notebook, cell_id) = match (&e.notebook, &e.cell_id) {
+        (Some(nb), Some(cell)) => (Some(nb.clone()), Some(cell.clone())),
+        _ => (None, None),
+    };
+    ExecutionHeader {
+        id: e.id.clone(),
+        state: e.state,
+        execution_count: e.execution_count,
+        reason: e.reason,
+        notebook,
+        cell_id,
+        waited_s: None,
     }
-    if let (Some(nb), Some(cell)) = (&e.notebook, &e.cell_id) {
-        h["notebook"] = json!(nb);
-        h["cell_id"] = json!(cell);
-    }
-    h
 }
 
 /// The result of a tool that waited for an execution: its outputs when it
-/// is final, else its id and state and how to come back for it.
+/// is final, else its id and state and how to come back for it. Its first
+/// block is the [`ExecutionHeader`] as text, which is also its structured content.
 pub fn execution_result(e: &Execution, waited_s: f64, caps: &Caps) -> CallToolResult {
-    let mut head = header(e);
+    let mut header = header(e);
     if !e.state.is_final() {
-        head["waited_s"] = json!(waited_s);
+        header.waited_s = Some(waited_s);
+    }
+    let head = serde_json::to_value(&header).unwrap_or_default();
+    if !e.state.is_final() {
         let text = format!(
             "Execution {} is {} after {waited_s} s and continues in the kernel. Call get_execution with id \"{}\" (and wait_s) for its result, or cancel_execution to stop it.",
             e.id, e.state, e.id

@@ -5,7 +5,9 @@
 //! (DNS rebinding) and a browser's `Origin` against the same host names.
 
 pub mod content;
+pub mod error;
 pub mod guard;
+pub mod output;
 pub mod progress;
 pub mod tasks;
 pub mod tools;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::notebook::NotebookSync;
 use crate::sidecar::Service;
 
+pub use error::ToolError;
 pub use tools::Tools;
 
 /// Host names the sidecar always answers to, besides the configured ones.

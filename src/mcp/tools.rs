@@ -2,16 +2,21 @@
 //! notebooks. One `Tools` value per MCP session, all sharing the sidecar's
 //! `Service` and the notebook write-back.
 //!
-//! Every failure a caller can cause (bad path, unknown cell, unknown id,
-//! bad argument) is a tool result with `isError: true` and a message that
-//! says what to change; the protocol-level error is kept for arguments that
-//! do not match the schema.
+//! A tool whose answer is one JSON object returns `Result<Json<T>, ToolError>`:
+//! rmcp makes `T` the structured content (and its text block) and publishes
+//! `T`'s schema as the tool's `outputSchema`. The tools that answer with an
+//! execution's outputs (`execute`, `get_execution`, `run_cell`) and
+//! `read_asset` return content blocks (text, images) and keep a
+//! `CallToolResult`; the first three still publish the schema of their
+//! structured content, the [`ExecutionHeader`]. Every failure a caller can
+//! cause is a [`ToolError`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
+use rmcp::handler::server::tool::schema_for_output;
+use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
     CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, GetTaskParams, GetTaskResult,
     Implementation, RequestMetaObject, ServerCapabilities, ServerConfig,
@@ -20,15 +25,20 @@ use rmcp::service::RequestContext;
 use rmcp::{tool, tool_handler, tool_router, ErrorData, Peer, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::content::{self, Caps};
+use super::error::ToolError;
+use super::output::*;
 use super::progress::{self, Progress};
 use super::tasks;
+use crate::confined::ConfinedError;
 use crate::notebook::model::{self, CellType, Position};
 use crate::notebook::{path, sync, NotebookError, NotebookSync, Workspace};
-use crate::sidecar::control::ControlError;
+use crate::sidecar::assets::AssetError;
+use crate::sidecar::control::{CancelOutcome, ControlError};
 use crate::sidecar::{Service, SubmitRequest};
+use crate::sidecar_api::Catalog;
 use crate::store::{self, Execution};
 
 /// How long `execute` and `run_cell` wait when the caller does not say.
@@ -39,21 +49,8 @@ const WRITE_WAIT: Duration = Duration::from_secs(10);
 const READ_TEXT_BYTES: usize = 8 << 10;
 const READ_TOTAL_BYTES: usize = 256 << 10;
 
-type ToolResult = Result<CallToolResult, ErrorData>;
-
-pub(crate) fn tool_error(message: impl Into<String>) -> CallToolResult {
-    CallToolResult::error(vec![ContentBlock::text(message.into())])
-}
-
-/// A JSON object as text (for every client) and as structured content.
-pub(crate) fn json_result(v: Value) -> CallToolResult {
-    let mut r = CallToolResult::success(vec![ContentBlock::text(v.to_string())]);
-    r.structured_content = Some(v);
-    r
-}
-
-pub(crate) fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration, CallToolResult> {
-    Service::wait_duration(seconds.unwrap_or(default)).map_err(|m| tool_error(format!("{field} {m}")))
+pub(crate) fn wait_for(seconds: Option<f64>, default: f64, field: &str) -> Result<Duration, ToolError> {
+    Service::wait_duration(seconds.unwrap_or(default)).map_err(|m| ToolError::new(format!("{field} {m}")))
 }
 
 fn progress_of(meta: &RequestMetaObject, peer: Peer<RoleServer>) -> Option<Progress> {
@@ -123,25 +120,6 @@ pub struct AssetParams {
 pub struct PathParams {
     /// Notebook path relative to the workspace, ending in .ipynb.
     pub path: String,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CellKind {
-    #[default]
-    Code,
-    Markdown,
-    Raw,
-}
-
-impl From<CellKind> for CellType {
-    fn from(k: CellKind) -> Self {
-        match k {
-            CellKind::Code => CellType::Code,
-            CellKind::Markdown => CellType::Markdown,
-            CellKind::Raw => CellType::Raw,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -242,31 +220,25 @@ impl Tools {
         id: &str,
         wait: Duration,
         progress: Option<Progress>,
-    ) -> Result<(CallToolResult, Option<Execution>), CallToolResult> {
+    ) -> Result<(CallToolResult, Execution), ToolError> {
         let t0 = Instant::now();
         match progress::wait(&self.svc, id, wait, progress).await {
             Ok(Some(e)) => {
                 let waited = (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-                Ok((content::execution_result(&e, waited, &self.caps), Some(e)))
+                Ok((content::execution_result(&e, waited, &self.caps), e))
             }
-            Ok(None) => Err(tool_error(format!("no execution {id}"))),
-            Err(e) => Err(tool_error(format!("reading execution {id}: {e}"))),
+            Ok(None) => Err(ToolError::new(format!("no execution {id}"))),
+            Err(e) => Err(ToolError::new(format!("reading execution {id}: {e}"))),
         }
     }
 
-    async fn set_pin(&self, name: &str, pinned: bool) -> ToolResult {
-        Ok(match self.svc.pin_asset(name, pinned).await {
-            Ok(()) => json_result(json!({"name": name, "pinned": pinned})),
-            Err(e) => tool_error(e.to_string()),
-        })
+    async fn set_pin(&self, name: String, pinned: bool) -> Result<Json<Pinned>, ToolError> {
+        self.svc.pin_asset(&name, pinned).await?;
+        Ok(Json(Pinned { name, pinned }))
     }
 
-    async fn submit_code(&self, req: SubmitRequest) -> Result<Execution, CallToolResult> {
-        self.submit_full(req).await.map(|s| s.execution)
-    }
-
-    async fn submit_full(&self, req: SubmitRequest) -> Result<crate::sidecar::Submitted, CallToolResult> {
-        self.svc.submit(req).await.map_err(|e| tool_error(e.to_string()))
+    async fn submit_code(&self, req: SubmitRequest) -> Result<Execution, ToolError> {
+        Ok(self.svc.submit(req).await?.execution)
     }
 
     /// The code cell `cell_id` of `path`: its normalised path and source.
@@ -292,179 +264,178 @@ impl Tools {
             .await?;
         Ok((rel, source))
     }
+
+    fn kernel_info(&self) -> KernelInfo {
+        let k = self.svc.kernel_status();
+        let field = |name: &str| k.info.get(name).cloned().unwrap_or(Value::Null);
+        KernelInfo {
+            state: k.state,
+            restarts: k.restarts,
+            pid: k.pid,
+            language_info: field("language_info"),
+            implementation: field("implementation"),
+            queue: None,
+        }
+    }
 }
 
 #[tool_router]
 impl Tools {
     /// Runs code in the kernel and returns its outputs.
     #[tool(
-        description = "Run code in the Jupyter kernel and return its outputs: text for printed output, results and errors (with traceback), images for PNG/JPEG. The execution is queued durably and runs in submission order. If it is not finished within timeout_s (default 30 s), the call returns its id and state instead of an error (a task handle, for clients that declared the MCP tasks extension); the execution continues and get_execution returns its result later. Sends progress notifications while waiting when the request has a progress token."
+        description = "Run code in the Jupyter kernel and return its outputs: text for printed output, results and errors (with traceback), images for PNG/JPEG. The execution is queued durably and runs in submission order. If it is not finished within timeout_s (default 30 s), the call returns its id and state instead of an error (a task handle, for clients that declared the MCP tasks extension); the execution continues and get_execution returns its result later. Sends progress notifications while waiting when the request has a progress token.",
+        output_schema = schema_for_output::<ExecutionHeader>()
     )]
     async fn execute(
         &self,
         Parameters(p): Parameters<ExecuteParams>,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, ErrorData> {
+    ) -> Result<CallToolResponse, ToolError> {
         let wants_task = ctx.client_capabilities().is_some_and(|c| c.supports_tasks());
-        let wait = match wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s") {
-            Ok(w) => w,
-            Err(r) => return Ok(r.into()),
-        };
-        let e = match self
+        let wait = wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s")?;
+        let e = self
             .submit_code(SubmitRequest {
                 code: p.code,
                 key: p.key,
                 ..Default::default()
             })
-            .await
-        {
-            Ok(e) => e,
-            Err(r) => return Ok(r.into()),
-        };
-        Ok(
-            match self
-                .wait_result(&e.id, wait, progress_of(&ctx.meta, ctx.peer.clone()))
-                .await
-            {
-                // Not finished in time, and the client takes tasks: a task handle.
-                Ok((_, Some(e))) if wants_task && !e.state.is_final() => {
-                    tasks::created(&e, self.task_ttl_ms())
-                }
-                Ok((r, _)) | Err(r) => r.into(),
-            },
-        )
+            .await?;
+        let (result, e) = self
+            .wait_result(&e.id, wait, progress_of(&ctx.meta, ctx.peer.clone()))
+            .await?;
+        // Not finished in time, and the client takes tasks: a task handle.
+        Ok(if wants_task && !e.state.is_final() {
+            tasks::created(&e, self.task_ttl_ms())
+        } else {
+            result.into()
+        })
     }
 
     #[tool(
         description = "Queue code for the kernel without waiting; returns the execution id and state at once. Fetch the result with get_execution."
     )]
-    async fn submit(&self, Parameters(p): Parameters<SubmitParams>) -> ToolResult {
-        Ok(
-            match self
-                .submit_full(SubmitRequest {
-                    code: p.code,
-                    key: p.key,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(s) => {
-                    let e = &s.execution;
-                    let mut out = json!({"id": e.id, "state": e.state, "created_at": e.created_at});
-                    if !s.created {
-                        out["replayed"] = json!(true);
-                        out["code_differs"] = json!(s.code_differs);
-                    }
-                    json_result(out)
-                }
-                Err(r) => r,
-            },
-        )
+    async fn submit(&self, Parameters(p): Parameters<SubmitParams>) -> Result<Json<Submission>, ToolError> {
+        let s = self
+            .svc
+            .submit(SubmitRequest {
+                code: p.code,
+                key: p.key,
+                ..Default::default()
+            })
+            .await?;
+        let e = s.execution;
+        let replayed = !s.created;
+        Ok(Json(Submission {
+            id: e.id,
+            state: e.state,
+            created_at: e.created_at,
+            replayed: replayed.then_some(true),
+            code_differs: replayed.then_some(s.code_differs),
+        }))
     }
 
     #[tool(
-        description = "An execution's state and outputs by id, optionally waiting up to wait_s seconds for it to finish (push-based: returns as soon as it does)."
+        description = "An execution's state and outputs by id, optionally waiting up to wait_s seconds for it to finish (push-based: returns as soon as it does).",
+        output_schema = schema_for_output::<ExecutionHeader>()
     )]
-    async fn get_execution(&self, Parameters(p): Parameters<GetExecutionParams>) -> ToolResult {
-        let wait = match wait_for(p.wait_s, 0.0, "wait_s") {
-            Ok(w) => w,
-            Err(r) => return Ok(r),
-        };
-        Ok(match self.wait_result(&p.id, wait, None).await {
-            Ok((r, _)) | Err(r) => r,
-        })
+    async fn get_execution(
+        &self,
+        Parameters(p): Parameters<GetExecutionParams>,
+    ) -> Result<CallToolResult, ToolError> {
+        let wait = wait_for(p.wait_s, 0.0, "wait_s")?;
+        Ok(self.wait_result(&p.id, wait, None).await?.0)
     }
 
     #[tool(
         description = "Recent executions, newest first, as summaries (code preview, output counts; get_execution has the whole of one), optionally only those in one state (queued, running, completed, failed, cancelled). A page holds up to `limit` rows and 256 KiB; `next_cursor` fetches the next."
     )]
-    async fn list_executions(&self, Parameters(p): Parameters<ListExecutionsParams>) -> ToolResult {
-        let q = match store::ListQuery::parse(p.state.as_deref(), p.limit, p.cursor.as_deref()) {
-            Ok(q) => q,
-            Err((field, message)) => return Ok(tool_error(format!("{field}: {message}"))),
-        };
-        Ok(match self.svc.list(q).await {
-            Ok(page) => json_result(json!(page)),
-            Err(e) => tool_error(format!("listing executions: {e}")),
-        })
+    async fn list_executions(
+        &self,
+        Parameters(p): Parameters<ListExecutionsParams>,
+    ) -> Result<Json<store::Page>, ToolError> {
+        let q = store::ListQuery::parse(p.state.as_deref(), p.limit, p.cursor.as_deref())
+            .map_err(|(field, message)| ToolError::new(format!("{field}: {message}")))?;
+        let page = self
+            .svc
+            .list(q)
+            .await
+            .map_err(|e| ToolError::new(format!("listing executions: {e}")))?;
+        Ok(Json(page))
     }
 
     #[tool(description = "Cancel an execution: a queued one is cancelled, the running one is interrupted.")]
-    async fn cancel_execution(&self, Parameters(p): Parameters<IdParams>) -> ToolResult {
-        Ok(match self.svc.cancel(&p.id).await {
-            Ok(out) => json_result(json!({"id": out.id, "result": out.result})),
-            Err(ControlError::NotFound(id)) => tool_error(format!("no execution {id}")),
-            Err(e) => tool_error(e.to_string()),
-        })
+    async fn cancel_execution(
+        &self,
+        Parameters(p): Parameters<IdParams>,
+    ) -> Result<Json<CancelOutcome>, ToolError> {
+        Ok(Json(self.svc.cancel(&p.id).await?))
     }
 
     #[tool(
         description = "Interrupt the kernel (like Ctrl-C): the running execution stops with KeyboardInterrupt; queued ones then run."
     )]
-    async fn interrupt_kernel(&self) -> ToolResult {
-        Ok(match self.svc.interrupt().await {
-            Ok(()) => json_result(json!({"interrupted": true})),
-            Err(e) => tool_error(e.to_string()),
-        })
+    async fn interrupt_kernel(&self) -> Result<Json<Interrupted>, ToolError> {
+        self.svc.interrupt().await?;
+        Ok(Json(Interrupted { interrupted: true }))
     }
 
     #[tool(
         description = "Restart the kernel: all variables are lost; the running execution fails with reason kernel_restarted, queued ones run on the new kernel."
     )]
-    async fn restart_kernel(&self) -> ToolResult {
-        Ok(match self.svc.restart().await {
-            Ok(()) => json_result(kernel_json(&self.svc)),
-            Err(e) => tool_error(e.to_string()),
-        })
+    async fn restart_kernel(&self) -> Result<Json<KernelInfo>, ToolError> {
+        self.svc.restart().await?;
+        Ok(Json(self.kernel_info()))
     }
 
     #[tool(
         description = "The kernel's state (starting, idle, busy, restarting, dead), restart count, language, and the queue's counts."
     )]
-    async fn kernel_status(&self) -> ToolResult {
-        let mut v = kernel_json(&self.svc);
-        if let Ok(queue) = self.svc.queue().await {
-            v["queue"] = serde_json::to_value(&queue).unwrap_or_default();
-        }
-        Ok(json_result(v))
+    async fn kernel_status(&self) -> Result<Json<KernelInfo>, ToolError> {
+        Ok(Json(KernelInfo {
+            queue: self.svc.queue().await.ok(),
+            ..self.kernel_info()
+        }))
     }
 
     #[tool(description = "The notebooks (.ipynb) in the workspace, with size and modification time.")]
-    async fn list_notebooks(&self) -> ToolResult {
-        Ok(match self.ws().run(|ws| ws.list()).await {
-            Ok((list, truncated)) => json_result(json!({"notebooks": list, "truncated": truncated})),
-            Err(e) => tool_error(e.to_string()),
-        })
+    async fn list_notebooks(&self) -> Result<Json<NotebookList>, ToolError> {
+        let (notebooks, truncated) = self.ws().run(|ws| ws.list()).await?;
+        Ok(Json(NotebookList { notebooks, truncated }))
     }
 
     #[tool(
         description = "Create an empty notebook (nbformat 4.5) at a path relative to the workspace; missing directories are made. Fails if the file exists."
     )]
-    async fn create_notebook(&self, Parameters(p): Parameters<PathParams>) -> ToolResult {
+    async fn create_notebook(
+        &self,
+        Parameters(p): Parameters<PathParams>,
+    ) -> Result<Json<CreatedNotebook>, ToolError> {
         let nb = model::new_notebook(&self.svc.kernel_status().info);
-        Ok(match self.sync.edit(move |ws| ws.create(&p.path, &nb)).await {
-            Ok(path) => json_result(json!({"path": path, "cells": 0})),
-            Err(e) => tool_error(e.to_string()),
-        })
+        let path = self.sync.edit(move |ws| ws.create(&p.path, &nb)).await?;
+        Ok(Json(CreatedNotebook { path, cells: 0 }))
     }
 
     #[tool(
         description = "A notebook's cells in order: id, type, source, execution_count and a summary of each output (text capped; images named with their size)."
     )]
-    async fn read_notebook(&self, Parameters(p): Parameters<PathParams>) -> ToolResult {
+    async fn read_notebook(
+        &self,
+        Parameters(p): Parameters<PathParams>,
+    ) -> Result<Json<NotebookSummary>, ToolError> {
         let path_in = p.path.clone();
-        Ok(match self.ws().run(move |ws| ws.read(&path_in)).await {
-            Ok(nb) => json_result(notebook_summary(&p.path, &nb)),
-            Err(e) => tool_error(e.to_string()),
-        })
+        let nb = self.ws().run(move |ws| ws.read(&path_in)).await?;
+        Ok(Json(notebook_summary(p.path, &nb)))
     }
 
     #[tool(
         description = "Insert a cell into a notebook, at index or after the cell after_id (appended when neither is given); returns the new cell's id."
     )]
-    async fn insert_cell(&self, Parameters(p): Parameters<InsertCellParams>) -> ToolResult {
+    async fn insert_cell(
+        &self,
+        Parameters(p): Parameters<InsertCellParams>,
+    ) -> Result<Json<InsertedCell>, ToolError> {
         let at = match (p.index, p.after_id) {
-            (Some(_), Some(_)) => return Ok(tool_error("give index or after_id, not both")),
+            (Some(_), Some(_)) => return Err(ToolError::new("give index or after_id, not both")),
             (Some(i), None) => Position::Index(i),
             (None, Some(id)) => Position::After(id),
             (None, None) => Position::End,
@@ -472,85 +443,72 @@ impl Tools {
         let kind: CellType = p.cell_type.into();
         let path_in = p.path.clone();
         let source = p.source;
-        Ok(
-            match self
-                .sync
-                .edit(move |ws| ws.update(&path_in, |nb| model::insert(nb, at, kind, &source)))
-                .await
-            {
-                Ok((id, index)) => json_result(
-                    json!({"path": p.path, "cell_id": id, "index": index, "cell_type": kind.as_str()}),
-                ),
-                Err(e) => tool_error(e.to_string()),
-            },
-        )
+        let (cell_id, index) = self
+            .sync
+            .edit(move |ws| ws.update(&path_in, |nb| model::insert(nb, at, kind, &source)))
+            .await?;
+        Ok(Json(InsertedCell {
+            path: p.path,
+            cell_id,
+            index,
+            cell_type: p.cell_type,
+        }))
     }
 
     #[tool(
         description = "Replace the source of a cell, found by its id. A code cell's outputs stay until it runs again."
     )]
-    async fn edit_cell(&self, Parameters(p): Parameters<EditCellParams>) -> ToolResult {
+    async fn edit_cell(
+        &self,
+        Parameters(p): Parameters<EditCellParams>,
+    ) -> Result<Json<EditedCell>, ToolError> {
         let (path_in, id, source) = (p.path.clone(), p.cell_id.clone(), p.source);
-        Ok(
-            match self
-                .sync
-                .edit(move |ws| ws.update(&path_in, |nb| model::edit(nb, &id, &source)))
-                .await
-            {
-                Ok(()) => json_result(json!({"path": p.path, "cell_id": p.cell_id})),
-                Err(e) => tool_error(e.to_string()),
-            },
-        )
+        self.sync
+            .edit(move |ws| ws.update(&path_in, |nb| model::edit(nb, &id, &source)))
+            .await?;
+        Ok(Json(EditedCell {
+            path: p.path,
+            cell_id: p.cell_id,
+        }))
     }
 
     #[tool(description = "Delete a cell, found by its id.")]
-    async fn delete_cell(&self, Parameters(p): Parameters<CellParams>) -> ToolResult {
+    async fn delete_cell(
+        &self,
+        Parameters(p): Parameters<CellParams>,
+    ) -> Result<Json<DeletedCell>, ToolError> {
         let (path_in, id) = (p.path.clone(), p.cell_id.clone());
-        Ok(
-            match self
-                .sync
-                .edit(move |ws| ws.update(&path_in, |nb| model::delete(nb, &id)))
-                .await
-            {
-                Ok(_) => json_result(json!({"path": p.path, "deleted": p.cell_id})),
-                Err(e) => tool_error(e.to_string()),
-            },
-        )
+        self.sync
+            .edit(move |ws| ws.update(&path_in, |nb| model::delete(nb, &id)))
+            .await?;
+        Ok(Json(DeletedCell {
+            path: p.path,
+            deleted: p.cell_id,
+        }))
     }
 
     #[tool(
-        description = "Run one code cell of a notebook in the kernel and return its outputs. The outputs and execution_count are written into the notebook when the execution finishes, even if this call has returned (timeout_s, default 30 s) or the client disconnected. Sends progress notifications while waiting when the request has a progress token."
+        description = "Run one code cell of a notebook in the kernel and return its outputs. The outputs and execution_count are written into the notebook when the execution finishes, even if this call has returned (timeout_s, default 30 s) or the client disconnected. Sends progress notifications while waiting when the request has a progress token.",
+        output_schema = schema_for_output::<ExecutionHeader>()
     )]
     async fn run_cell(
         &self,
         Parameters(p): Parameters<RunCellParams>,
         meta: RequestMetaObject,
         peer: Peer<RoleServer>,
-    ) -> ToolResult {
-        let wait = match wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s") {
-            Ok(w) => w,
-            Err(r) => return Ok(r),
-        };
-        let (rel, source) = match self.code_cell(&p.path, &p.cell_id).await {
-            Ok(x) => x,
-            Err(e) => return Ok(tool_error(e.to_string())),
-        };
+    ) -> Result<CallToolResult, ToolError> {
+        let wait = wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s")?;
+        let (rel, source) = self.code_cell(&p.path, &p.cell_id).await?;
         let req = SubmitRequest {
             code: source,
             notebook: Some(rel),
             cell_id: Some(p.cell_id.clone()),
             ..Default::default()
         };
-        let e = match self.submit_code(req).await {
-            Ok(e) => e,
-            Err(r) => return Ok(r),
-        };
+        let e = self.submit_code(req).await?;
         let written = self.sync.track(&e.id);
-        let (mut result, exec) = match self.wait_result(&e.id, wait, progress_of(&meta, peer)).await {
-            Ok(x) => x,
-            Err(r) => return Ok(r),
-        };
-        if exec.is_some_and(|e| e.state.is_final()) {
+        let (mut result, e) = self.wait_result(&e.id, wait, progress_of(&meta, peer)).await?;
+        if e.state.is_final() {
             match sync::written(written, WRITE_WAIT).await {
                 Some(Ok(())) => {}
                 Some(Err(msg)) => result.content.push(ContentBlock::text(format!(
@@ -567,29 +525,21 @@ impl Tools {
     #[tool(
         description = "Run every code cell of a notebook in order (each one an execution tied to its cell, queued at once; an error does not stop the later cells). Waits up to timeout_s (default 30 s) for the last one and returns each cell's execution id, state and count; outputs are written into the notebook as each finishes."
     )]
-    async fn run_all(&self, Parameters(p): Parameters<RunAllParams>) -> ToolResult {
-        let wait = match wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s") {
-            Ok(w) => w,
-            Err(r) => return Ok(r),
-        };
-        let rel = match path::notebook(&p.path) {
-            Ok(r) => path::display(&r),
-            Err(e) => return Ok(tool_error(e.to_string())),
-        };
+    async fn run_all(&self, Parameters(p): Parameters<RunAllParams>) -> Result<Json<NotebookRun>, ToolError> {
+        let wait = wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s")?;
+        let rel = path::display(&path::notebook(&p.path)?);
         let path_in = p.path.clone();
-        let cells: Vec<(String, String)> = match self.ws().run(move |ws| ws.read(&path_in)).await {
-            Ok(nb) => nb["cells"]
-                .as_array()
-                .map(|cells| {
-                    cells
-                        .iter()
-                        .filter(|c| model::cell_type(c) == "code" && !model::source(c).trim().is_empty())
-                        .filter_map(|c| Some((model::cell_id(c)?.to_string(), model::source(c))))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Err(e) => return Ok(tool_error(e.to_string())),
-        };
+        let nb = self.ws().run(move |ws| ws.read(&path_in)).await?;
+        let cells: Vec<(String, String)> = nb["cells"]
+            .as_array()
+            .map(|cells| {
+                cells
+                    .iter()
+                    .filter(|c| model::cell_type(c) == "code" && !model::source(c).trim().is_empty())
+                    .filter_map(|c| Some((model::cell_id(c)?.to_string(), model::source(c))))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut runs = Vec::with_capacity(cells.len());
         for (cell_id, code) in cells {
             let req = SubmitRequest {
@@ -598,18 +548,14 @@ impl Tools {
                 cell_id: Some(cell_id.clone()),
                 ..Default::default()
             };
-            match self.submit_code(req).await {
-                Ok(e) => {
-                    let written = self.sync.track(&e.id);
-                    runs.push((cell_id, e.id, written));
-                }
-                Err(r) => return Ok(r),
-            }
+            let e = self.submit_code(req).await?;
+            let written = self.sync.track(&e.id);
+            runs.push((cell_id, e.id, written));
         }
         if let Some((_, last, _)) = runs.last() {
             let _ = self.svc.wait(last, wait).await;
         }
-        let mut cells_out = Vec::with_capacity(runs.len());
+        let mut cells = Vec::with_capacity(runs.len());
         let mut first_error = None;
         for (cell_id, id, written) in runs {
             let e = self.svc.get(&id).await.ok().flatten();
@@ -623,114 +569,112 @@ impl Tools {
                         .iter()
                         .find(|o| o["output_type"] == "error")
                         .or(e.error.as_ref());
-                    first_error = err.map(|o| json!({"cell_id": cell_id, "error": content::cap_text(&content::error_text(o), READ_TEXT_BYTES, "traceback")}));
+                    first_error = err.map(|o| CellError {
+                        cell_id: cell_id.clone(),
+                        error: content::cap_text(&content::error_text(o), READ_TEXT_BYTES, "traceback"),
+                    });
                 }
             }
-            cells_out.push(json!({
-                "cell_id": cell_id, "id": id,
-                "state": e.as_ref().map(|e| json!(e.state)).unwrap_or(Value::Null),
-                "execution_count": e.as_ref().and_then(|e| e.execution_count),
-            }));
+            cells.push(CellRun {
+                cell_id,
+                id,
+                state: e.as_ref().map(|e| e.state),
+                execution_count: e.as_ref().and_then(|e| e.execution_count),
+            });
         }
-        Ok(json_result(
-            json!({"path": rel, "cells": cells_out, "first_error": first_error}),
-        ))
+        Ok(Json(NotebookRun {
+            path: rel,
+            cells,
+            first_error,
+        }))
     }
 
     #[tool(
         description = "The asset files of the workspace (large outputs moved to assets/<sha256>.<ext>): name, size, mime type, creation time, the notebooks that reference each, and whether it is pinned."
     )]
-    async fn list_assets(&self) -> ToolResult {
-        Ok(match self.svc.asset_catalog().await {
-            Ok(catalog) => json_result(json!(catalog)),
-            Err(e) => tool_error(e.to_string()),
-        })
+    async fn list_assets(&self) -> Result<Json<Catalog>, ToolError> {
+        Ok(Json(self.svc.asset_catalog().await?))
     }
 
+    /// Images and text are content blocks, so no output schema: only an
+    /// asset shown neither way is an [`AssetRef`].
     #[tool(
         description = "Read one asset file by name (<sha256>.<ext>): images come back as image content (up to 1 MiB), text types as text, anything else as its size and URL."
     )]
-    async fn read_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
+    async fn read_asset(&self, Parameters(p): Parameters<AssetParams>) -> Result<CallToolResult, ToolError> {
         let url = format!("/v1/assets/{}", p.name);
+        let reference = |mime: String, size: u64, name: String| {
+            serde_json::to_value(AssetRef {
+                name,
+                mime,
+                size,
+                url,
+            })
+            .map(CallToolResult::structured)
+            .map_err(|e| ToolError::new(format!("asset {}: {e}", p.name)))
+        };
         // Larger than any answer would carry: its size and URL only.
         let (bytes, mime) = match self.svc.asset_content(&p.name, 8 << 20).await {
             Ok(b) => b,
-            Err(crate::sidecar::assets::AssetError::Unreadable(
-                crate::confined::ConfinedError::TooLarge { size, .. },
-            )) => {
+            Err(AssetError::Unreadable(ConfinedError::TooLarge { size, .. })) => {
                 let mime = crate::sidecar::assets::mime_of(&p.name);
-                return Ok(json_result(
-                    json!({"name": p.name, "mime": mime, "size": size, "url": url}),
-                ));
+                return reference(mime.to_string(), size, p.name.clone());
             }
-            Err(e) => return Ok(tool_error(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
-        Ok(
-            if mime.starts_with("image/") && mime != "image/svg+xml" && bytes.len() <= 1 << 20 {
-                use base64::Engine;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-                CallToolResult::success(vec![ContentBlock::image(b64, mime)])
-            } else if mime.starts_with("text/") || mime == "application/json" || mime == "image/svg+xml" {
-                let text = String::from_utf8_lossy(&bytes);
-                CallToolResult::success(vec![ContentBlock::text(content::cap_text(
-                    &text,
-                    256 << 10,
-                    &p.name,
-                ))])
-            } else {
-                json_result(json!({"name": p.name, "mime": mime, "size": bytes.len(), "url": url}))
-            },
-        )
+        if mime.starts_with("image/") && mime != "image/svg+xml" && bytes.len() <= 1 << 20 {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            Ok(CallToolResult::success(vec![ContentBlock::image(b64, mime)]))
+        } else if mime.starts_with("text/") || mime == "application/json" || mime == "image/svg+xml" {
+            let text = String::from_utf8_lossy(&bytes);
+            Ok(CallToolResult::success(vec![ContentBlock::text(
+                content::cap_text(&text, 256 << 10, &p.name),
+            )]))
+        } else {
+            reference(mime, bytes.len() as u64, p.name.clone())
+        }
     }
 
     #[tool(description = "Pin an asset: it is never deleted while pinned, whatever its lease says.")]
-    async fn pin_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
-        self.set_pin(&p.name, true).await
+    async fn pin_asset(&self, Parameters(p): Parameters<AssetParams>) -> Result<Json<Pinned>, ToolError> {
+        self.set_pin(p.name, true).await
     }
 
     #[tool(
         description = "Unpin an asset: it may be deleted again once its lease expired and no notebook references it."
     )]
-    async fn unpin_asset(&self, Parameters(p): Parameters<AssetParams>) -> ToolResult {
-        self.set_pin(&p.name, false).await
+    async fn unpin_asset(&self, Parameters(p): Parameters<AssetParams>) -> Result<Json<Pinned>, ToolError> {
+        self.set_pin(p.name, false).await
     }
 }
 
-fn kernel_json(svc: &Service) -> Value {
-    let k = svc.kernel_status();
-    json!({
-        "state": k.state, "restarts": k.restarts, "pid": k.pid,
-        "language_info": k.info.get("language_info").cloned().unwrap_or(Value::Null),
-        "implementation": k.info.get("implementation").cloned().unwrap_or(Value::Null),
-    })
-}
-
 /// Cells with ids, capped sources and output summaries, within READ_TOTAL_BYTES.
-fn notebook_summary(path: &str, nb: &Value) -> Value {
+fn notebook_summary(path: String, nb: &Value) -> NotebookSummary {
     let cells = nb["cells"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     let mut out = Vec::with_capacity(cells.len());
     let mut used = 0usize;
     let mut truncated = false;
     for (i, c) in cells.iter().enumerate() {
-        let mut cell = json!({
-            "index": i,
-            "id": model::cell_id(c),
-            "cell_type": model::cell_type(c),
-            "source": content::cap_text(&model::source(c), READ_TEXT_BYTES, "source"),
-        });
-        if model::cell_type(c) == "code" {
-            cell["execution_count"] = c.get("execution_count").cloned().unwrap_or(Value::Null);
-            let outputs: Vec<Value> = c["outputs"]
+        let code = (model::cell_type(c) == "code").then(|| CodeCellSummary {
+            execution_count: c.get("execution_count").and_then(Value::as_i64),
+            outputs: c["outputs"]
                 .as_array()
                 .map(|o| {
                     o.iter()
                         .map(|o| content::summarise_output(o, READ_TEXT_BYTES))
                         .collect()
                 })
-                .unwrap_or_default();
-            cell["outputs"] = json!(outputs);
-        }
-        let size = cell.to_string().len();
+                .unwrap_or_default(),
+        });
+        let cell = CellSummary {
+            index: i,
+            id: model::cell_id(c).map(str::to_string),
+            cell_type: model::cell_type(c).to_string(),
+            source: content::cap_text(&model::source(c), READ_TEXT_BYTES, "source"),
+            code,
+        };
+        let size = serde_json::to_string(&cell).map_or(0, |s| s.len());
         if used + size > READ_TOTAL_BYTES {
             truncated = true;
             break;
@@ -738,7 +682,12 @@ fn notebook_summary(path: &str, nb: &Value) -> Value {
         used += size;
         out.push(cell);
     }
-    json!({"path": path, "cell_count": cells.len(), "cells": out, "truncated": truncated})
+    NotebookSummary {
+        path,
+        cell_count: cells.len(),
+        cells: out,
+        truncated,
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -797,5 +746,115 @@ impl ServerHandler for Tools {
                  get_execution fetches later, so nothing is lost to a timeout. Build notebooks with \
                  create_notebook, insert_cell and run_cell: outputs are saved into the file.",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use serde_json::{json, Map};
+
+    use super::*;
+    use crate::store::State;
+
+    /// Every `$ref` in `v` names a definition of `root`.
+    fn refs_resolve(v: &Value, root: &Map<String, Value>, tool: &str) {
+        match v {
+            Value::Object(o) => {
+                if let Some(r) = o.get("$ref").and_then(Value::as_str) {
+                    let name = r
+                        .strip_prefix("#/$defs/")
+                        .unwrap_or_else(|| panic!("{tool}: {r}"));
+                    assert!(root["$defs"].get(name).is_some(), "{tool}: {r} does not resolve");
+                }
+                o.values().for_each(|v| refs_resolve(v, root, tool));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs_resolve(v, root, tool)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_tool_but_read_asset_publishes_an_object_output_schema() {
+        for t in Tools::definitions() {
+            let Some(schema) = &t.output_schema else {
+                // An image or a text is no JSON object to describe.
+                assert_eq!(t.name, "read_asset", "{} publishes no outputSchema", t.name);
+                continue;
+            };
+            assert_ne!(t.name, "read_asset");
+            assert_eq!(schema.get("type"), Some(&json!("object")), "{}", t.name);
+            assert!(
+                schema.get("properties").is_some_and(Value::is_object),
+                "{}",
+                t.name
+            );
+            refs_resolve(&Value::Object((**schema).clone()), schema, &t.name);
+        }
+    }
+
+    /// `value` has every field `schema` requires and none it does not name.
+    fn fits(value: &impl Serialize, schema: &Map<String, Value>) -> Result<(), String> {
+        let value = serde_json::to_value(value).map_err(|e| e.to_string())?;
+        let fields = value.as_object().ok_or("not an object")?;
+        let props = schema["properties"].as_object().ok_or("no properties")?;
+        let required = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for r in required.iter().filter_map(Value::as_str) {
+            if !fields.contains_key(r) {
+                return Err(format!("{r} is required and missing from {value}"));
+            }
+        }
+        match fields.keys().find(|k| !props.contains_key(*k)) {
+            Some(k) => Err(format!("{k} is not in the schema")),
+            None => Ok(()),
+        }
+    }
+
+    #[test]
+    fn answers_have_the_fields_their_schemas_name() {
+        let schema = |name: &str| {
+            let t = Tools::definitions().into_iter().find(|t| t.name == name).unwrap();
+            (*t.output_schema.unwrap()).clone()
+        };
+        let fresh = Submission {
+            id: "e1".into(),
+            state: State::Queued,
+            created_at: "t".into(),
+            replayed: None,
+            code_differs: None,
+        };
+        fits(&fresh, &schema("submit")).unwrap();
+        let replay = Submission {
+            replayed: Some(true),
+            code_differs: Some(false),
+            ..fresh
+        };
+        fits(&replay, &schema("submit")).unwrap();
+        let header = ExecutionHeader {
+            id: "e1".into(),
+            state: State::Running,
+            execution_count: None,
+            reason: None,
+            notebook: Some("a.ipynb".into()),
+            cell_id: Some("c1".into()),
+            waited_s: Some(0.5),
+        };
+        for tool in ["execute", "get_execution", "run_cell"] {
+            fits(&header, &schema(tool)).unwrap();
+        }
+        let nb = json!({"cells": [
+            {"id": "m", "cell_type": "markdown", "source": "# x", "metadata": {}},
+            {"id": "c", "cell_type": "code", "source": "1", "metadata": {}, "execution_count": 1,
+             "outputs": [{"output_type": "execute_result", "data": {"text/plain": "1"}, "metadata": {}, "execution_count": 1}]}]});
+        let summary = notebook_summary("a.ipynb".into(), &nb);
+        fits(&summary, &schema("read_notebook")).unwrap();
+        let cells = serde_json::to_value(&summary).unwrap()["cells"].clone();
+        assert!(cells[0].get("outputs").is_none() && cells[0].get("execution_count").is_none());
+        assert_eq!(cells[1]["execution_count"], 1);
+        assert_eq!(cells[1]["outputs"][0]["text"], "1");
     }
 }

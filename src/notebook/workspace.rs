@@ -21,7 +21,7 @@ pub const LIST_DIRS: usize = 10_000;
 /// Largest notebook read, in bytes.
 pub const MAX_NOTEBOOK_BYTES: u64 = 256 << 20;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Entry {
     pub path: String,
     pub bytes: u64,

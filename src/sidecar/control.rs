@@ -56,7 +56,7 @@ pub enum ControlError {
     Store(#[from] StoreError),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CancelOutcome {
     pub id: String,
     /// `cancelled` for a queued execution, `interrupting` for the running one,

@@ -1,9 +1,10 @@
 //! The execution record and its state machine.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Queued,
@@ -16,7 +17,7 @@ pub enum State {
 /// Why an execution ended other than by completing. One type for the
 /// kernel actor that decides it, the store that keeps it and the clients
 /// that read it (serialised as snake_case: `kernel_died`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The code raised (the kernel replied `error`).
@@ -197,7 +198,7 @@ pub struct Execution {
 
 /// An execution as a list shows it: bounded in size whatever the code and
 /// outputs weigh (the code cut to a preview, outputs counted, not copied).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Summary {
     pub id: String,
     pub key: Option<String>,

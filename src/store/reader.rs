@@ -88,7 +88,7 @@ impl ListQuery {
 }
 
 /// One page of a list.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, schemars::JsonSchema)]
 pub struct Page {
     pub executions: Vec<Summary>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.

@@ -58,6 +58,46 @@ def test_initialize_and_list_tools(mcp_sidecar):
     assert {"code", "timeout_s", "key"} <= set(execute.input_schema["properties"])
 
 
+def test_typed_tools_publish_output_schemas_their_answers_validate_against(mcp_sidecar):
+    """Every tool but read_asset (an image or a text) lists an outputSchema,
+    and what a call answers as structured content is valid by it."""
+    import jsonschema
+
+    async def go(session):
+        listed = await session.list_tools()
+        out = {}
+        out["submit"] = await session.call_tool("submit", {"code": "1"})
+        out["get_execution"] = await session.call_tool(
+            "get_execution", {"id": out["submit"].structured_content["id"], "wait_s": 30})
+        out["execute"] = await session.call_tool("execute", {"code": "print('x')"})
+        out["kernel_status"] = await session.call_tool("kernel_status", {})
+        out["list_executions"] = await session.call_tool("list_executions", {"limit": 2})
+        out["create_notebook"] = await session.call_tool("create_notebook", {"path": "schemas.ipynb"})
+        out["insert_cell"] = await session.call_tool("insert_cell", {"path": "schemas.ipynb", "source": "2"})
+        await session.call_tool("insert_cell", {"path": "schemas.ipynb", "source": "# t", "cell_type": "markdown"})
+        out["run_all"] = await session.call_tool("run_all", {"path": "schemas.ipynb"})
+        out["read_notebook"] = await session.call_tool("read_notebook", {"path": "schemas.ipynb"})
+        out["list_notebooks"] = await session.call_tool("list_notebooks", {})
+        out["list_assets"] = await session.call_tool("list_assets", {})
+        return listed, out
+
+    listed, out = run_mcp(mcp_sidecar, go)
+    schemas = {t.name: t.output_schema for t in listed.tools}
+    assert {n for n, s in schemas.items() if s is None} == {"read_asset"}
+    for name, schema in schemas.items():
+        if schema is not None:
+            assert schema["type"] == "object", name
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+    for name, r in out.items():
+        assert not r.is_error, (name, texts(r))
+        assert r.structured_content == json.loads(texts(r)[0]), name
+        validator = jsonschema.validators.validator_for(schemas[name])(schemas[name])
+        errors = list(validator.iter_errors(r.structured_content))
+        assert not errors, (name, [e.message for e in errors])
+    assert set(schemas["submit"]["required"]) == {"id", "state", "created_at"}
+    assert schemas["execute"] == schemas["get_execution"] == schemas["run_cell"]
+
+
 def test_execute_print_and_result(mcp_sidecar):
     r = call(mcp_sidecar, "execute", {"code": "print('hi'); 1+1"})
     assert not r.is_error
