@@ -18,6 +18,15 @@ pub const IDLE_AFTER_REPLY: Duration = Duration::from_secs(2);
 /// How long the end-of-output witness may take before the outputs are
 /// recorded as unconfirmed (said in `truncated`, never silently).
 pub const END_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After an interrupt, how long an idle status may wait for its reply
+/// before the execution ends without one (the shell and iopub sockets are
+/// not ordered against each other, so the reply may still be on its way).
+pub const REPLY_AFTER_IDLE: Duration = Duration::from_millis(500);
+/// An interrupt the kernel has not answered (no reply, not idle) is sent
+/// again this often, at most [`INTERRUPT_RESENDS`] times: ipykernel swallows
+/// one that lands while it prepares the cell, after `execute_input`.
+pub const INTERRUPT_RESEND: Duration = Duration::from_millis(500);
+pub const INTERRUPT_RESENDS: u8 = 3;
 /// Pending stream text this long goes out at once, whatever the window.
 pub const STREAM_FLUSH_BYTES: usize = 64 * 1024;
 
@@ -41,7 +50,8 @@ pub enum Effect {
     Output(Value),
     /// Answer the kernel's `input_request`, whose header this is.
     AnswerInput(Header),
-    /// Interrupt the kernel: the execution ran past its timeout.
+    /// Interrupt the kernel: the execution ran past its timeout, or an
+    /// interrupt held until the code ran is due.
     Interrupt,
     /// Ask the kernel for the end-of-output witness (a `kernel_info_request`
     /// on shell); then [`Cell::probing_end`] with its id, or
@@ -106,6 +116,18 @@ pub struct Cell {
     /// request comes after every output of ours: the witness that all of
     /// them arrived. A timer alone once cut a 100 MB output short.
     end_probe: Option<String>,
+    /// The kernel runs our code (it announced `execute_input`, or output
+    /// came): an interrupt now reaches the code.
+    running_code: bool,
+    /// An interrupt asked for before the code ran, sent once it does.
+    interrupt_held: bool,
+    /// Interrupted, and the kernel went idle with no reply: ipykernel drops
+    /// the reply when the interrupt lands between `execute_input` and the
+    /// code (its handler catches the KeyboardInterrupt). Ends it then.
+    reply_deadline: Option<Instant>,
+    /// When to send an unanswered interrupt again, and how many more times.
+    resend_at: Option<Instant>,
+    resends_left: u8,
     /// Finished: every input is ignored.
     done: bool,
 }
@@ -129,6 +151,8 @@ impl Cell {
     pub fn recovered(id: String, msg_id: String, started: bool, probe: String, limits: Limits) -> Cell {
         let mut cell = Cell::new(id, msg_id, limits);
         cell.started = started;
+        // Whatever it does now, it may be running the code already.
+        cell.running_code = started;
         cell.probe = Some(probe);
         cell
     }
@@ -149,6 +173,11 @@ impl Cell {
             probe: None,
             idle_deadline: None,
             end_probe: None,
+            running_code: false,
+            interrupt_held: false,
+            reply_deadline: None,
+            resend_at: None,
+            resends_left: 0,
             done: false,
         }
     }
@@ -166,6 +195,8 @@ impl Cell {
         [
             self.deadline,
             self.idle_deadline,
+            self.reply_deadline,
+            self.resend_at,
             self.pending_stream.as_ref().map(|p| p.flush_at),
         ]
         .into_iter()
@@ -224,16 +255,30 @@ impl Cell {
             (Channel::Iopub, "status") => {
                 match m.msg.content.get("execution_state").and_then(Value::as_str) {
                     Some("busy") => self.mark_started(&mut fx),
-                    Some("idle") => self.idle = true,
+                    Some("idle") => {
+                        self.idle = true;
+                        self.resend_at = None;
+                        if self.reply.is_none() && self.interrupted_for.is_some() {
+                            self.reply_deadline = Some(now + REPLY_AFTER_IDLE);
+                        }
+                    }
                     _ => {}
                 }
             }
-            (Channel::Iopub, "execute_input") => self.mark_started(&mut fx),
+            (Channel::Iopub, "execute_input") => {
+                self.mark_started(&mut fx);
+                self.runs_code(now, &mut fx);
+            }
             (Channel::Iopub, _) => {
                 self.mark_started(&mut fx);
+                self.runs_code(now, &mut fx);
                 self.on_output(msg_type, &m.msg.content, now, &mut fx);
             }
             (Channel::Shell, "execute_reply") => {
+                // The code is over: a held or unanswered interrupt has
+                // nothing left to stop.
+                self.interrupt_held = false;
+                self.resend_at = None;
                 self.reply = Some(m.msg.content.clone());
                 self.idle_deadline = Some(now + IDLE_AFTER_REPLY);
             }
@@ -265,6 +310,20 @@ impl Cell {
             }
             return fx;
         }
+        if let (Some(why), true, None) = (
+            self.interrupted_for,
+            self.reply_deadline.is_some_and(|d| d <= now),
+            &self.reply,
+        ) {
+            // Interrupted, idle, and no reply came: nothing runs any more.
+            fx.extend(self.finish(state_for(why), Some(why)));
+            return fx;
+        }
+        if self.resend_at.is_some_and(|at| at <= now) {
+            self.resends_left = self.resends_left.saturating_sub(1);
+            self.resend_at = (self.resends_left > 0).then(|| now + INTERRUPT_RESEND);
+            fx.push(Effect::Interrupt);
+        }
         if self.deadline.is_none_or(|d| d > now) {
             return fx;
         }
@@ -272,6 +331,7 @@ impl Cell {
             None => {
                 self.interrupted_for = Some(EndReason::Timeout);
                 self.deadline = Some(now + self.limits.interrupt_grace);
+                self.arm_resend(now);
                 fx.push(Effect::Interrupt);
             }
             // Interrupted and still not done: the kernel is stuck; restart it.
@@ -320,6 +380,34 @@ impl Cell {
             return Vec::new();
         }
         self.finish(state, Some(reason))
+    }
+
+    /// Asked to interrupt this execution: whether to send the interrupt
+    /// now. Not before the kernel runs the code: a kernel says `busy` before
+    /// it can take an interrupt (ipykernel installs its SIGINT handler after
+    /// publishing busy and before `execute_input`), and one sent in between
+    /// is lost. Held until then, it goes out as [`Effect::Interrupt`].
+    pub fn interrupt_now(&mut self, now: Instant) -> bool {
+        if self.running_code {
+            self.arm_resend(now);
+            return true;
+        }
+        self.interrupt_held = true;
+        false
+    }
+
+    fn runs_code(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        self.running_code = true;
+        if std::mem::take(&mut self.interrupt_held) {
+            self.arm_resend(now);
+            fx.push(Effect::Interrupt);
+        }
+    }
+
+    /// An interrupt goes out now: until the kernel answers, it is sent again.
+    fn arm_resend(&mut self, now: Instant) {
+        self.resend_at = Some(now + INTERRUPT_RESEND);
+        self.resends_left = INTERRUPT_RESENDS;
     }
 
     fn mark_started(&mut self, fx: &mut Vec<Effect>) {
@@ -575,6 +663,13 @@ mod tests {
         assert_eq!(c.next_deadline(), Some(t0 + timeout));
         assert_eq!(c.on_deadline(t0 + timeout / 2), vec![]);
         assert_eq!(c.on_deadline(t0 + timeout), vec![Effect::Interrupt]);
+        // Unanswered, the interrupt goes out again a few times.
+        let mut at = t0 + timeout;
+        for _ in 0..INTERRUPT_RESENDS {
+            at += INTERRUPT_RESEND;
+            assert_eq!(c.next_deadline(), Some(at));
+            assert_eq!(c.on_deadline(at), vec![Effect::Interrupt]);
+        }
         assert_eq!(c.next_deadline(), Some(t0 + timeout + GRACE));
         let mut fx = c.on_deadline(t0 + timeout + GRACE);
         assert_eq!(fx.pop(), Some(Effect::RestartKernel));
@@ -661,6 +756,87 @@ mod tests {
         );
         assert_eq!(end.outputs.as_slice()[0]["text"], json!("ab"));
         assert_eq!(c.end(State::Failed, EndReason::KernelDied), vec![]);
+    }
+
+    #[test]
+    fn an_interrupt_before_the_kernel_runs_the_code_is_held_until_execute_input() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        assert_eq!(c.on_message(&status(OURS, "busy"), t0), vec![Effect::Started]);
+        // Busy, but the code has not begun: sending it now would be lost.
+        assert!(!c.interrupt_now(t0));
+        c.interrupted();
+        let input = msg(
+            Channel::Iopub,
+            "execute_input",
+            OURS,
+            json!({"code": "sleep(100)"}),
+        );
+        assert_eq!(c.on_message(&input, t0), vec![Effect::Interrupt]);
+        // Once the code runs, an interrupt goes at once and nothing is held;
+        // output is no answer to it, so it is sent again until one comes.
+        assert!(c.interrupt_now(t0));
+        assert_eq!(c.on_deadline(t0 + INTERRUPT_RESEND), vec![Effect::Interrupt]);
+        assert_eq!(
+            c.on_message(&stream("stdout", "x"), t0),
+            vec![stream_event("stdout", "x")]
+        );
+        c.on_message(
+            &reply(json!({"status": "error", "ename": "KeyboardInterrupt"})),
+            t0,
+        );
+        let end = finished(c.on_message(&status(OURS, "idle"), t0));
+        assert_eq!(
+            (end.state, end.reason),
+            (State::Failed, Some(EndReason::Interrupted))
+        );
+    }
+
+    #[test]
+    fn interrupted_and_idle_with_no_reply_ends_interrupted_after_a_short_wait() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        let input = msg(
+            Channel::Iopub,
+            "execute_input",
+            OURS,
+            json!({"code": "sleep(100)"}),
+        );
+        c.on_message(&input, t0);
+        assert!(c.interrupt_now(t0));
+        c.interrupted();
+        assert_eq!(c.on_message(&status(OURS, "idle"), t0), vec![]);
+        assert_eq!(c.next_deadline(), Some(t0 + REPLY_AFTER_IDLE));
+        assert_eq!(c.on_deadline(t0 + REPLY_AFTER_IDLE / 2), vec![]);
+        let end = finished(c.on_deadline(t0 + REPLY_AFTER_IDLE));
+        assert_eq!(
+            (end.state, end.reason),
+            (State::Failed, Some(EndReason::Interrupted))
+        );
+    }
+
+    #[test]
+    fn idle_with_no_reply_and_no_interrupt_keeps_waiting_for_the_reply() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        assert_eq!(c.on_message(&status(OURS, "idle"), t0), vec![]);
+        assert_eq!(c.next_deadline(), None);
+        let end = finished(c.on_message(&reply(json!({"status": "ok"})), t0));
+        assert_eq!(end.state, State::Completed);
+    }
+
+    #[test]
+    fn a_held_interrupt_is_dropped_when_the_code_ends_without_running() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0);
+        c.on_message(&status(OURS, "busy"), t0);
+        assert!(!c.interrupt_now(t0));
+        c.on_message(&reply(json!({"status": "ok"})), t0);
+        // A late execute_input (never before the reply in practice) sends nothing.
+        let input = msg(Channel::Iopub, "execute_input", OURS, json!({"code": "1"}));
+        assert_eq!(c.on_message(&input, t0), vec![]);
     }
 
     #[test]

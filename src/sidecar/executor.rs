@@ -545,7 +545,15 @@ impl Executor {
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Interrupt(reply) => {
-                let r = self.interrupt_kernel().await.map_err(ControlError::Failed);
+                let now = self
+                    .current
+                    .as_mut()
+                    .is_none_or(|c| c.interrupt_now(std::time::Instant::now()));
+                let r = if now {
+                    self.interrupt_kernel().await.map_err(ControlError::Failed)
+                } else {
+                    Ok(())
+                };
                 if r.is_ok() {
                     if let Some(c) = &mut self.current {
                         c.interrupted();
@@ -577,7 +585,13 @@ impl Executor {
 
     async fn cancel(&mut self, id: &str) -> Result<CancelOutcome, ControlError> {
         if self.current.as_ref().is_some_and(|c| c.id() == id) {
-            self.interrupt_kernel().await.map_err(ControlError::Failed)?;
+            if self
+                .current
+                .as_mut()
+                .is_some_and(|c| c.interrupt_now(std::time::Instant::now()))
+            {
+                self.interrupt_kernel().await.map_err(ControlError::Failed)?;
+            }
             if let Some(c) = &mut self.current {
                 c.cancelling(std::time::Instant::now());
             }
@@ -666,7 +680,7 @@ impl Executor {
                 }
                 Effect::Interrupt => {
                     if let Err(e) = self.interrupt_kernel().await {
-                        warn!(execution = %id, error = %e, "interrupt for timeout failed");
+                        warn!(execution = %id, error = %e, "interrupting the kernel failed");
                     }
                 }
                 Effect::ProbeEnd => {

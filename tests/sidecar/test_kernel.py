@@ -82,6 +82,23 @@ def test_sleep_100_is_interrupted_within_2s(shared_sidecar):
     assert elapsed < 2.0, elapsed
 
 
+def test_an_interrupt_sent_the_moment_an_execution_starts_is_never_lost(shared_sidecar):
+    """`started` comes with the kernel's busy status, before ipykernel can
+    take a SIGINT; the sidecar holds the interrupt until the code runs."""
+    s = shared_sidecar
+    for attempt in range(6):
+        eid = s.submit("import time; time.sleep(100)")["id"]
+        with s.http.get(s.url + "/v1/events", params={"execution": eid, "since": 0}, stream=True, timeout=30) as r:
+            for line in r.iter_lines():
+                if line.startswith(b"data:") and b'"started"' in line:
+                    assert s.http.post(s.url + "/v1/kernel/interrupt", timeout=10).status_code == 200
+                    break
+        t0 = time.monotonic()
+        e = s.wait_final(eid, timeout=10)
+        assert (e["state"], e["reason"]) == ("failed", "interrupted"), (attempt, e)
+        assert time.monotonic() - t0 < 2.0, attempt
+
+
 def test_hundred_sequential_executions_keep_their_order(shared_sidecar):
     s = shared_sidecar
     s.run("order = []")
