@@ -43,11 +43,18 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
 }
 
+/// Who the sidecar serves: its client token, and whether it is a warm pool
+/// pod that serves only its status and the claim until a session claims it.
+pub struct Credentials {
+    pub token: String,
+    pub warm: bool,
+}
+
 /// Runs until SIGTERM/SIGINT on `listener`; returns after a graceful stop.
 pub async fn run(
     cfg: Config,
     listener: tokio::net::TcpListener,
-    token: String,
+    credentials: Credentials,
     info: ConnectionInfo,
     process: Option<KernelProcess>,
     mcp: crate::mcp::McpOptions,
@@ -147,10 +154,32 @@ pub async fn run(
     notebooks.recover().await;
     let stop_mcp = tokio_util::sync::CancellationToken::new();
 
-    let token = auth::Token(Arc::new(token));
+    // A warm pool pod starts with the pool's token and serves only its
+    // status and the claim; a claim stored before a restart still holds.
+    let access = auth::Access {
+        token: Arc::new(credentials.token),
+        warm: credentials.warm,
+        claimed_by: None,
+    };
+    let access = if credentials.warm {
+        http::claim::recover(&svc, access).await?
+    } else {
+        access
+    };
+    if access.warm {
+        tracing::info!("warm pool pod: serving only /v1/status and /v1/claim until a session claims it");
+    }
+    let token = auth::Token::with(access);
+    let claim = axum::Router::new()
+        .route("/v1/claim", axum::routing::post(http::claim::claim))
+        .with_state(http::claim::ClaimState {
+            token: token.clone(),
+            svc: svc.clone(),
+        });
     let app = http::open_routes(svc.clone())
         .merge(
             http::api_routes(svc.clone())
+                .merge(claim)
                 .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
                 .layer(middleware::from_fn_with_state(token, auth::require_token)),
         )
