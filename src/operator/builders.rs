@@ -170,6 +170,17 @@ pub fn pod_name(session: &str) -> String {
     format!("{session}-kernel")
 }
 
+/// Name of the session's kernel pod as its status names it (a pod claimed
+/// from a pool keeps the pool's name), else `<name>-kernel`. Whoever reads
+/// the pod by this name still checks that the session controls it.
+pub fn session_pod_name(session: &NotebookSession) -> String {
+    session
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_name.clone())
+        .unwrap_or_else(|| pod_name(&session.name_any()))
+}
+
 /// Whether the pod's Ready condition is True.
 pub fn is_pod_ready(pod: &Pod) -> bool {
     pod.status
