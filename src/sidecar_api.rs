@@ -324,6 +324,9 @@ pub struct ClaimRequest {
     pub namespace: String,
     /// The session's own client token (from its Secret), never the pool's.
     pub token: String,
+    /// Host names MCP clients reach the session by (its Service's names):
+    /// a warm pod was started before anyone knew them.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for ClaimRequest {
@@ -332,6 +335,7 @@ impl std::fmt::Debug for ClaimRequest {
             .field("session", &self.session)
             .field("namespace", &self.namespace)
             .field("token", &"<redacted>")
+            .field("allowed_hosts", &self.allowed_hosts)
             .finish()
     }
 }

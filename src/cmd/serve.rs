@@ -161,26 +161,55 @@ pub async fn run(
         warm: credentials.warm,
         claimed_by: None,
     };
-    let access = if credentials.warm {
+    let (access, claimed_hosts) = if credentials.warm {
         http::claim::recover(&svc, access).await?
     } else {
-        access
+        (access, Vec::new())
     };
     if access.warm {
         tracing::info!("warm pool pod: serving only /v1/status and /v1/claim until a session claims it");
     }
+    // A pool pod's MCP service is made at its claim, for the host names of
+    // the claiming session's Service; an ordinary sidecar's at once.
+    let (mcp_routes, mcp_slot) = if credentials.warm {
+        let (svc, stop) = (svc.clone(), stop_mcp.clone());
+        let factory: http::claim::McpFactory = Arc::new(move |hosts: Vec<String>| {
+            let mut all = mcp.allowed_hosts.clone();
+            all.extend(hosts);
+            crate::mcp::router(
+                svc.clone(),
+                notebooks.clone(),
+                &crate::mcp::McpOptions::new(all),
+                stop.clone(),
+            )
+        });
+        let slot = http::claim::McpSlot::new(factory);
+        if !access.warm {
+            slot.install(claimed_hosts);
+        }
+        let routes = axum::Router::new()
+            .route("/mcp", axum::routing::any(http::claim::forward_mcp))
+            .with_state(slot.clone());
+        (routes, Some(slot))
+    } else {
+        (
+            crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()),
+            None,
+        )
+    };
     let token = auth::Token::with(access);
     let claim = axum::Router::new()
         .route("/v1/claim", axum::routing::post(http::claim::claim))
         .with_state(http::claim::ClaimState {
             token: token.clone(),
             svc: svc.clone(),
+            mcp: mcp_slot,
         });
     let app = http::open_routes(svc.clone())
         .merge(
             http::api_routes(svc.clone())
                 .merge(claim)
-                .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
+                .merge(mcp_routes)
                 .layer(middleware::from_fn_with_state(token, auth::require_token)),
         )
         .layer(middleware::from_fn_with_state(

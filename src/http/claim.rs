@@ -5,9 +5,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::sync::RwLock;
+
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 
 use super::auth::{Access, Token};
 use super::ApiError;
@@ -24,6 +27,64 @@ const MIN_TOKEN: usize = 16;
 pub struct ClaimState {
     pub token: Token,
     pub svc: Arc<Service>,
+    /// The `/mcp` of a warm pod, made at the claim.
+    pub mcp: Option<McpSlot>,
+}
+
+/// Makes the `/mcp` router for the given extra host names.
+pub type McpFactory = Arc<dyn Fn(Vec<String>) -> Router + Send + Sync>;
+
+/// The `/mcp` route of a warm pod: MCP checks the `Host` of every request
+/// against the names of the session's Service, which only the claim brings,
+/// so the MCP service is made then; before, `/mcp` is 503 like every
+/// client route of a warm pod.
+#[derive(Clone)]
+pub struct McpSlot {
+    router: Arc<RwLock<Option<Router>>>,
+    factory: McpFactory,
+}
+
+impl McpSlot {
+    /// An empty slot that `factory` fills at the claim.
+    pub fn new(factory: McpFactory) -> Self {
+        Self {
+            router: Arc::new(RwLock::new(None)),
+            factory,
+        }
+    }
+
+    /// Makes the MCP service for `hosts` and serves it from now on.
+    pub fn install(&self, hosts: Vec<String>) {
+        let router = (self.factory)(hosts);
+        match self.router.write() {
+            Ok(mut slot) => *slot = Some(router),
+            Err(poisoned) => *poisoned.into_inner() = Some(router),
+        }
+    }
+
+    fn current(&self) -> Option<Router> {
+        match self.router.read() {
+            Ok(slot) => slot.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// `/mcp` of a warm pod: the MCP service once claimed, else 503.
+pub async fn forward_mcp(State(slot): State<McpSlot>, req: Request) -> Response {
+    use tower::Service as _;
+    match slot.current() {
+        Some(mut router) => match router.call(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "warm",
+            "this is a warm pool pod: it serves clients once a NotebookSession claims it",
+        )
+        .into_response(),
+    }
 }
 
 /// What a claim changes, decided from the access before it.
@@ -82,22 +143,28 @@ struct Stored {
     session: String,
     namespace: String,
     token: String,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
 }
 
-/// The access a restarted sidecar starts with: claimed, when a claim was stored.
-pub async fn recover(svc: &Service, warm: Access) -> Result<Access, crate::store::StoreError> {
+/// The access a restarted sidecar starts with (claimed, when a claim was
+/// stored), and the claimer's host names for MCP.
+pub async fn recover(svc: &Service, warm: Access) -> Result<(Access, Vec<String>), crate::store::StoreError> {
     let Some(text) = svc.reader.meta(CLAIM_META).await? else {
-        return Ok(warm);
+        return Ok((warm, Vec::new()));
     };
     match serde_json::from_str::<Stored>(&text) {
-        Ok(stored) => Ok(Access {
-            token: Arc::new(stored.token),
-            warm: false,
-            claimed_by: Some((stored.namespace, stored.session)),
-        }),
+        Ok(stored) => Ok((
+            Access {
+                token: Arc::new(stored.token),
+                warm: false,
+                claimed_by: Some((stored.namespace, stored.session)),
+            },
+            stored.allowed_hosts,
+        )),
         Err(err) => {
             tracing::warn!(error = %err, "the stored claim does not parse; staying warm");
-            Ok(warm)
+            Ok((warm, Vec::new()))
         }
     }
 }
@@ -118,9 +185,13 @@ pub async fn claim(
                 session: req.session.clone(),
                 namespace: req.namespace.clone(),
                 token: req.token.clone(),
+                allowed_hosts: req.allowed_hosts.clone(),
             })
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
             state.svc.writer.set_meta(CLAIM_META, stored).await?;
+            if let Some(mcp) = &state.mcp {
+                mcp.install(req.allowed_hosts.clone());
+            }
             state.token.set(access);
             tracing::info!("claimed: the pool token no longer works");
             Ok(Json(answer))
@@ -139,6 +210,7 @@ mod tests {
             session: session.into(),
             namespace: "ns".into(),
             token: token.into(),
+            allowed_hosts: Vec::new(),
         }
     }
 

@@ -476,7 +476,6 @@ fn mount(name: &str, path: &str, sub_path: Option<&str>, read_only: bool) -> Vol
 /// The sidecar's command line.
 pub fn sidecar_args(session: &NotebookSession) -> Vec<String> {
     let listen = format!("0.0.0.0:{SIDECAR_PORT}");
-    let host = service_host(session);
     let mut args: Vec<String> = vec![
         "sidecar".into(),
         "--listen".into(),
@@ -492,11 +491,17 @@ pub fn sidecar_args(session: &NotebookSession) -> Vec<String> {
         "--kernel-key-file".into(),
         format!("{SECRET_DIR}/{KERNEL_KEY_KEY}"),
     ];
-    for allowed in [host.clone(), format!("{host}.cluster.local"), session.name_any()] {
+    for allowed in mcp_hosts(session) {
         args.push("--allowed-host".into());
         args.push(allowed);
     }
     args
+}
+
+/// The host names MCP clients reach a session's sidecar by: its Service's.
+pub fn mcp_hosts(session: &NotebookSession) -> Vec<String> {
+    let host = service_host(session);
+    vec![host.clone(), format!("{host}.cluster.local"), session.name_any()]
 }
 
 /// The kernel pod `<name>-kernel`: the sidecar as a native sidecar (an init

@@ -40,6 +40,14 @@ def wait_ready(url, proc, timeout=60):
     raise TimeoutError("sidecar never became ready")
 
 
+def mcp_initialize(url, host):
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "tier2", "version": "0"}}}
+    return requests.post(url + "/mcp", json=body, timeout=10,
+                         headers={**SESSION, "Host": host, "Accept": "application/json, text/event-stream"})
+
+
 def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token(tmp_path):
     (tmp_path / "token").write_text("pool-token-0123456789\n")
     (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
@@ -67,7 +75,7 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
             assert r.json()["error"]["code"] == "warm", r.text
         assert requests.get(url + "/v1/status", headers=SESSION, timeout=10).status_code == 401
 
-        claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
+        claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN, "allowed_hosts": ["s1.ns.svc"]}
         r = requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10)
         assert r.status_code == 200 and r.json() == {"session": "s1", "namespace": "ns"}, r.text
 
@@ -77,6 +85,11 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
         assert r.status_code == 202, r.text
         e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
         assert text_of(e) == "42", e
+
+        # MCP answers on the claiming session's Service name, which the warm
+        # pod could not know when it started, and on no other.
+        assert mcp_initialize(url, "s1.ns.svc").status_code == 200
+        assert mcp_initialize(url, "other.ns.svc").status_code != 200
 
         # A repeat of the same claim is 200; another session's is 409.
         assert requests.post(url + "/v1/claim", headers=SESSION, json=claim, timeout=10).status_code == 200
@@ -94,6 +107,7 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
         r = requests.post(url + "/v1/executions", json={"code": "z"}, headers=SESSION, timeout=10)
         e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
         assert text_of(e) == "42", e
+        assert mcp_initialize(url, "s1.ns.svc").status_code == 200, "the claim's host names survive a restart"
     finally:
         side.kill()
         if kernel:

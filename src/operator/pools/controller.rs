@@ -294,6 +294,7 @@ pub async fn handoff(
         session: session.name_any(),
         namespace: session.namespace().unwrap_or_default(),
         token: session_token.to_string(),
+        allowed_hosts: builders::mcp_hosts(session),
     };
     match sidecar.claim(ip, pool_token, &request).await {
         Ok(_) | Err(ClaimRefusal::Unauthorized) => Ok(()),
