@@ -591,6 +591,36 @@ mod tests {
     }
 
     #[test]
+    fn the_example_pool_and_its_session_are_valid() {
+        let text = std::fs::read_to_string(repo().join("manifests/examples/pool.yaml")).expect("example");
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+            .collect();
+        let kind = |doc: &serde_yaml::Value| doc.get("kind").and_then(|k| k.as_str()).map(String::from);
+        let pool: NotebookPool = docs
+            .iter()
+            .find(|d| kind(d).as_deref() == Some("NotebookPool"))
+            .map(|d| serde_yaml::from_value(d.clone()).expect("a NotebookPool"))
+            .expect("the example has a pool");
+        let mut session: NotebookSession = docs
+            .iter()
+            .find(|d| kind(d).as_deref() == Some("NotebookSession"))
+            .map(|d| serde_yaml::from_value(d.clone()).expect("a NotebookSession"))
+            .expect("the example has a session");
+        assert_eq!(
+            session.spec.pool_ref.as_ref().map(|r| r.name.as_str()),
+            Some("scipy")
+        );
+        session.metadata.uid = Some("uid".into());
+        let made = crate::operator::pools::desired::templated(&session, &pool);
+        let valid = crate::operator::builders::validate(&made, &Default::default());
+        assert_eq!(
+            valid.map(|v| v.kernel_image),
+            Ok("quay.io/jupyter/scipy-notebook:latest".into())
+        );
+    }
+
+    #[test]
     fn crd_printout_holds_both_definitions() {
         let yaml = all_crds_yaml().expect("renders");
         let docs: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&yaml)
