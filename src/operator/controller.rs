@@ -506,63 +506,73 @@ async fn converge_pod(
     ctx: &Context,
 ) -> Result<Option<Pod>, Error> {
     let desired = builders::build_pod(session, valid, &ctx.config.build);
-    match (converge::pod_step(pod.as_ref(), &desired, suspended), pod) {
-        (PodStep::Create, _) if pool.is_some() => {
-            let pool = pool.ok_or_else(|| Error::Startup("no pool".into()))?;
-            let started = Instant::now();
-            let pool_token = Caches::get(
-                &ctx.caches.secrets,
-                &session.namespace().unwrap_or_default(),
-                &pool_secret_name(&pool.name_any()),
-            )
-            .and_then(|s| builders::session_token(&s));
-            let claimed = match token {
-                Some(token) => {
-                    pool_controller::claim(
-                        session,
-                        pool,
-                        &ctx.caches.pods,
-                        pool_token.as_deref(),
-                        token,
-                        &ctx.sidecar,
-                        &ctx.client,
-                    )
-                    .await?
-                }
-                None => Claimed::None,
-            };
-            match claimed {
-                Claimed::Warm(pod) => {
-                    ctx.metrics.pool_claim("warm");
-                    ctx.metrics
-                        .pool_claim_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    let note = format!(
-                        "claimed the warm pod {} of the pool {}",
-                        pod.name_any(),
-                        pool.name_any()
-                    );
-                    publish(ctx, session, EventType::Normal, "ClaimedWarmPod", note).await;
-                    Ok(Some(*pod))
-                }
-                Claimed::None => {
-                    ctx.metrics.pool_claim("cold");
-                    let note = format!(
-                        "the pool {} had no ready warm pod; starting cold from its template",
-                        pool.name_any()
-                    );
-                    publish(ctx, session, EventType::Normal, "ColdStart", note).await;
-                    Ok(Some(writes::apply(pods, &desired, "create Pod").await?))
-                }
-            }
-        }
-        (PodStep::Create, _) => Ok(Some(writes::apply(pods, &desired, "create Pod").await?)),
-        (PodStep::Keep | PodStep::AwaitDeletion, pod) => Ok(pod),
-        (PodStep::Delete { reason, note }, Some(existing)) => {
+    match (converge::pod_step(pod.as_ref(), &desired, suspended), pod, pool) {
+        (PodStep::Create, _, Some(pool)) => create_from_pool(session, pool, &desired, pods, token, ctx)
+            .await
+            .map(Some),
+        (PodStep::Create, _, None) => Ok(Some(writes::apply(pods, &desired, "create Pod").await?)),
+        (PodStep::Keep | PodStep::AwaitDeletion, pod, _) => Ok(pod),
+        (PodStep::Delete { reason, note }, Some(existing), _) => {
             publish(ctx, session, EventType::Normal, reason, note.into()).await;
             writes::delete_exact(pods, &existing, "delete Pod").await
         }
-        (PodStep::Delete { .. }, None) => Ok(None),
+        (PodStep::Delete { .. }, None, _) => Ok(None),
+    }
+}
+
+/// The pod of a session of `pool`: a warm pod claimed from it, else
+/// `desired` (built cold from its template). Counted by outcome.
+async fn create_from_pool(
+    session: &NotebookSession,
+    pool: &NotebookPool,
+    desired: &Pod,
+    pods: &Api<Pod>,
+    token: Option<&str>,
+    ctx: &Context,
+) -> Result<Pod, Error> {
+    let started = Instant::now();
+    let namespace = session.namespace().unwrap_or_default();
+    let pool_token = Caches::get(
+        &ctx.caches.secrets,
+        &namespace,
+        &pool_secret_name(&pool.name_any()),
+    )
+    .and_then(|s| builders::session_token(&s));
+    let claimed = match token {
+        Some(token) => {
+            let io = pool_controller::ClaimIo {
+                client: &ctx.client,
+                sidecar: &ctx.sidecar,
+                metrics: &ctx.metrics,
+                pods: &ctx.caches.pods,
+            };
+            pool_controller::claim(session, pool, pool_token.as_deref(), token, io).await?
+        }
+        None => Claimed::None,
+    };
+    match claimed {
+        Claimed::Warm(pod) => {
+            ctx.metrics.pool_claim("warm");
+            ctx.metrics
+                .pool_claim_latency
+                .observe(started.elapsed().as_secs_f64());
+            let note = format!(
+                "claimed the warm pod {} of the pool {}",
+                pod.name_any(),
+                pool.name_any()
+            );
+            publish(ctx, session, EventType::Normal, "ClaimedWarmPod", note).await;
+            Ok(*pod)
+        }
+        Claimed::None => {
+            ctx.metrics.pool_claim("cold");
+            let note = format!(
+                "the pool {} had no ready warm pod; starting cold from its template",
+                pool.name_any()
+            );
+            publish(ctx, session, EventType::Normal, "ColdStart", note).await;
+            writes::apply(pods, desired, "create Pod").await
+        }
     }
 }
 

@@ -181,6 +181,8 @@ pub struct Metrics {
     pub pool_claims: Family<OutcomeLabel, Counter>,
     /// Seconds a warm claim took: the pod patch and the sidecar handoff.
     pub pool_claim_latency: Histogram,
+    /// Claim patches refused with 409 (another session took the pod first).
+    pub pool_claim_conflicts: Counter,
     /// Warm pods ready, per pool.
     pub pool_ready: Family<PoolLabel, Gauge>,
     /// Pods of a pool held by sessions, per pool.
@@ -206,6 +208,12 @@ impl Default for Metrics {
         let apiserver_requests = Family::<RequestLabel, Counter>::default();
         let pool_claims = Family::<OutcomeLabel, Counter>::default();
         let pool_claim_latency = Histogram::new([0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        let pool_claim_conflicts = Counter::default();
+        registry.register(
+            "pool_claim_conflicts",
+            "Claim patches of warm pods refused with 409 Conflict: another session took the pod first",
+            pool_claim_conflicts.clone(),
+        );
         let pool_ready = Family::<PoolLabel, Gauge>::default();
         let pool_claimed = Family::<PoolLabel, Gauge>::default();
         registry.register(
@@ -299,6 +307,7 @@ impl Default for Metrics {
             apiserver_requests,
             pool_claims,
             pool_claim_latency,
+            pool_claim_conflicts,
             pool_ready,
             pool_claimed,
         }

@@ -179,5 +179,7 @@ def test_ten_sessions_at_once_get_ten_different_warm_pods(ns):
                    and 'outcome="warm"' in line]
     assert warm_claims and float(warm_claims[0].split()[-1]) >= 10, warm_claims
     assert "notebook_operator_pool_claim_latency_seconds_bucket" in metrics
+    conflicts = [line for line in metrics.splitlines() if line.startswith("notebook_operator_pool_claim_conflicts")]
+    print(f"claim conflicts (409, then the next pod): {conflicts}")
     # Let the refill go: the next tests need the CPU more than these kernels do.
     kube.patch(path("NotebookPool", ns, "burst"), {"spec": {"replicas": 0}})

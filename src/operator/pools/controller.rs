@@ -233,6 +233,20 @@ pub enum Claimed {
     None,
 }
 
+/// What a claim talks to: the apiserver, the sidecar, the metrics, and the
+/// session controller's pod cache (warm pods carry its label too).
+#[derive(Clone, Copy)]
+pub struct ClaimIo<'a> {
+    /// The apiserver.
+    pub client: &'a Client,
+    /// The claimed pod's sidecar.
+    pub sidecar: &'a SidecarClient,
+    /// Conflicts are counted.
+    pub metrics: &'a Metrics,
+    /// Where the warm pods are found.
+    pub pods: &'a Store<Pod>,
+}
+
 /// Hands `session` a warm pod of `pool`: tries the claimable pods in
 /// [`decide::claim_order`], each with one patch under the pod's
 /// resourceVersion (409: another session got it first, try the next), then
@@ -240,12 +254,16 @@ pub enum Claimed {
 pub async fn claim(
     session: &NotebookSession,
     pool: &NotebookPool,
-    pods_cache: &Store<Pod>,
     pool_token: Option<&str>,
     session_token: &str,
-    sidecar: &SidecarClient,
-    client: &Client,
+    io: ClaimIo<'_>,
 ) -> Result<Claimed, Error> {
+    let ClaimIo {
+        client,
+        sidecar,
+        metrics,
+        pods: pods_cache,
+    } = io;
     let Some(pool_token) = pool_token else {
         return Ok(Claimed::None);
     };
@@ -271,6 +289,9 @@ pub async fn claim(
                 return Ok(Claimed::Warm(Box::new(pod)));
             }
             Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
+                if status.code == 409 {
+                    metrics.pool_claim_conflicts.inc();
+                }
                 tracing::debug!(pod = %candidate.name_any(), code = status.code, "lost the claim race; next pod");
             }
             Err(err) => return Err(Error::kube("claim a warm Pod")(err)),
