@@ -99,7 +99,7 @@ def test_a_pool_hands_each_session_its_own_warm_pod_with_fresh_credentials_and_r
                    "refilled to 3 ready, 3 claimed")
     refilled = {p["metadata"]["name"] for p in warm_pods(kube, ns, "warm")}
     assert len(refilled) == 3 and not refilled & warm_names, (refilled, warm_names)
-    print(f"pool status after the claims: {st}")
+    print(f"pool status after the claims: {pool_status(st)}")
 
     # One kernel per session: what one session sets the next does not see.
     alpha, beta = SidecarApi(kube, ns, "alpha"), SidecarApi(kube, ns, "beta")
@@ -180,6 +180,8 @@ def test_ten_sessions_at_once_get_ten_different_warm_pods(ns):
     assert warm_claims and float(warm_claims[0].split()[-1]) >= 10, warm_claims
     assert "notebook_operator_pool_claim_latency_seconds_bucket" in metrics
     conflicts = [line for line in metrics.splitlines() if line.startswith("notebook_operator_pool_claim_conflicts")]
-    print(f"claim conflicts (409, then the next pod): {conflicts}")
+    latency = {line.split()[0]: float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith("notebook_operator_pool_claim_latency_seconds_") and "bucket" not in line}
+    print(f"[pools] claim conflicts (409, then the next pod): {conflicts}; claim latency: {latency}")
     # Let the refill go: the next tests need the CPU more than these kernels do.
     kube.patch(path("NotebookPool", ns, "burst"), {"spec": {"replicas": 0}})
