@@ -312,3 +312,40 @@ mod tests {
         );
     }
 }
+
+/// `POST /v1/claim`: a NotebookSession takes a warm pool pod. Sent by the
+/// operator with the pool's token; from then on only `token` is accepted.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct ClaimRequest {
+    /// Name of the claiming NotebookSession.
+    pub session: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The session's own client token (from its Secret), never the pool's.
+    pub token: String,
+    /// Host names MCP clients reach the session by (its Service's names):
+    /// a warm pod was started before anyone knew them.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for ClaimRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimRequest")
+            .field("session", &self.session)
+            .field("namespace", &self.namespace)
+            .field("token", &"<redacted>")
+            .field("allowed_hosts", &self.allowed_hosts)
+            .finish()
+    }
+}
+
+/// 200 of `POST /v1/claim`: who holds the pod now.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct ClaimAnswer {
+    /// Name of the session that holds the pod.
+    pub session: String,
+    /// Its namespace.
+    pub namespace: String,
+}

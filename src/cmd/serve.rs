@@ -43,11 +43,18 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))
 }
 
+/// Who the sidecar serves: its client token, and whether it is a warm pool
+/// pod that serves only its status and the claim until a session claims it.
+pub struct Credentials {
+    pub token: String,
+    pub warm: bool,
+}
+
 /// Runs until SIGTERM/SIGINT on `listener`; returns after a graceful stop.
 pub async fn run(
     cfg: Config,
     listener: tokio::net::TcpListener,
-    token: String,
+    credentials: Credentials,
     info: ConnectionInfo,
     process: Option<KernelProcess>,
     mcp: crate::mcp::McpOptions,
@@ -147,11 +154,62 @@ pub async fn run(
     notebooks.recover().await;
     let stop_mcp = tokio_util::sync::CancellationToken::new();
 
-    let token = auth::Token(Arc::new(token));
+    // A warm pool pod starts with the pool's token and serves only its
+    // status and the claim; a claim stored before a restart still holds.
+    let access = auth::Access {
+        token: Arc::new(credentials.token),
+        warm: credentials.warm,
+        claimed_by: None,
+    };
+    let (access, claimed_hosts) = if credentials.warm {
+        http::claim::recover(&svc, access).await?
+    } else {
+        (access, Vec::new())
+    };
+    if access.warm {
+        tracing::info!("warm pool pod: serving only /v1/status and /v1/claim until a session claims it");
+    }
+    // A pool pod's MCP service is made at its claim, for the host names of
+    // the claiming session's Service; an ordinary sidecar's at once.
+    let (mcp_routes, mcp_slot) = if credentials.warm {
+        let (svc, stop) = (svc.clone(), stop_mcp.clone());
+        let factory: http::claim::McpFactory = Arc::new(move |hosts: Vec<String>| {
+            let mut all = mcp.allowed_hosts.clone();
+            all.extend(hosts);
+            crate::mcp::router(
+                svc.clone(),
+                notebooks.clone(),
+                &crate::mcp::McpOptions::new(all),
+                stop.clone(),
+            )
+        });
+        let slot = http::claim::McpSlot::new(factory);
+        if !access.warm {
+            slot.install(claimed_hosts);
+        }
+        let routes = axum::Router::new()
+            .route("/mcp", axum::routing::any(http::claim::forward_mcp))
+            .with_state(slot.clone());
+        (routes, Some(slot))
+    } else {
+        (
+            crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()),
+            None,
+        )
+    };
+    let token = auth::Token::with(access);
+    let claim = axum::Router::new()
+        .route("/v1/claim", axum::routing::post(http::claim::claim))
+        .with_state(http::claim::ClaimState {
+            token: token.clone(),
+            svc: svc.clone(),
+            mcp: mcp_slot,
+        });
     let app = http::open_routes(svc.clone())
         .merge(
             http::api_routes(svc.clone())
-                .merge(crate::mcp::router(svc.clone(), notebooks, &mcp, stop_mcp.clone()))
+                .merge(claim)
+                .merge(mcp_routes)
                 .layer(middleware::from_fn_with_state(token, auth::require_token)),
         )
         .layer(middleware::from_fn_with_state(

@@ -41,6 +41,10 @@ pub struct SidecarArgs {
     /// Host names MCP clients may use (the Service's names, the pod IP).
     #[arg(long = "allowed-host", env = "NOTEBOOK_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// A warm pool pod: serve only `/v1/status` and `POST /v1/claim` (with
+    /// the pool's token) until a NotebookSession claims it with its own token.
+    #[arg(long)]
+    pub warm: bool,
     #[command(flatten)]
     pub opts: SidecarOpts,
 }
@@ -63,7 +67,10 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
     serve::run(
         cfg,
         listener,
-        token,
+        serve::Credentials {
+            token,
+            warm: args.warm,
+        },
         info,
         None,
         crate::mcp::McpOptions::new(args.allowed_hosts),

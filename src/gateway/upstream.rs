@@ -14,7 +14,7 @@ use kube::{Client, ResourceExt};
 
 use super::error::GatewayError;
 use super::review::TtlCache;
-use crate::operator::builders::{pod_name, secret_name, service_host, session_token, sidecar_ip};
+use crate::operator::builders::{secret_name, service_host, session_pod_name, session_token, sidecar_ip};
 use crate::operator::crd::NotebookSession;
 
 /// How long a resolved sidecar address and token are reused.
@@ -77,7 +77,7 @@ impl Upstreams {
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
         let pod = pods
-            .get_opt(&pod_name(name))
+            .get_opt(&session_pod_name(&session))
             .await
             .map_err(GatewayError::kube("read the kernel pod"))?
             .ok_or_else(|| GatewayError::NotReady(format!("session {ns}/{name} has no kernel pod yet")))?;

@@ -2,6 +2,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod claim;
 pub mod error;
 pub mod events;
 pub mod executions;

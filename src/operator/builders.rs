@@ -170,6 +170,17 @@ pub fn pod_name(session: &str) -> String {
     format!("{session}-kernel")
 }
 
+/// Name of the session's kernel pod as its status names it (a pod claimed
+/// from a pool keeps the pool's name), else `<name>-kernel`. Whoever reads
+/// the pod by this name still checks that the session controls it.
+pub fn session_pod_name(session: &NotebookSession) -> String {
+    session
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_name.clone())
+        .unwrap_or_else(|| pod_name(&session.name_any()))
+}
+
 /// Whether the pod's Ready condition is True.
 pub fn is_pod_ready(pod: &Pod) -> bool {
     pod.status
@@ -465,7 +476,6 @@ fn mount(name: &str, path: &str, sub_path: Option<&str>, read_only: bool) -> Vol
 /// The sidecar's command line.
 pub fn sidecar_args(session: &NotebookSession) -> Vec<String> {
     let listen = format!("0.0.0.0:{SIDECAR_PORT}");
-    let host = service_host(session);
     let mut args: Vec<String> = vec![
         "sidecar".into(),
         "--listen".into(),
@@ -481,11 +491,17 @@ pub fn sidecar_args(session: &NotebookSession) -> Vec<String> {
         "--kernel-key-file".into(),
         format!("{SECRET_DIR}/{KERNEL_KEY_KEY}"),
     ];
-    for allowed in [host.clone(), format!("{host}.cluster.local"), session.name_any()] {
+    for allowed in mcp_hosts(session) {
         args.push("--allowed-host".into());
         args.push(allowed);
     }
     args
+}
+
+/// The host names MCP clients reach a session's sidecar by: its Service's.
+pub fn mcp_hosts(session: &NotebookSession) -> Vec<String> {
+    let host = service_host(session);
+    vec![host.clone(), format!("{host}.cluster.local"), session.name_any()]
 }
 
 /// The kernel pod `<name>-kernel`: the sidecar as a native sidecar (an init

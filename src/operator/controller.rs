@@ -12,21 +12,23 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 
 use super::assets::{LeaseSync, SessionCaches};
 use super::backoff::Failures;
 use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER};
+use super::cache::cached;
 use super::converge::{self, PodStep};
-use super::crd::{AssetLease, NotebookSession, NotebookSessionStatus, SessionPhase};
+use super::crd::{AssetLease, NotebookPool, NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_namespace_terminating, Error};
 use super::metrics::Metrics;
+use super::pools::controller::{self as pool_controller, Claimed};
+use super::pools::desired::{pool_secret_name, templated, LABEL_POOL};
 use super::sidecar_client::SidecarClient;
 use super::sidecar_watch::SidecarWatches;
-use super::status::{self, Activity, Lifecycle, Observed, SidecarObservation};
+use super::status::{self, Activity, Lifecycle, Observed, PoolClaim, SidecarObservation};
 use super::writes::{self, Written};
 
 /// Safety resync of a session no watch event touched.
@@ -65,6 +67,8 @@ pub struct Context {
     caches: Caches,
     /// The long polls that bring a session back when its sidecar's status changes.
     watches: SidecarWatches,
+    /// The pool controller's cache of NotebookPools, when it runs.
+    pools: Option<Store<NotebookPool>>,
 }
 
 impl Context {
@@ -87,7 +91,14 @@ impl Context {
             leases: None,
             caches,
             watches,
+            pools: None,
         }
+    }
+
+    /// Hands sessions with `poolRef` warm pods of the pools in this cache.
+    pub fn with_pools(mut self, pools: Store<NotebookPool>) -> Self {
+        self.pools = Some(pools);
+        self
     }
 
     /// Also gives every asset of a Ready session a lease, using the lease controller's cache.
@@ -160,6 +171,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
                 suspension: None,
                 pod: None,
                 sidecar: SidecarObservation::NotAsked,
+                pool: None,
             };
             let new = status::build_status(session, &observed, now);
             write_status(&sessions, session, new, ctx).await?;
@@ -167,16 +179,35 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
 
+    // A session of a pool is built from the pool's template: from here on
+    // `session` is that (its metadata and status are the session's own).
+    let pool = session.spec.pool_ref.as_ref().map(|r| {
+        let found = ctx
+            .pools
+            .as_ref()
+            .and_then(|store| Caches::get(store, &namespace, &r.name));
+        (r.name.clone(), found)
+    });
+    let templated_session;
+    let session = match &pool {
+        Some((_, Some(pool))) => {
+            templated_session = templated(session, pool);
+            &templated_session
+        }
+        _ => session,
+    };
+
     // Validate: an invalid spec is a condition, and waits for a change.
     let valid = match builders::validate(session, &ctx.config.build) {
         Ok(valid) => valid,
         Err(errors) => {
-            let pod = Caches::get(&ctx.caches.pods, &namespace, &builders::pod_name(&name));
+            let pod = session_pod(session, &namespace, &pods, ctx).await?;
             let observed = Observed {
                 valid: Err(&errors),
                 suspension: None,
-                pod: pod.as_deref(),
+                pod: pod.as_ref(),
                 sidecar: SidecarObservation::NotAsked,
+                pool: None,
             };
             let new = status::build_status(session, &observed, now);
             write_status(&sessions, session, new, ctx).await?;
@@ -203,8 +234,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     }
 
     // Observe the pod and, when it is ready, the sidecar.
-    let mut pod =
-        Caches::get(&ctx.caches.pods, &namespace, &builders::pod_name(&name)).map(Arc::unwrap_or_clone);
+    let mut pod = session_pod(session, &namespace, &pods, ctx).await?;
     let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
     // Follow the sidecar from what it just said, so a change brings the
     // session back at once; a pod without a running sidecar has nothing to follow.
@@ -273,13 +303,38 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     };
 
     // Converge the pod.
-    pod = converge_pod(session, &valid, pod, suspension.is_some(), &pods, ctx).await?;
+    let suspended = suspension.is_some();
+    let pool_found = pool.as_ref().and_then(|(_, found)| found.as_deref());
+    pod = match &pool {
+        Some((_, None)) if pod.is_none() => None,
+        _ => {
+            converge_pod(
+                session,
+                &valid,
+                pod,
+                suspended,
+                &pods,
+                pool_found,
+                token.as_deref(),
+                ctx,
+            )
+            .await?
+        }
+    };
+    let pool_claim = pool.as_ref().and_then(|(pool_name, found)| match (&pod, found) {
+        (Some(p), _) if p.labels().contains_key(LABEL_POOL) => Some(PoolClaim::Warm(pool_name.clone())),
+        (Some(_), _) => Some(PoolClaim::Cold(pool_name.clone())),
+        (None, None) => Some(PoolClaim::NotFound(pool_name.clone())),
+        (None, Some(_)) if suspended => None,
+        (None, Some(_)) => Some(PoolClaim::Waiting(pool_name.clone())),
+    });
 
     let observed = Observed {
         valid: Ok(&valid),
         suspension,
         pod: pod.as_ref(),
         sidecar,
+        pool: pool_claim,
     };
     let pod_ready = pod.as_ref().is_some_and(builders::is_pod_ready);
     let sidecar_answered = matches!(observed.sidecar, SidecarObservation::Answered(_));
@@ -358,31 +413,166 @@ async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) 
     match ctx.sidecar.status(ip, token).await {
         Ok(answer) => SidecarObservation::Answered(answer),
         Err(err) => {
+            // A claimed pool pod whose sidecar does not take the session's
+            // token yet: the handoff after the claim did not get through.
+            if let Some((pod, pool_token)) = pod.and_then(|p| pool_pod_token(p, ctx).map(|t| (p, t))) {
+                let owner = pod.owner_references().iter().find(|o| o.controller == Some(true));
+                if let Some(owner) = owner.filter(|o| o.kind == "NotebookSession") {
+                    let mut holder = NotebookSession::new(&owner.name, Default::default());
+                    holder.metadata.namespace = pod.namespace();
+                    if pool_controller::handoff(&holder, pod, &pool_token, token, &ctx.sidecar)
+                        .await
+                        .is_ok()
+                    {
+                        if let Ok(answer) = ctx.sidecar.status(ip, token).await {
+                            return SidecarObservation::Answered(answer);
+                        }
+                    }
+                }
+            }
             ctx.metrics.sidecar_status_failures.inc();
             SidecarObservation::Unreachable(err)
         }
     }
 }
 
+/// The pool token of a pod made by a pool, from the pool Secret in the cache.
+fn pool_pod_token(pod: &Pod, ctx: &Context) -> Option<String> {
+    let pool = pod.labels().get(LABEL_POOL)?;
+    let secret = Caches::get(&ctx.caches.secrets, &pod.namespace()?, &pool_secret_name(pool))?;
+    builders::session_token(&secret)
+}
+
+/// The session's kernel pod. A session without `poolRef` has `<name>-kernel`;
+/// one with `poolRef` has the pod its status names (a claimed pod keeps its
+/// pool's name), read from the apiserver when the cache still shows it as
+/// the pool's (the cache lags the claim this controller just made), or any
+/// pod it controls (a status write lost after a claim, or a cold start).
+async fn session_pod(
+    session: &NotebookSession,
+    namespace: &str,
+    pods: &Api<Pod>,
+    ctx: &Context,
+) -> Result<Option<Pod>, Error> {
+    let name = session.name_any();
+    if session.spec.pool_ref.is_none() {
+        return Ok(
+            Caches::get(&ctx.caches.pods, namespace, &builders::pod_name(&name)).map(Arc::unwrap_or_clone),
+        );
+    }
+    let uid = session.uid().unwrap_or_default();
+    let controls = |pod: &Pod| {
+        pod.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid)
+    };
+    if let Some(named) = session.status.as_ref().and_then(|s| s.pod_name.clone()) {
+        match Caches::get(&ctx.caches.pods, namespace, &named) {
+            Some(pod) if controls(&pod) => return Ok(Some(Arc::unwrap_or_clone(pod))),
+            Some(_) => {
+                if let Some(pod) = pods
+                    .get_opt(&named)
+                    .await
+                    .map_err(Error::kube("read the claimed Pod"))?
+                {
+                    if controls(&pod) {
+                        return Ok(Some(pod));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(ctx
+        .caches
+        .pods
+        .state()
+        .into_iter()
+        .find(|pod| pod.namespace().as_deref() == Some(namespace) && controls(pod))
+        .map(Arc::unwrap_or_clone))
+}
+
 /// Creates, replaces or removes the kernel pod ([`converge::pod_step`]
 /// decides which). Returns the pod as it now is.
+#[allow(clippy::too_many_arguments)]
 async fn converge_pod(
     session: &NotebookSession,
     valid: &ValidSpec,
     pod: Option<Pod>,
     suspended: bool,
     pods: &Api<Pod>,
+    pool: Option<&NotebookPool>,
+    token: Option<&str>,
     ctx: &Context,
 ) -> Result<Option<Pod>, Error> {
     let desired = builders::build_pod(session, valid, &ctx.config.build);
-    match (converge::pod_step(pod.as_ref(), &desired, suspended), pod) {
-        (PodStep::Create, _) => Ok(Some(writes::apply(pods, &desired, "create Pod").await?)),
-        (PodStep::Keep | PodStep::AwaitDeletion, pod) => Ok(pod),
-        (PodStep::Delete { reason, note }, Some(existing)) => {
+    match (converge::pod_step(pod.as_ref(), &desired, suspended), pod, pool) {
+        (PodStep::Create, _, Some(pool)) => create_from_pool(session, pool, &desired, pods, token, ctx)
+            .await
+            .map(Some),
+        (PodStep::Create, _, None) => Ok(Some(writes::apply(pods, &desired, "create Pod").await?)),
+        (PodStep::Keep | PodStep::AwaitDeletion, pod, _) => Ok(pod),
+        (PodStep::Delete { reason, note }, Some(existing), _) => {
             publish(ctx, session, EventType::Normal, reason, note.into()).await;
             writes::delete_exact(pods, &existing, "delete Pod").await
         }
-        (PodStep::Delete { .. }, None) => Ok(None),
+        (PodStep::Delete { .. }, None, _) => Ok(None),
+    }
+}
+
+/// The pod of a session of `pool`: a warm pod claimed from it, else
+/// `desired` (built cold from its template). Counted by outcome.
+async fn create_from_pool(
+    session: &NotebookSession,
+    pool: &NotebookPool,
+    desired: &Pod,
+    pods: &Api<Pod>,
+    token: Option<&str>,
+    ctx: &Context,
+) -> Result<Pod, Error> {
+    let started = Instant::now();
+    let namespace = session.namespace().unwrap_or_default();
+    let pool_token = Caches::get(
+        &ctx.caches.secrets,
+        &namespace,
+        &pool_secret_name(&pool.name_any()),
+    )
+    .and_then(|s| builders::session_token(&s));
+    let claimed = match token {
+        Some(token) => {
+            let io = pool_controller::ClaimIo {
+                client: &ctx.client,
+                sidecar: &ctx.sidecar,
+                metrics: &ctx.metrics,
+                pods: &ctx.caches.pods,
+            };
+            pool_controller::claim(session, pool, pool_token.as_deref(), token, io).await?
+        }
+        None => Claimed::None,
+    };
+    match claimed {
+        Claimed::Warm(pod) => {
+            ctx.metrics.pool_claim("warm");
+            ctx.metrics
+                .pool_claim_latency
+                .observe(started.elapsed().as_secs_f64());
+            let note = format!(
+                "claimed the warm pod {} of the pool {}",
+                pod.name_any(),
+                pool.name_any()
+            );
+            publish(ctx, session, EventType::Normal, "ClaimedWarmPod", note).await;
+            Ok(*pod)
+        }
+        Claimed::None => {
+            ctx.metrics.pool_claim("cold");
+            let note = format!(
+                "the pool {} had no ready warm pod; starting cold from its template",
+                pool.name_any()
+            );
+            publish(ctx, session, EventType::Normal, "ColdStart", note).await;
+            writes::apply(pods, desired, "create Pod").await
+        }
     }
 }
 
@@ -502,29 +692,6 @@ impl Caches {
     }
 }
 
-/// One owned kind watched into a cache: the cache, and the stream of the
-/// objects that changed (which triggers their owners' reconciles). The
-/// cache keeps what reconciles read; managedFields (often the larger part
-/// of a pod) are not read and not kept.
-fn cached<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let changes = watcher(api, config)
-        .default_backoff()
-        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
-        .reflect(writer)
-        .touched_objects();
-    (store, changes)
-}
-
 /// The Controller, wired: NotebookSessions, and the objects they own (only
 /// those carrying the operator's label, to keep the watches small), each
 /// owned kind watched once into a cache that reconciles read; and the
@@ -567,13 +734,37 @@ pub fn controller(
     let controller = Controller::new(
         api::<NotebookSession>(&client, namespace),
         watcher::Config::default(),
-    )
-    .owns_stream(pod_changes)
-    .owns_stream(service_changes)
-    .owns_stream(secret_changes)
-    .owns_stream(claim_changes)
-    .owns_stream(released_leases)
-    .reconcile_on(sidecar_changes);
+    );
+    // A pool that appears brings back the sessions that waited for it.
+    let sessions = controller.store();
+    let controller = controller
+        .watches(
+            api::<NotebookPool>(&client, namespace),
+            watcher::Config::default(),
+            move |pool: NotebookPool| {
+                let (name, ns) = (pool.name_any(), pool.namespace());
+                sessions
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == ns)
+                    .filter(|s| s.spec.pool_ref.as_ref().is_some_and(|r| r.name == name))
+                    .filter(|s| {
+                        s.status.as_ref().is_some_and(|st| {
+                            st.conditions
+                                .iter()
+                                .any(|c| c.type_ == status::POOL_CLAIM && c.reason == "PoolNotFound")
+                        })
+                    })
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .owns_stream(pod_changes)
+        .owns_stream(service_changes)
+        .owns_stream(secret_changes)
+        .owns_stream(claim_changes)
+        .owns_stream(released_leases)
+        .reconcile_on(sidecar_changes);
     (
         controller,
         Caches {

@@ -25,6 +25,17 @@ pub enum PodStep {
     },
 }
 
+/// A pod a session claimed from a pool: built from the pool's template (its
+/// own Secret volume, a warm sidecar), so its hash never equals the cold-built
+/// pod's, and it is kept whatever the hash says: replacing it would throw
+/// away the warm kernel the session was given.
+fn is_pool_pod(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(super::pools::desired::LABEL_POOL))
+}
+
 /// The step from `existing` towards `desired`; `suspended` sessions keep no pod.
 pub fn pod_step(existing: Option<&Pod>, desired: &Pod, suspended: bool) -> PodStep {
     let Some(existing) = existing else {
@@ -47,7 +58,7 @@ pub fn pod_step(existing: Option<&Pod>, desired: &Pod, suspended: bool) -> PodSt
             reason: "PodFinished",
             note: "the kernel pod stopped; replacing it",
         }
-    } else if pod_spec_hash(existing) != pod_spec_hash(desired) {
+    } else if !is_pool_pod(existing) && pod_spec_hash(existing) != pod_spec_hash(desired) {
         PodStep::Delete {
             reason: "SpecChanged",
             note: "the spec changed; replacing the kernel pod",
@@ -121,5 +132,21 @@ mod tests {
             reason(pod_step(Some(&pod("h2", "Running", false)), &desired, false)),
             "SpecChanged"
         );
+    }
+
+    #[test]
+    fn a_claimed_pool_pod_is_kept_although_its_hash_differs_but_not_when_it_finished() {
+        let desired = pod("h1", "", false);
+        let mut claimed = pod("pool-template-hash", "Running", false);
+        claimed
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(super::super::pools::desired::LABEL_POOL.into(), "p".into());
+        assert_eq!(pod_step(Some(&claimed), &desired, false), PodStep::Keep);
+        let mut finished = claimed.clone();
+        finished.status.get_or_insert_with(Default::default).phase = Some("Failed".into());
+        assert_eq!(reason(pod_step(Some(&finished), &desired, false)), "PodFinished");
+        assert_eq!(reason(pod_step(Some(&claimed), &desired, true)), "Suspended");
     }
 }

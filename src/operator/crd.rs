@@ -70,8 +70,20 @@ const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
 )]
 #[x_kube(validation = kube::core::Rule::new("has(self.storage) == has(oldSelf.storage)")
     .message("storage cannot be added or removed after creation; create a new session instead"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.poolRef) || !has(self.kernel) || (!has(self.kernel.image) && !has(self.kernel.command) && !has(self.kernel.env) && !has(self.kernel.resources))"
+).message("spec.kernel cannot be set together with spec.poolRef: the pool's template gives the kernel"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.poolRef) || (!has(self.storage) && !has(self.podTemplate))")
+    .message("spec.storage and spec.podTemplate cannot be set together with spec.poolRef: a warm pod is built from the pool's template"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.poolRef) == has(oldSelf.poolRef) && (!has(self.poolRef) || self.poolRef == oldSelf.poolRef)")
+    .message("poolRef cannot be added, removed or changed after creation"))]
 #[serde(rename_all = "camelCase")]
 pub struct NotebookSessionSpec {
+    /// Take a warm kernel pod of this NotebookPool (same namespace) instead of
+    /// starting one: the kernel, pod overrides and idle timeout come from the
+    /// pool's template. An empty pool means a cold start from that template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_ref: Option<PoolRef>,
     /// The kernel container.
     #[serde(default)]
     pub kernel: KernelSpec,
@@ -279,6 +291,88 @@ pub struct NotebookSessionStatus {
     pub observed_generation: Option<i64>,
 }
 
+/// Reference to a NotebookPool in the same namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
+pub struct PoolRef {
+    /// Name of the NotebookPool.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Warm kernel pods kept ready from a session template: a NotebookSession
+/// with `poolRef` is handed one of them, once, with its own fresh token.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "notebook.dev",
+    version = "v1alpha1",
+    kind = "NotebookPool",
+    plural = "notebookpools",
+    singular = "notebookpool",
+    shortname = "nbp",
+    category = "notebook",
+    namespaced,
+    status = "NotebookPoolStatus",
+    derive = "PartialEq",
+    doc = "Warm kernel pods kept ready from a session template; a NotebookSession with spec.poolRef is handed one of them, once, with its own fresh token.",
+    validation = kube::core::Rule::new(
+        "size(self.metadata.name) <= 40 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ).message("metadata.name must be a DNS-1035 label of at most 40 characters: its warm pods are named after it"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.ready"),
+    printcolumn(name = "Claimed", type_ = "integer", json_path = ".status.claimed"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NotebookPoolSpec {
+    /// What every warm pod runs, and the defaults of the sessions it serves.
+    #[serde(default)]
+    pub template: PoolTemplate,
+    /// Warm pods kept ready.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 200))]
+    pub replicas: i32,
+}
+
+/// The session template of a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolTemplate {
+    /// The kernel container of every warm pod.
+    #[serde(default)]
+    pub kernel: KernelSpec,
+    /// Overrides applied to every warm pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+    /// Idle timeout of the sessions served, unless a session sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = kube::core::Rule::new(POSITIVE_DURATION)
+        .message("must be a positive duration such as 30m or 1h30m"))]
+    pub idle_timeout: Option<String>,
+}
+
+/// Observed state of a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NotebookPoolStatus {
+    /// Warm pods whose kernel answers: what a claim can take now.
+    #[serde(default)]
+    pub ready: i32,
+    /// Warm pods, ready or starting.
+    #[serde(default)]
+    pub warm: i32,
+    /// Pods of this pool that sessions hold now.
+    #[serde(default)]
+    pub claimed: i32,
+    /// Standard conditions: Ready (every replica is warm and ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
 /// A lease on one asset file of a session's workspace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -394,9 +488,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     Ok(span)
 }
 
-/// Both CustomResourceDefinitions, in the order they are printed.
+/// Every CustomResourceDefinition, in the order they are printed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![NotebookSession::crd(), AssetLease::crd()]
+    vec![NotebookSession::crd(), AssetLease::crd(), NotebookPool::crd()]
 }
 
 /// One CRD as YAML, as checked into `crds/`.
@@ -497,6 +591,36 @@ mod tests {
     }
 
     #[test]
+    fn the_example_pool_and_its_session_are_valid() {
+        let text = std::fs::read_to_string(repo().join("manifests/examples/pool.yaml")).expect("example");
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+            .collect();
+        let kind = |doc: &serde_yaml::Value| doc.get("kind").and_then(|k| k.as_str()).map(String::from);
+        let pool: NotebookPool = docs
+            .iter()
+            .find(|d| kind(d).as_deref() == Some("NotebookPool"))
+            .map(|d| serde_yaml::from_value(d.clone()).expect("a NotebookPool"))
+            .expect("the example has a pool");
+        let mut session: NotebookSession = docs
+            .iter()
+            .find(|d| kind(d).as_deref() == Some("NotebookSession"))
+            .map(|d| serde_yaml::from_value(d.clone()).expect("a NotebookSession"))
+            .expect("the example has a session");
+        assert_eq!(
+            session.spec.pool_ref.as_ref().map(|r| r.name.as_str()),
+            Some("scipy")
+        );
+        session.metadata.uid = Some("uid".into());
+        let made = crate::operator::pools::desired::templated(&session, &pool);
+        let valid = crate::operator::builders::validate(&made, &Default::default());
+        assert_eq!(
+            valid.map(|v| v.kernel_image),
+            Ok("quay.io/jupyter/scipy-notebook:latest".into())
+        );
+    }
+
+    #[test]
     fn crd_printout_holds_both_definitions() {
         let yaml = all_crds_yaml().expect("renders");
         let docs: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&yaml)
@@ -508,7 +632,11 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["notebooksessions.notebook.dev", "assetleases.notebook.dev"]
+            [
+                "notebooksessions.notebook.dev",
+                "assetleases.notebook.dev",
+                "notebookpools.notebook.dev"
+            ]
         );
         for crd in &docs {
             assert_eq!(crd.spec.scope, "Namespaced");
@@ -528,6 +656,21 @@ mod tests {
             docs[1].spec.names.short_names.as_deref(),
             Some(&["al".to_string()][..])
         );
+        assert_eq!(
+            docs[2].spec.names.short_names.as_deref(),
+            Some(&["nbp".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn a_pool_and_a_pooled_session_parse() {
+        let pool: NotebookPoolSpec =
+            serde_yaml::from_str("{replicas: 3, template: {kernel: {image: k}, idleTimeout: 30m}}")
+                .expect("a pool");
+        assert_eq!(pool.replicas, 3);
+        assert_eq!(pool.template.kernel.image.as_deref(), Some("k"));
+        let session: NotebookSessionSpec = serde_yaml::from_str("{poolRef: {name: p}}").expect("a session");
+        assert_eq!(session.pool_ref.map(|p| p.name).as_deref(), Some("p"));
     }
 
     #[test]

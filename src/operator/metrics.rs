@@ -51,6 +51,15 @@ pub struct OutcomeLabel {
     pub outcome: String,
 }
 
+/// Labels: one NotebookPool.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    /// Namespace of the pool.
+    pub namespace: String,
+    /// Name of the pool.
+    pub pool: String,
+}
+
 /// Labels: one request the operator made to the apiserver.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabel {
@@ -168,6 +177,16 @@ pub struct Metrics {
     pub suspends: Family<ReasonLabel, Counter>,
     /// Requests made to the apiserver, by verb and resource.
     pub apiserver_requests: Family<RequestLabel, Counter>,
+    /// Sessions of a pool given their pod, by outcome (`warm`, `cold`).
+    pub pool_claims: Family<OutcomeLabel, Counter>,
+    /// Seconds a warm claim took: the pod patch and the sidecar handoff.
+    pub pool_claim_latency: Histogram,
+    /// Claim patches refused with 409 (another session took the pod first).
+    pub pool_claim_conflicts: Counter,
+    /// Warm pods ready, per pool.
+    pub pool_ready: Family<PoolLabel, Gauge>,
+    /// Pods of a pool held by sessions, per pool.
+    pub pool_claimed: Family<PoolLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -187,6 +206,36 @@ impl Default for Metrics {
             Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]);
         let suspends = Family::<ReasonLabel, Counter>::default();
         let apiserver_requests = Family::<RequestLabel, Counter>::default();
+        let pool_claims = Family::<OutcomeLabel, Counter>::default();
+        let pool_claim_latency = Histogram::new([0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        let pool_claim_conflicts = Counter::default();
+        registry.register(
+            "pool_claim_conflicts",
+            "Claim patches of warm pods refused with 409 Conflict: another session took the pod first",
+            pool_claim_conflicts.clone(),
+        );
+        let pool_ready = Family::<PoolLabel, Gauge>::default();
+        let pool_claimed = Family::<PoolLabel, Gauge>::default();
+        registry.register(
+            "pool_claims",
+            "NotebookSessions of a pool given their pod, by outcome (warm, cold)",
+            pool_claims.clone(),
+        );
+        registry.register(
+            "pool_claim_latency_seconds",
+            "Time a warm claim took: the pod patch and the sidecar handoff",
+            pool_claim_latency.clone(),
+        );
+        registry.register(
+            "pool_ready",
+            "Warm pods ready, per NotebookPool",
+            pool_ready.clone(),
+        );
+        registry.register(
+            "pool_claimed",
+            "Pods of a NotebookPool held by sessions",
+            pool_claimed.clone(),
+        );
         registry.register(
             "apiserver_requests",
             "Requests this operator made to the apiserver, by verb and resource",
@@ -256,6 +305,11 @@ impl Default for Metrics {
             time_to_ready,
             suspends,
             apiserver_requests,
+            pool_claims,
+            pool_claim_latency,
+            pool_claim_conflicts,
+            pool_ready,
+            pool_claimed,
         }
     }
 }
@@ -288,6 +342,25 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Counts one claim of a pool by outcome (`warm`, `cold`).
+    pub fn pool_claim(&self, outcome: &str) {
+        self.pool_claims
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the gauges of one pool.
+    pub fn set_pool(&self, namespace: &str, pool: &str, ready: i32, claimed: i32) {
+        let label = PoolLabel {
+            namespace: namespace.into(),
+            pool: pool.into(),
+        };
+        self.pool_ready.get_or_create(&label).set(i64::from(ready));
+        self.pool_claimed.get_or_create(&label).set(i64::from(claimed));
     }
 
     /// Counts one AssetLease outcome.

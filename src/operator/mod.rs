@@ -4,6 +4,7 @@
 pub mod assets;
 pub mod backoff;
 pub mod builders;
+pub mod cache;
 pub mod conditions;
 pub mod controller;
 pub mod converge;
@@ -12,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod pools;
 pub mod run;
 pub mod sidecar_client;
 pub mod sidecar_watch;

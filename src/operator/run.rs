@@ -19,6 +19,7 @@ use super::crd;
 use super::error::{is_not_found, Error};
 use super::leader::{LeaderElector, LeaseConfig};
 use super::metrics::{self, Metrics, SnapshotSlot};
+use super::pools;
 use super::sidecar_client::SidecarClient;
 use super::sidecar_watch::{self, SidecarWatches};
 
@@ -255,6 +256,20 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
         });
 
+    // NotebookPools: warm pods kept ready, under the same leadership; the
+    // session controller claims from the pool controller's cache.
+    let (pool_controller, pool_pods) =
+        pools::controller::controller(client.clone(), args.namespace.as_deref());
+    let pool_store = pool_controller.store();
+    let pool_context = Arc::new(pools::controller::PoolContext::new(
+        client.clone(),
+        config.build.clone(),
+        metrics.clone(),
+        pool_pods,
+        config.instance.clone(),
+    ));
+    let pools = pools::controller::run(pool_controller, pool_context);
+
     let context = Arc::new(
         Context::new(
             client.clone(),
@@ -264,7 +279,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             caches.clone(),
             watches,
         )
-        .with_lease_sync(lease_sync),
+        .with_lease_sync(lease_sync)
+        .with_pools(pool_store),
     );
     let store = controller.store();
     slot.set(Arc::new(move || store.state()));
@@ -277,7 +293,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             }
         });
     let controllers = async {
-        futures::join!(sessions, leases);
+        futures::join!(sessions, leases, pools);
     };
 
     let outcome = match elector.as_mut() {

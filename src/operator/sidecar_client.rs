@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::builders::SIDECAR_PORT;
 use super::status::SidecarStatus;
-use crate::sidecar_api::{AssetEntry, Catalog, DeleteRefusal};
+use crate::sidecar_api::{AssetEntry, Catalog, ClaimAnswer, ClaimRequest, DeleteRefusal};
 
 /// Largest status or delete answer accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -26,7 +26,7 @@ const MAX_INDEX_BODY: usize = 8 * 1024 * 1024;
 /// A small client for the sidecar routes the operator uses.
 #[derive(Clone)]
 pub struct SidecarClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
     port: u16,
 }
@@ -154,12 +154,58 @@ impl SidecarClient {
 
     /// One request with the bearer token, answered within `deadline`; the
     /// body is read whole up to `limit` bytes.
+    /// `POST /v1/claim` with the pool's token: the sidecar of a warm pod
+    /// takes the session's token and forgets the pool's.
+    pub async fn claim(
+        &self,
+        pod_ip: IpAddr,
+        pool_token: &str,
+        request: &ClaimRequest,
+    ) -> Result<ClaimAnswer, ClaimRefusal> {
+        let body = serde_json::to_vec(request).map_err(|e| ClaimRefusal::Other(e.to_string()))?;
+        let (authority, code, answer) = self
+            .send(
+                hyper::Method::POST,
+                pod_ip,
+                pool_token,
+                "/v1/claim",
+                Bytes::from(body),
+                MAX_BODY,
+                self.timeout,
+            )
+            .await
+            .map_err(ClaimRefusal::Other)?;
+        if code == hyper::StatusCode::UNAUTHORIZED {
+            return Err(ClaimRefusal::Unauthorized);
+        }
+        if !code.is_success() {
+            return Err(ClaimRefusal::Other(refusal(&authority, code, &answer)));
+        }
+        serde_json::from_slice::<ClaimAnswer>(&answer)
+            .map_err(|err| ClaimRefusal::Other(format!("{authority}: not a claim answer: {err}")))
+    }
+
     async fn call(
         &self,
         method: hyper::Method,
         ip: IpAddr,
         token: &str,
         path: &str,
+        limit: usize,
+        deadline: Duration,
+    ) -> Result<(String, hyper::StatusCode, Bytes), String> {
+        self.send(method, ip, token, path, Bytes::new(), limit, deadline)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        method: hyper::Method,
+        ip: IpAddr,
+        token: &str,
+        path: &str,
+        body: Bytes,
         limit: usize,
         deadline: Duration,
     ) -> Result<(String, hyper::StatusCode, Bytes), String> {
@@ -172,7 +218,8 @@ impl SidecarClient {
             .uri(format!("http://{authority}{path}"))
             .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
             .map_err(|err| format!("cannot build the request: {err}"))?;
         let read = async {
             let response = self
@@ -219,6 +266,15 @@ impl AssetEntry {
     pub fn created_time(&self) -> Option<Timestamp> {
         self.created_at.parse().ok()
     }
+}
+
+/// Why `POST /v1/claim` did not answer 200.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// 401: the token sent is not (or no longer) the one the sidecar takes.
+    Unauthorized,
+    /// Anything else: transport, timeout, 409, a body that does not parse.
+    Other(String),
 }
 
 /// What `DELETE /v1/assets/{name}` answered.

@@ -117,6 +117,45 @@ pub struct Observed<'a> {
     pub pod: Option<&'a Pod>,
     /// The sidecar's answer.
     pub sidecar: SidecarObservation,
+    /// For a session with `poolRef`: how it got (or cannot get) its pod.
+    pub pool: Option<PoolClaim>,
+}
+
+/// Condition type of a session with `poolRef`: its pod was a warm one.
+pub const POOL_CLAIM: &str = "PoolClaim";
+
+/// How a session of a pool got its pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PoolClaim {
+    /// The pool does not exist: no pod is made until it does.
+    NotFound(String),
+    /// The pod was a warm pod of the pool.
+    Warm(String),
+    /// No warm pod was ready: the pod was built cold from the pool's template.
+    Cold(String),
+    /// The pool exists and the pod is still to come.
+    Waiting(String),
+}
+
+impl PoolClaim {
+    fn condition(&self) -> Cond {
+        match self {
+            Self::NotFound(pool) => cond(
+                POOL_CLAIM,
+                "False",
+                "PoolNotFound",
+                format!("spec.poolRef names the NotebookPool {pool:?}, which does not exist in this namespace; create it, or recreate the session without poolRef"),
+            ),
+            Self::Warm(pool) => cond(POOL_CLAIM, "True", "Claimed", format!("the session holds a warm pod of the pool {pool}")),
+            Self::Cold(pool) => cond(
+                POOL_CLAIM,
+                "False",
+                "ColdStart",
+                format!("the pool {pool} had no ready warm pod: the kernel pod was started cold from its template"),
+            ),
+            Self::Waiting(pool) => cond(POOL_CLAIM, "Unknown", "Claiming", format!("a pod of the pool {pool} is being claimed")),
+        }
+    }
 }
 
 /// The new status of `session`.
@@ -127,7 +166,17 @@ pub fn build_status(
 ) -> NotebookSessionStatus {
     let old = session.status.clone().unwrap_or_default();
     let name = session.name_any();
-    let (phase, conds) = phase_and_conditions(session, observed);
+    let (phase, mut conds) = phase_and_conditions(session, observed);
+    if let Some(pool) = &observed.pool {
+        let condition = pool.condition();
+        if matches!(pool, PoolClaim::NotFound(_)) && observed.pod.is_none() {
+            for c in conds.iter_mut().filter(|c| c.type_ == READY) {
+                c.reason = condition.reason.clone();
+                c.message = condition.message.clone();
+            }
+        }
+        conds.push(condition);
+    }
 
     let mut status = NotebookSessionStatus {
         phase: Some(phase),
@@ -578,6 +627,7 @@ mod tests {
             suspension: None,
             pod,
             sidecar,
+            pool: None,
         };
         build_status(session, &observed, now)
     }
@@ -822,6 +872,7 @@ mod tests {
             suspension: None,
             pod: None,
             sidecar: SidecarObservation::NotAsked,
+            pool: None,
         };
         let status = build_status(&session, &observed, now());
         assert_eq!(status.phase, Some(SessionPhase::Failed));
@@ -845,6 +896,7 @@ mod tests {
             }),
             pod: None,
             sidecar: SidecarObservation::NotAsked,
+            pool: None,
         };
         let status = build_status(&session, &observed, now());
         assert_eq!(status.phase, Some(SessionPhase::Suspended));
@@ -978,6 +1030,7 @@ mod tests {
             suspension: Some(suspension.clone()),
             pod: None,
             sidecar: SidecarObservation::NotAsked,
+            pool: None,
         };
         session.status = Some(build_status(&session, &observed, now()));
         // Later reconciles see spec.suspend, and still say why.

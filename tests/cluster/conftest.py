@@ -138,7 +138,7 @@ def kube(cluster) -> Kube:
 @pytest.fixture(scope="session")
 def crds(cluster, kube):
     cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    for name in ("notebooksessions.notebook.dev", "assetleases.notebook.dev"):
+    for name in ("notebooksessions.notebook.dev", "assetleases.notebook.dev", "notebookpools.notebook.dev"):
         kube.wait_for("CustomResourceDefinition", None, name, lambda o: o and any(
             c["type"] == "Established" and c["status"] == "True" for c in o.get("status", {}).get("conditions") or []),
             timeout=60, what=f"CRD {name} Established")
@@ -444,7 +444,7 @@ def refusals(log: str) -> list[str]:
 # -- one namespace per test --------------------------------------------------------------
 def dump_namespace(kube: Kube, cluster: Cluster, kubelet: StandInKubelet, operator: Operator | None,
                    ns: str) -> str:
-    out = [f"===== namespace {ns} =====", *kube.describe(ns, ("NotebookSession", "Pod", "Service", "PersistentVolumeClaim"))]
+    out = [f"===== namespace {ns} =====", *kube.describe(ns, ("NotebookSession", "NotebookPool", "Pod", "Service", "PersistentVolumeClaim"))]
     try:
         out.append("--- Secrets: " + ", ".join(o["metadata"]["name"] for o in kube.list(path("Secret", ns))))
         out.append("--- events\n" + cluster.kubectl("-n", ns, "get", "events", "--sort-by=.lastTimestamp",

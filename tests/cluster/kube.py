@@ -46,6 +46,7 @@ KINDS = {
     "CustomResourceDefinition": ("apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     "NotebookSession": ("apis/notebook.dev/v1alpha1", "notebooksessions", True),
     "AssetLease": ("apis/notebook.dev/v1alpha1", "assetleases", True),
+    "NotebookPool": ("apis/notebook.dev/v1alpha1", "notebookpools", True),
 }
 
 

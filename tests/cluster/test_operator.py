@@ -199,12 +199,18 @@ def test_the_operator_holds_the_chart_rbac_and_no_more(operator, ns):
     assert can_i(operator, "patch", "notebooksessions", ns, "notebook.dev", "status")
     assert can_i(operator, "create", "pods", ns) and can_i(operator, "create", "secrets", ns)
     assert can_i(operator, "update", "notebooksessions", ns, "notebook.dev", "finalizers")
+    # Pools: read, status written, warm pods owned (blockOwnerDeletion) by them.
+    assert can_i(operator, "watch", "notebookpools", ns, "notebook.dev")
+    assert can_i(operator, "patch", "notebookpools", ns, "notebook.dev", "status")
+    assert can_i(operator, "update", "notebookpools", ns, "notebook.dev", "finalizers")
     assert can_i(operator, "update", "leases", OPERATOR_NS, "coordination.k8s.io", name="notebook-operator-leader")
     denied = [
         ("update", "secrets", ns, "", ""), ("patch", "secrets", ns, "", ""), ("delete", "secrets", ns, "", ""),
         ("create", "pods", ns, "", "exec"), ("create", "pods", ns, "", "portforward"),
         ("create", "notebooksessions", ns, "notebook.dev", ""),
         ("update", "notebooksessions", ns, "notebook.dev", ""),
+        ("create", "notebookpools", ns, "notebook.dev", ""), ("patch", "notebookpools", ns, "notebook.dev", ""),
+        ("delete", "notebookpools", ns, "notebook.dev", ""), ("update", "notebookpools", ns, "notebook.dev", ""),
         ("delete", "services", ns, "", ""), ("delete", "persistentvolumeclaims", ns, "", ""),
         ("list", "nodes", None, "", ""), ("delete", "namespaces", None, "", ""),
         ("create", "deployments", ns, "apps", ""), ("create", "serviceaccounts", ns, "", "token"),

@@ -341,10 +341,16 @@ async fn reach(lease: &AssetLease, ctx: &LeaseContext) -> Reach {
         reason: "SessionNotReady",
         message,
     };
-    let Some(pod) = Caches::get(&ctx.sessions.pods, &namespace, &builders::pod_name(name)) else {
+    let Some(pod) = Caches::get(
+        &ctx.sessions.pods,
+        &namespace,
+        &builders::session_pod_name(&session),
+    ) else {
         return not_ready(format!("session {name} has no running kernel pod"));
     };
-    let ip = match builders::sidecar_ip(&pod, None) {
+    // A pod named by the status (claimed from a pool) must still be the session's.
+    let owner = session.spec.pool_ref.as_ref().and(session.uid());
+    let ip = match builders::sidecar_ip(&pod, owner.as_deref()) {
         Ok(ip) => ip,
         Err(why) => return not_ready(format!("session {name}: {why}")),
     };
