@@ -120,6 +120,8 @@ pub struct NewSession {
     pub image: Option<String>,
     pub idle_timeout: Option<String>,
     pub storage: Option<String>,
+    /// A NotebookPool to take a warm kernel from.
+    pub pool: Option<String>,
 }
 
 /// The NotebookSession a request asks for, labelled with who asked.
@@ -151,13 +153,28 @@ pub fn desired(new: &NewSession, namespace: &str, user: &User) -> Result<Noteboo
             size: Quantity(size.to_string()),
             storage_class_name: None,
         });
+    let image = new.image.clone().filter(|s| !s.trim().is_empty());
+    let pool = new.pool.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    if let Some(pool) = pool {
+        if !is_dns_label(pool) {
+            return Err(format!("pool: {pool:?} is not a NotebookPool name"));
+        }
+        // The pool's template decides the kernel and the pods are made
+        // ahead, so neither can be chosen here (the CRD refuses them too).
+        if image.is_some() || storage.is_some() {
+            return Err("pool: a session from a pool takes its image from the pool's template and cannot have storage; leave image and storage out".into());
+        }
+    }
     let spec = NotebookSessionSpec {
         kernel: KernelSpec {
-            image: new.image.clone().filter(|s| !s.trim().is_empty()),
+            image,
             ..KernelSpec::default()
         },
         storage,
         idle_timeout,
+        pool_ref: pool.map(|name| crd::PoolRef {
+            name: name.to_string(),
+        }),
         ..serde_json::from_value(json!({})).map_err(|e| format!("an empty spec does not parse: {e}"))?
     };
     let mut session = NotebookSession::new("", spec);
@@ -348,6 +365,7 @@ mod tests {
             image: Some("img:1".into()),
             idle_timeout: Some("30m".into()),
             storage: Some("1Gi".into()),
+            pool: None,
         };
         let s = desired(&new, "agents", &u).unwrap();
         assert_eq!(s.metadata.name, None);
@@ -368,6 +386,36 @@ mod tests {
         assert_eq!(s.metadata.name.as_deref(), Some("mine"));
         assert_eq!(s.metadata.generate_name, None);
         assert!(s.spec.storage.is_none());
+
+        let pooled = NewSession {
+            pool: Some("warm".into()),
+            idle_timeout: Some("30m".into()),
+            ..NewSession::default()
+        };
+        let s = desired(&pooled, "agents", &u).unwrap();
+        assert_eq!(s.spec.pool_ref.as_ref().map(|p| p.name.as_str()), Some("warm"));
+        assert_eq!(s.spec.kernel.image, None);
+        for clash in [
+            NewSession {
+                pool: Some("warm".into()),
+                image: Some("img:1".into()),
+                ..NewSession::default()
+            },
+            NewSession {
+                pool: Some("warm".into()),
+                storage: Some("1Gi".into()),
+                ..NewSession::default()
+            },
+            NewSession {
+                pool: Some("Not A Pool".into()),
+                ..NewSession::default()
+            },
+        ] {
+            assert!(
+                desired(&clash, "agents", &u).unwrap_err().starts_with("pool: "),
+                "{clash:?}"
+            );
+        }
 
         let bad = NewSession {
             idle_timeout: Some("soon".into()),

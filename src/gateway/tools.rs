@@ -67,6 +67,12 @@ pub struct CreateSessionParams {
     /// Seconds to wait for the session to be Ready (default 0: return at once).
     #[serde(default)]
     pub wait_ready_s: Option<f64>,
+    /// A NotebookPool in the namespace to take a warm, already started kernel
+    /// from (Ready in a fraction of a cold start); the pool's template sets
+    /// the image, so leave image and storage out. An empty pool starts the
+    /// session cold and its status says so.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -339,6 +345,7 @@ impl GatewayTools {
             image: p.image,
             idle_timeout: p.idle_timeout,
             storage: p.storage,
+            pool: p.pool,
         };
         let obj = sessions::desired(&new, &ns, &user).map_err(ToolError::new)?;
         self.allow(&user, "create", &ns, None).await?;

@@ -286,6 +286,28 @@ def test_agent_session_roundtrip(ns, gateway, kube, capsys):
 
 
 # -- who may not ------------------------------------------------------------------------------------
+def test_create_session_takes_a_warm_kernel_from_a_pool(ns, gateway, kube):
+    """Issue 17: create_session{pool} makes a session with poolRef; it gets
+    one of the pool's warm pods and answers through the gateway."""
+    from test_pools import create_pool, wait_pool, warm_pods
+    agent = Agent(ns, "pooled")
+    create_pool(kube, ns, "gw-warm", 1)
+    wait_pool(kube, ns, "gw-warm", lambda st: st.get("ready") == 1, READY_TIMEOUT, "1 ready")
+    warm = {p["metadata"]["name"] for p in warm_pods(kube, ns, "gw-warm")}
+    refusal = refused(call(gateway, agent.token, "create_session",
+                           {"namespace": str(ns), "pool": "gw-warm", "image": "img:1"}), "pool:", "image")
+    assert sessions_in(kube, ns) == [], refusal
+    created = ok(call(gateway, agent.token, "create_session",
+                      {"namespace": str(ns), "name": "from-pool", "pool": "gw-warm", "wait_ready_s": READY_TIMEOUT},
+                      timeout=READY_TIMEOUT + 60))
+    assert created["ready"] is True, created
+    s = get_session(kube, ns, "from-pool")
+    assert s["spec"]["poolRef"] == {"name": "gw-warm"}, s["spec"]
+    assert s["status"]["podName"] in warm, (s["status"]["podName"], warm)
+    answer = call(gateway, agent.token, "execute", {"session": "from-pool", "namespace": str(ns), "code": "6*7"})
+    assert not answer.is_error and "42" in texts(answer)[1:], texts(answer)
+
+
 def forged_jwt() -> str:
     """JWT-shaped, never signed by the cluster: a ServiceAccount's claims and random bytes."""
     b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
