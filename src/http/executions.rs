@@ -136,9 +136,8 @@ pub async fn status(
     State(svc): Svc,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<crate::sidecar_api::Status>, ApiError> {
-    let answer = |status| Ok(Json(status));
     let Some(known) = q.get("revision").filter(|r| !r.is_empty()) else {
-        return answer(svc.status().await?);
+        return Ok(Json(svc.status().await?));
     };
     let wait_s = match q.get("wait_s") {
         None => 0.0,
@@ -160,12 +159,12 @@ pub async fn status(
         ready.borrow_and_update();
         let status = svc.status().await?;
         if status.current_revision() != *known || tokio::time::Instant::now() >= deadline {
-            return answer(status);
+            return Ok(Json(status));
         }
         tokio::select! {
-            changed = states.changed() => if changed.is_err() { return answer(status) },
-            changed = kernel.changed() => if changed.is_err() { return answer(status) },
-            changed = ready.changed() => if changed.is_err() { return answer(status) },
+            changed = states.changed() => if changed.is_err() { return Ok(Json(status)) },
+            changed = kernel.changed() => if changed.is_err() { return Ok(Json(status)) },
+            changed = ready.changed() => if changed.is_err() { return Ok(Json(status)) },
             () = tokio::time::sleep_until(deadline) => {}
         }
     }

@@ -323,15 +323,21 @@ pub fn build_secret(session: &NotebookSession, token: &str, kernel_key: &str) ->
     Secret {
         metadata: owned_meta(session, secret_name(&session.name_any())),
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec())),
-            (
-                KERNEL_KEY_KEY.to_string(),
-                ByteString(kernel_key.as_bytes().to_vec()),
-            ),
-        ])),
+        data: Some(secret_data(token, kernel_key)),
         ..Secret::default()
     }
+}
+
+/// The two keys of a token Secret (a session's or a pool's): the client
+/// token and the kernel HMAC key, which [`secret_value`] reads back.
+pub fn secret_data(token: &str, kernel_key: &str) -> BTreeMap<String, ByteString> {
+    BTreeMap::from([
+        (TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec())),
+        (
+            KERNEL_KEY_KEY.to_string(),
+            ByteString(kernel_key.as_bytes().to_vec()),
+        ),
+    ])
 }
 
 /// The Service `<name>` in front of the sidecar.

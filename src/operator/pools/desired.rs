@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 
 use crate::operator::builders::{
-    self, BuildConfig, ANNOTATION_SPEC_HASH, KERNEL_KEY_KEY, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAME_VALUE,
-    LABEL_SESSION, MANAGER, SIDECAR_CONTAINER, TOKEN_KEY,
+    self, BuildConfig, ANNOTATION_SPEC_HASH, LABEL_MANAGED_BY, LABEL_NAME, LABEL_NAME_VALUE, LABEL_SESSION,
+    MANAGER, SIDECAR_CONTAINER,
 };
 use crate::operator::crd::{NotebookPool, NotebookSession, NotebookSessionSpec};
 
@@ -75,13 +74,7 @@ pub fn build_pool_secret(pool: &NotebookPool, token: &str, kernel_key: &str) -> 
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (TOKEN_KEY.to_string(), ByteString(token.as_bytes().to_vec())),
-            (
-                KERNEL_KEY_KEY.to_string(),
-                ByteString(kernel_key.as_bytes().to_vec()),
-            ),
-        ])),
+        data: Some(builders::secret_data(token, kernel_key)),
         ..Secret::default()
     }
 }
