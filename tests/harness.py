@@ -154,6 +154,33 @@ class Sidecar(SidecarHttp):
         return self.http.get(self.url + "/v1/kernel", timeout=10).json()
 
 
+def start_pod_sidecar(tmp: pathlib.Path, port: int, base_port: int, *extra: str) -> subprocess.Popen:
+    """The `sidecar` subcommand as it runs in a pod (the Secret's two files in
+    `tmp`, a connection file for the kernel container), logging to
+    `tmp/sidecar.log`; `extra` flags such as `--warm` go after the command."""
+    log = open(tmp / "sidecar.log", "ab")
+    return subprocess.Popen(
+        [str(BIN), "sidecar", *extra, "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "state"),
+         "--workspace", str(tmp / "ws"), "--connection-file", str(tmp / "run" / "kernel.json"),
+         "--token-file", str(tmp / "token"), "--kernel-key-file", str(tmp / "kernel-key"),
+         "--kernel-base-port", str(base_port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_readyz(url: str, proc: subprocess.Popen, timeout: float = 60):
+    """Until `url`/readyz answers 200; fails at once if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "sidecar exited"
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("sidecar never became ready")
+
+
 def text_of(execution: dict) -> str:
     """All stream text and text/plain results of an execution."""
     parts = []

@@ -10,17 +10,7 @@ import time
 
 import requests
 
-from harness import BIN, free_port, free_port_block, text_of
-
-
-def start_sidecar(tmp, port, base_port):
-    log = open(tmp / "sidecar.log", "ab")
-    return subprocess.Popen(
-        [str(BIN), "sidecar", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "state"),
-         "--workspace", str(tmp / "ws"), "--connection-file", str(tmp / "run" / "kernel.json"),
-         "--token-file", str(tmp / "token"), "--kernel-key-file", str(tmp / "kernel-key"),
-         "--kernel-base-port", str(base_port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+from harness import BIN, free_port, free_port_block, start_pod_sidecar, text_of, wait_readyz
 
 
 AUTH = {"Authorization": "Bearer pod-token"}
@@ -31,20 +21,7 @@ def first_start(tmp):
     (tmp / "token").write_text("pod-token\n")
     (tmp / "kernel-key").write_text("0123456789abcdef\n")
     port, base = free_port(), free_port_block(5)
-    return start_sidecar(tmp, port, base), port, base
-
-
-def wait_ready(url, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "sidecar exited"
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("sidecar never became ready")
+    return start_pod_sidecar(tmp, port, base), port, base
 
 
 def test_sidecar_writes_the_connection_file_and_waits_for_the_kernel(tmp_path):
@@ -68,7 +45,7 @@ def test_sidecar_writes_the_connection_file_and_waits_for_the_kernel(tmp_path):
         kernel = subprocess.Popen([sys.executable, "-m", "ipykernel_launcher", "-f", str(conn)],
                                   stdout=open(tmp_path / "kernel.log", "wb"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
-        wait_ready(url, side)
+        wait_readyz(url, side)
         r = requests.post(url + "/v1/executions", json={"code": "y = 7; y * 6"}, headers=h)
         assert r.status_code == 202
         e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=h).json()
@@ -76,8 +53,8 @@ def test_sidecar_writes_the_connection_file_and_waits_for_the_kernel(tmp_path):
         # The sidecar container restarts; the kernel container keeps running.
         side.send_signal(signal.SIGKILL)
         side.wait()
-        side = start_sidecar(tmp_path, port, base)
-        wait_ready(url, side)
+        side = start_pod_sidecar(tmp_path, port, base)
+        wait_readyz(url, side)
         r = requests.post(url + "/v1/executions", json={"code": "y"}, headers=h)
         e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=h).json()
         assert text_of(e) == "7", e
@@ -115,7 +92,7 @@ def test_a_kernel_container_restarted_within_the_heartbeat_timeout_fails_the_run
             assert time.monotonic() < deadline, "connection file never written"
             time.sleep(0.02)
         start_kernel()
-        wait_ready(url, side)
+        wait_readyz(url, side)
         r = requests.post(url + "/v1/executions", json={"code": "kept = 1"}, headers=h)
         assert requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30},
                             headers=h).json()["state"] == "completed"
@@ -141,7 +118,7 @@ def test_a_kernel_container_restarted_within_the_heartbeat_timeout_fails_the_run
             assert time.monotonic() < deadline, f"the execution outlived its kernel: {e}"
             time.sleep(0.02)
         assert e["state"] == "failed" and e.get("reason") == "kernel_died", e
-        wait_ready(url, side)
+        wait_readyz(url, side)
         kernel = requests.get(url + "/v1/kernel", headers=h).json()
         assert kernel["state"] in ("idle", "busy") and kernel["restarts"] >= 1, kernel
         assert saw_not_ready, "the sidecar never said it was not ready while its kernel was away"

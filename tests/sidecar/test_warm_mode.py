@@ -10,34 +10,11 @@ import time
 
 import requests
 
-from harness import BIN, free_port, free_port_block, text_of
+from harness import free_port, free_port_block, start_pod_sidecar, text_of, wait_readyz
 
 POOL = {"Authorization": "Bearer pool-token-0123456789"}
 SESSION_TOKEN = "session-token-abcdef0123456789"
 SESSION = {"Authorization": f"Bearer {SESSION_TOKEN}"}
-
-
-def start_warm(tmp, port, base):
-    log = open(tmp / "sidecar.log", "ab")
-    return subprocess.Popen(
-        [str(BIN), "sidecar", "--warm", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp / "state"),
-         "--workspace", str(tmp / "ws"), "--connection-file", str(tmp / "run" / "kernel.json"),
-         "--token-file", str(tmp / "token"), "--kernel-key-file", str(tmp / "kernel-key"),
-         "--kernel-base-port", str(base)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ready(url, proc, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "sidecar exited"
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("sidecar never became ready")
 
 
 def mcp_initialize(url, host):
@@ -53,7 +30,7 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
     (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
     port, base = free_port(), free_port_block(5)
     url = f"http://127.0.0.1:{port}"
-    side = start_warm(tmp_path, port, base)
+    side = start_pod_sidecar(tmp_path, port, base, "--warm")
     kernel = None
     try:
         conn = tmp_path / "run" / "kernel.json"
@@ -64,7 +41,7 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
         kernel = subprocess.Popen([sys.executable, "-m", "ipykernel_launcher", "-f", str(conn)],
                                   stdout=open(tmp_path / "kernel.log", "wb"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
-        wait_ready(url, side)
+        wait_readyz(url, side)
 
         # Warm: status answers to the pool token; every client route is 503 "warm".
         assert requests.get(url + "/v1/status", headers=POOL, timeout=10).status_code == 200
@@ -101,8 +78,8 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
         # file: it comes back claimed, never warm.
         side.send_signal(signal.SIGKILL)
         side.wait()
-        side = start_warm(tmp_path, port, base)
-        wait_ready(url, side)
+        side = start_pod_sidecar(tmp_path, port, base, "--warm")
+        wait_readyz(url, side)
         assert requests.get(url + "/v1/status", headers=POOL, timeout=10).status_code == 401
         r = requests.post(url + "/v1/executions", json={"code": "z"}, headers=SESSION, timeout=10)
         e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
