@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
@@ -19,7 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use super::assets::{LeaseSync, SessionCaches};
 use super::backoff::Failures;
 use super::builders::{self, BuildConfig, ValidSpec, KERNEL_KEY_KEY, MANAGER};
-use super::cache::cached;
+use super::cache::{cached, cached_primary, Listed};
 use super::converge::{self, PodStep};
 use super::crd::{AssetLease, NotebookPool, NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_namespace_terminating, Error};
@@ -53,8 +53,8 @@ pub struct Context {
     pub client: Client,
     /// Settings.
     pub config: ControllerConfig,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// The Event queue.
+    pub events: crate::operator::events::Events,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Reads sidecar status.
@@ -68,7 +68,7 @@ pub struct Context {
     /// The long polls that bring a session back when its sidecar's status changes.
     watches: SidecarWatches,
     /// The pool controller's cache of NotebookPools, when it runs.
-    pools: Option<Store<NotebookPool>>,
+    pools: Option<(Store<NotebookPool>, Listed)>,
 }
 
 impl Context {
@@ -82,7 +82,7 @@ impl Context {
         watches: SidecarWatches,
     ) -> Self {
         Self {
-            recorder: crate::operator::events::recorder(client.clone(), config.instance.clone()),
+            events: crate::operator::events::Events::start(client.clone(), config.instance.clone()),
             client,
             config,
             metrics,
@@ -96,8 +96,8 @@ impl Context {
     }
 
     /// Hands sessions with `poolRef` warm pods of the pools in this cache.
-    pub fn with_pools(mut self, pools: Store<NotebookPool>) -> Self {
-        self.pools = Some(pools);
+    pub fn with_pools(mut self, pools: Store<NotebookPool>, listed: Listed) -> Self {
+        self.pools = Some((pools, listed));
         self
     }
 
@@ -152,6 +152,9 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     // controller is polling their watches meanwhile): before that, an absent
     // object in a cache would not mean an absent object.
     ctx.caches.ready().await;
+    if let Some((_, listed)) = &ctx.pools {
+        listed.wait().await;
+    }
     let name = session.name_any();
     let client = ctx.client.clone();
     let sessions: Api<NotebookSession> = Api::namespaced(client.clone(), &namespace);
@@ -185,7 +188,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         let found = ctx
             .pools
             .as_ref()
-            .and_then(|store| Caches::get(store, &namespace, &r.name));
+            .and_then(|(store, _)| Caches::get(store, &namespace, &r.name));
         (r.name.clone(), found)
     });
     let templated_session;
@@ -215,39 +218,17 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         }
     };
 
-    // The objects that live as long as the session.
-    let token = ensure_secret(session, &namespace, ctx).await?;
-    // Applied only when the cache shows them missing or different: a
-    // reconcile of a converged session sends the apiserver nothing.
-    let service = builders::build_service(session);
-    let cached = Caches::get(&ctx.caches.services, &namespace, &name);
-    if !cached.is_some_and(|c| builders::service_matches(&c, &service)) {
-        let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
-        writes::apply(&services, &service, "apply Service").await?;
-    }
-    if let Some(pvc) = builders::build_pvc(session) {
-        let cached = Caches::get(&ctx.caches.claims, &namespace, &builders::pvc_name(&name));
-        if !cached.is_some_and(|c| builders::claim_matches(&c, &pvc)) {
-            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-            writes::apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
-        }
-    }
+    // The objects that live as long as the session, written side by side
+    // (none needs another); the claim of a warm pod waits for the Secret only.
+    let (token, (), ()) = futures::try_join!(
+        ensure_secret(session, &namespace, ctx),
+        ensure_service(session, &namespace, ctx),
+        ensure_claim(session, &namespace, ctx),
+    )?;
 
     // Observe the pod and, when it is ready, the sidecar.
     let mut pod = session_pod(session, &namespace, &pods, ctx).await?;
-    let sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
-    // Follow the sidecar from what it just said, so a change brings the
-    // session back at once; a pod without a running sidecar has nothing to follow.
-    match (&sidecar, pod.as_ref(), token.as_deref()) {
-        (SidecarObservation::Answered(answer), Some(pod), Some(token)) => ctx.watches.watch(
-            ObjectRef::from_obj(session),
-            pod,
-            token,
-            answer.current_revision(),
-        ),
-        (SidecarObservation::NotAsked, ..) => ctx.watches.forget(&ObjectRef::from_obj(session)),
-        _ => {}
-    }
+    let mut sidecar = observe_and_follow(session, pod.as_ref(), token.as_deref(), ctx).await;
     let activity = match &sidecar {
         SidecarObservation::Answered(s) => s.activity(),
         _ => Activity::from_status(session.status.as_ref()),
@@ -262,8 +243,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
                 EventType::Normal,
                 "ShutdownTime",
                 "shutdownTime passed; deleting the session".into(),
-            )
-            .await;
+            );
             writes::delete_exact(&sessions, session, "delete NotebookSession at shutdownTime").await?;
             return Ok(Action::await_change());
         }
@@ -274,8 +254,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
                 EventType::Normal,
                 suspension.reason,
                 suspension.message.clone(),
-            )
-            .await;
+            );
             let patch = serde_json::json!({
                 "metadata": {"annotations": {status::IDLE_SUSPENDED_ANNOTATION: suspension.message}},
                 "spec": {"suspend": true},
@@ -321,6 +300,11 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
             .await?
         }
     };
+    // A pod that was not there before (a warm pod just claimed answers at
+    // once): ask its sidecar now rather than on the next reconcile.
+    if matches!(sidecar, SidecarObservation::NotAsked) && pod.is_some() {
+        sidecar = observe_and_follow(session, pod.as_ref(), token.as_deref(), ctx).await;
+    }
     let pool_claim = pool.as_ref().and_then(|(pool_name, found)| match (&pod, found) {
         (Some(p), _) if p.labels().contains_key(LABEL_POOL) => Some(PoolClaim::Warm(pool_name.clone())),
         (Some(_), _) => Some(PoolClaim::Cold(pool_name.clone())),
@@ -399,6 +383,59 @@ async fn ensure_secret(
         tracing::warn!(secret = %name, "the session Secret has no {KERNEL_KEY_KEY} key; the sidecar will not start");
     }
     Ok(builders::session_token(&secret))
+}
+
+/// Applies the session's Service when the cache shows it missing or
+/// different: a reconcile of a converged session sends the apiserver nothing.
+async fn ensure_service(session: &NotebookSession, namespace: &str, ctx: &Context) -> Result<(), Error> {
+    let service = builders::build_service(session);
+    let cached = Caches::get(&ctx.caches.services, namespace, &session.name_any());
+    if !cached.is_some_and(|c| builders::service_matches(&c, &service)) {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
+        writes::apply(&services, &service, "apply Service").await?;
+    }
+    Ok(())
+}
+
+/// Applies the session's PersistentVolumeClaim (when it asks for storage)
+/// when the cache shows it missing or different.
+async fn ensure_claim(session: &NotebookSession, namespace: &str, ctx: &Context) -> Result<(), Error> {
+    let Some(pvc) = builders::build_pvc(session) else {
+        return Ok(());
+    };
+    let cached = Caches::get(
+        &ctx.caches.claims,
+        namespace,
+        &builders::pvc_name(&session.name_any()),
+    );
+    if !cached.is_some_and(|c| builders::claim_matches(&c, &pvc)) {
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+        writes::apply(&pvcs, &pvc, "apply PersistentVolumeClaim").await?;
+    }
+    Ok(())
+}
+
+/// Asks the pod's sidecar how it is and follows it from what it said, so a
+/// change brings the session back at once; a pod without a running sidecar
+/// has nothing to follow.
+async fn observe_and_follow(
+    session: &NotebookSession,
+    pod: Option<&Pod>,
+    token: Option<&str>,
+    ctx: &Context,
+) -> SidecarObservation {
+    let sidecar = observe_sidecar(pod, token, ctx).await;
+    match (&sidecar, pod, token) {
+        (SidecarObservation::Answered(answer), Some(pod), Some(token)) => ctx.watches.watch(
+            ObjectRef::from_obj(session),
+            pod,
+            token,
+            answer.current_revision(),
+        ),
+        (SidecarObservation::NotAsked, ..) => ctx.watches.forget(&ObjectRef::from_obj(session)),
+        _ => {}
+    }
+    sidecar
 }
 
 async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) -> SidecarObservation {
@@ -513,7 +550,7 @@ async fn converge_pod(
         (PodStep::Create, _, None) => Ok(Some(writes::apply(pods, &desired, "create Pod").await?)),
         (PodStep::Keep | PodStep::AwaitDeletion, pod, _) => Ok(pod),
         (PodStep::Delete { reason, note }, Some(existing), _) => {
-            publish(ctx, session, EventType::Normal, reason, note.into()).await;
+            publish(ctx, session, EventType::Normal, reason, note.into());
             writes::delete_exact(pods, &existing, "delete Pod").await
         }
         (PodStep::Delete { .. }, None, _) => Ok(None),
@@ -561,7 +598,7 @@ async fn create_from_pool(
                 pod.name_any(),
                 pool.name_any()
             );
-            publish(ctx, session, EventType::Normal, "ClaimedWarmPod", note).await;
+            publish(ctx, session, EventType::Normal, "ClaimedWarmPod", note);
             Ok(*pod)
         }
         Claimed::None => {
@@ -570,7 +607,7 @@ async fn create_from_pool(
                 "the pool {} had no ready warm pod; starting cold from its template",
                 pool.name_any()
             );
-            publish(ctx, session, EventType::Normal, "ColdStart", note).await;
+            publish(ctx, session, EventType::Normal, "ColdStart", note);
             writes::apply(pods, desired, "create Pod").await
         }
     }
@@ -600,7 +637,7 @@ async fn write_status(
     let old = session.status.as_ref();
     let written = writes::status(
         sessions,
-        &ctx.recorder,
+        &ctx.events,
         session,
         old,
         &new,
@@ -646,8 +683,8 @@ fn record_lifecycle_metrics(
     }
 }
 
-async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, reason: &str, note: String) {
-    crate::operator::events::publish(&ctx.recorder, session, type_, reason, note).await;
+fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, reason: &str, note: String) {
+    ctx.events.publish(session, type_, reason, note);
 }
 
 /// The controller's watch caches of the objects sessions own: a reconcile
@@ -656,31 +693,31 @@ async fn publish(ctx: &Context, session: &NotebookSession, type_: EventType, rea
 /// written the object it saw into the cache).
 #[derive(Clone)]
 pub struct Caches {
+    sessions: Store<NotebookSession>,
     pods: Store<Pod>,
     secrets: Store<Secret>,
     services: Store<Service>,
     claims: Store<PersistentVolumeClaim>,
+    /// Each cache's first listing: sessions, pods, Secrets, Services, claims.
+    listed: [Listed; 5],
 }
 
 impl Caches {
     /// What the lease controller reads: the sessions (the session
     /// controller's own cache) with these pods and Secrets.
-    pub fn for_leases(&self, sessions: Store<NotebookSession>) -> SessionCaches {
+    pub fn for_leases(&self) -> SessionCaches {
+        let [sessions, pods, secrets, ..] = self.listed.clone();
         SessionCaches {
-            sessions,
+            sessions: self.sessions.clone(),
             pods: self.pods.clone(),
             secrets: self.secrets.clone(),
+            listed: [sessions, pods, secrets],
         }
     }
 
     /// Waits until every cache holds its first complete listing.
     async fn ready(&self) {
-        let _ = futures::join!(
-            self.pods.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.claims.wait_until_ready(),
-        );
+        futures::future::join_all(self.listed.iter().map(Listed::wait)).await;
     }
 
     /// The object `namespace/name` in `store`, if the cache has it.
@@ -715,10 +752,16 @@ pub fn controller(
         builders::LABEL_NAME,
         builders::LABEL_NAME_VALUE
     ));
-    let (pods, pod_changes) = cached(api::<Pod>(&client, namespace), owned.clone());
-    let (secrets, secret_changes) = cached(api::<Secret>(&client, namespace), owned.clone());
-    let (services, service_changes) = cached(api::<Service>(&client, namespace), owned.clone());
-    let (claims, claim_changes) = cached(api::<PersistentVolumeClaim>(&client, namespace), owned);
+    let (sessions, sessions_listed, session_changes) = cached_primary(
+        api::<NotebookSession>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let (pods, pods_listed, pod_changes) = cached(api::<Pod>(&client, namespace), owned.clone());
+    let (secrets, secrets_listed, secret_changes) = cached(api::<Secret>(&client, namespace), owned.clone());
+    let (services, services_listed, service_changes) =
+        cached(api::<Service>(&client, namespace), owned.clone());
+    let (claims, claims_listed, claim_changes) =
+        cached(api::<PersistentVolumeClaim>(&client, namespace), owned);
     // A lease deleted by hand leaves its asset without one: the session
     // comes back to give it a new lease (its sidecar's status did not move,
     // so nothing else would bring it back before the fallback read).
@@ -731,19 +774,16 @@ pub fn controller(
                 Err(err) => Some(Err(err)),
             })
         });
-    let controller = Controller::new(
-        api::<NotebookSession>(&client, namespace),
-        watcher::Config::default(),
-    );
+    let controller = Controller::for_stream(session_changes, sessions.clone());
     // A pool that appears brings back the sessions that waited for it.
-    let sessions = controller.store();
+    let waiting = sessions.clone();
     let controller = controller
         .watches(
             api::<NotebookPool>(&client, namespace),
             watcher::Config::default(),
             move |pool: NotebookPool| {
                 let (name, ns) = (pool.name_any(), pool.namespace());
-                sessions
+                waiting
                     .state()
                     .into_iter()
                     .filter(|s| s.namespace() == ns)
@@ -768,10 +808,18 @@ pub fn controller(
     (
         controller,
         Caches {
+            sessions,
             pods,
             secrets,
             services,
             claims,
+            listed: [
+                sessions_listed,
+                pods_listed,
+                secrets_listed,
+                services_listed,
+                claims_listed,
+            ],
         },
     )
 }

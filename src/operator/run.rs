@@ -12,7 +12,7 @@ use kube::api::Api;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::Client;
 
-use super::assets::{self, LeaseContext, LeaseControllerConfig, LeaseSync};
+use super::assets::{self, LeaseContext, LeaseControllerConfig};
 use super::builders::BuildConfig;
 use super::controller::{self, Context, ControllerConfig};
 use super::crd;
@@ -227,10 +227,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let (watches, sidecar_changes) = SidecarWatches::new(sidecar.clone(), sidecar_watch::WAIT);
     let (controller, caches) =
         controller::controller(client.clone(), args.namespace.as_deref(), sidecar_changes);
-    let lease_controller = assets::controller::controller(client.clone(), args.namespace.as_deref());
-    let lease_sync = LeaseSync {
-        store: lease_controller.store(),
-    };
+    let (lease_controller, lease_sync) =
+        assets::controller::controller(client.clone(), args.namespace.as_deref());
     let lease_context = Arc::new(LeaseContext::new(
         client.clone(),
         LeaseControllerConfig {
@@ -241,7 +239,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         },
         metrics.clone(),
         sidecar.clone(),
-        caches.for_leases(controller.store()),
+        caches.for_leases(),
     ));
     let leases = lease_controller
         .run(
@@ -258,17 +256,16 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 
     // NotebookPools: warm pods kept ready, under the same leadership; the
     // session controller claims from the pool controller's cache.
-    let (pool_controller, pool_pods) =
-        pools::controller::controller(client.clone(), args.namespace.as_deref());
-    let pool_store = pool_controller.store();
+    let pool_wired = pools::controller::controller(client.clone(), args.namespace.as_deref());
+    let (pool_store, pools_listed) = pool_wired.pools;
     let pool_context = Arc::new(pools::controller::PoolContext::new(
         client.clone(),
         config.build.clone(),
         metrics.clone(),
-        pool_pods,
+        pool_wired.pods,
         config.instance.clone(),
     ));
-    let pools = pools::controller::run(pool_controller, pool_context);
+    let pools = pools::controller::run(pool_wired.controller, pool_context);
 
     let context = Arc::new(
         Context::new(
@@ -280,7 +277,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             watches,
         )
         .with_lease_sync(lease_sync)
-        .with_pools(pool_store),
+        .with_pools(pool_store, pools_listed),
     );
     let store = controller.store();
     slot.set(Arc::new(move || store.state()));

@@ -1,12 +1,12 @@
 //! The controllers' writes to the apiserver, each rule once: server-side
 //! apply under the operator's field manager, a status written only when it
-//! changed (its Events recorded first), and deleting exactly the object that
+//! changed (its Events queued first), and deleting exactly the object that
 //! was read (by uid, so a namesake made meanwhile is left alone).
 
 use std::fmt::Debug;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -47,7 +47,7 @@ pub enum Written {
 /// as Events on it.
 pub async fn status<K, S>(
     api: &Api<K>,
-    recorder: &Recorder,
+    events: &super::events::Events,
     object: &K,
     old: Option<&S>,
     new: &S,
@@ -67,7 +67,7 @@ where
         } else {
             EventType::Normal
         };
-        super::events::publish(recorder, object, kind, &transition.reason, transition.note).await;
+        events.publish(object, kind, &transition.reason, transition.note);
     }
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
@@ -78,7 +78,10 @@ where
         .patch_status(&object.name_any(), &apply_params(), &Patch::Apply(&patch))
         .await
     {
-        Ok(_) => Ok(Written::Changed),
+        Ok(_) => {
+            tracing::debug!(name = %object.name_any(), "status written");
+            Ok(Written::Changed)
+        }
         Err(err) if is_not_found(&err) => Ok(Written::Gone),
         Err(err) => Err(Error::kube(step)(err)),
     }

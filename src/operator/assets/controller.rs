@@ -15,15 +15,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as Finalized};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use super::decide::{self, Finding, Next, Release, Settings, Step, FINALIZER};
+use super::sync::LeaseSync;
 use crate::operator::backoff::Failures;
 use crate::operator::builders;
+use crate::operator::cache::{cached_primary, Listed};
 use crate::operator::controller::Caches;
 use crate::operator::crd::{AssetLease, AssetLeaseStatus, NotebookSession};
 use crate::operator::error::Error;
@@ -44,7 +46,7 @@ pub struct LeaseControllerConfig {
 pub struct LeaseContext {
     client: Client,
     config: LeaseControllerConfig,
-    recorder: Recorder,
+    events: crate::operator::events::Events,
     metrics: Arc<Metrics>,
     sidecar: SidecarClient,
     /// Where the leases' sessions, pods and Secrets are read.
@@ -67,15 +69,13 @@ pub struct SessionCaches {
     pub pods: Store<Pod>,
     /// The sessions' Secrets.
     pub secrets: Store<Secret>,
+    /// The first listing of each: sessions, pods, Secrets.
+    pub listed: [Listed; 3],
 }
 
 impl SessionCaches {
     async fn ready(&self) {
-        let _ = futures::join!(
-            self.sessions.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-        );
+        futures::future::join_all(self.listed.iter().map(Listed::wait)).await;
     }
 }
 
@@ -89,7 +89,7 @@ impl LeaseContext {
         sessions: SessionCaches,
     ) -> Self {
         Self {
-            recorder: crate::operator::events::recorder(client.clone(), config.instance.clone()),
+            events: crate::operator::events::Events::start(client.clone(), config.instance.clone()),
             client,
             config,
             metrics,
@@ -400,8 +400,7 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
                 EventType::Normal,
                 "Released",
                 format!("released; {asset} stays because {message}"),
-            )
-            .await;
+            );
             return Ok(Wake::OnChange);
         }
     };
@@ -430,7 +429,7 @@ async fn release(lease: &AssetLease, leases: &Api<AssetLease>, ctx: &LeaseContex
         }
         Err(err) => return Err(Error::Sidecar(format!("releasing {asset}: {err}"))),
     };
-    publish(ctx, lease, EventType::Normal, "Released", note).await;
+    publish(ctx, lease, EventType::Normal, "Released", note);
     ctx.failures.clear(&ObjectRef::from_obj(lease));
     Ok(Wake::OnChange)
 }
@@ -452,7 +451,7 @@ async fn write_status(
     // finalizer ran): nothing left to write.
     writes::status(
         leases,
-        &ctx.recorder,
+        &ctx.events,
         lease,
         lease.status.as_ref(),
         &new,
@@ -463,8 +462,8 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(ctx: &LeaseContext, lease: &AssetLease, type_: EventType, reason: &str, note: String) {
-    crate::operator::events::publish(&ctx.recorder, lease, type_, reason, note).await;
+fn publish(ctx: &LeaseContext, lease: &AssetLease, type_: EventType, reason: &str, note: String) {
+    ctx.events.publish(lease, type_, reason, note);
 }
 
 /// At most this many leases are reconciled at once, so that an operator
@@ -475,13 +474,21 @@ pub const CONCURRENCY: u16 = 16;
 /// The Controller, wired: AssetLeases only. Sessions reach leases through
 /// owner references (the garbage collector) and through the session
 /// controller, which applies new leases.
-pub fn controller(client: Client, namespace: Option<&str>) -> Controller<AssetLease> {
+/// The AssetLease controller, wired, with its cache's [`LeaseSync`] for the
+/// session controller.
+pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<AssetLease>, LeaseSync) {
     let api: Api<AssetLease> = match namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
-    Controller::new(api, watcher::Config::default())
-        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
+    let (store, listed, changes) = cached_primary(api, watcher::Config::default());
+    let sync = LeaseSync {
+        store: store.clone(),
+        listed,
+    };
+    let controller = Controller::for_stream(changes, store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY));
+    (controller, sync)
 }
 
 #[cfg(test)]
@@ -662,6 +669,7 @@ mod tests {
             secrets: cache(json!({"apiVersion": "v1", "kind": "Secret",
                    "metadata": {"name": "analysis-token", "namespace": "agents"},
                    "data": {"token": "dG9r"}})),
+            listed: [Listed::done(), Listed::done(), Listed::done()],
         };
         let api: Seen = Seen::default();
         let api_port = serve(axum::Router::new().fallback(apiserver).with_state(Fake {

@@ -10,6 +10,7 @@ use kube::{Client, ResourceExt};
 
 use super::desired::leases_to_apply;
 use crate::operator::builders::{self, MANAGER};
+use crate::operator::cache::Listed;
 use crate::operator::crd::{AssetLease, NotebookSession};
 use crate::operator::metrics::Metrics;
 use crate::operator::sidecar_client::SidecarClient;
@@ -19,6 +20,8 @@ use crate::operator::sidecar_client::SidecarClient;
 pub struct LeaseSync {
     /// The lease controller's cache of AssetLeases.
     pub store: Store<AssetLease>,
+    /// Its first listing.
+    pub listed: Listed,
 }
 
 impl LeaseSync {
@@ -34,8 +37,7 @@ impl LeaseSync {
         pod: &Pod,
         token: &str,
     ) -> Result<usize, String> {
-        use futures::FutureExt;
-        if self.store.wait_until_ready().now_or_never().is_none() {
+        if !self.listed.is_listed() {
             return Ok(0);
         }
         let (Some(namespace), Ok(ip)) = (session.namespace(), builders::sidecar_ip(pod, None)) else {

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -20,7 +19,7 @@ use super::decide;
 use super::desired::{self, LABEL_POOL};
 use crate::operator::backoff::Failures;
 use crate::operator::builders::{self, BuildConfig, MANAGER};
-use crate::operator::cache::cached;
+use crate::operator::cache::{cached, cached_primary, Listed};
 use crate::operator::crd::{NotebookPool, NotebookSession};
 use crate::operator::error::{is_already_exists, is_namespace_terminating, Error};
 use crate::operator::metrics::Metrics;
@@ -42,8 +41,9 @@ pub struct PoolContext {
     client: Client,
     build: BuildConfig,
     metrics: Arc<Metrics>,
-    recorder: Recorder,
+    events: crate::operator::events::Events,
     pods: Store<Pod>,
+    pods_listed: Listed,
     failures: Failures<ObjectRef<NotebookPool>>,
     /// Warm pods created that the cache does not show yet, per pool: the
     /// cache lags the create, and counting them keeps a burst of
@@ -57,15 +57,17 @@ impl PoolContext {
         client: Client,
         build: BuildConfig,
         metrics: Arc<Metrics>,
-        pods: Store<Pod>,
+        pods: (Store<Pod>, Listed),
         instance: Option<String>,
     ) -> Self {
+        let (pods, pods_listed) = pods;
         Self {
-            recorder: crate::operator::events::recorder(client.clone(), instance),
+            events: crate::operator::events::Events::start(client.clone(), instance),
             client,
             build,
             metrics,
             pods,
+            pods_listed,
             failures: Failures::default(),
             pending: Mutex::new(HashMap::new()),
         }
@@ -88,9 +90,19 @@ impl PoolContext {
     }
 }
 
+/// The pool controller and its caches.
+pub struct Wired {
+    /// The controller.
+    pub controller: Controller<NotebookPool>,
+    /// Its cache of pools (the session controller claims from it) and its first listing.
+    pub pools: (Store<NotebookPool>, Listed),
+    /// Its cache of pool pods and its first listing.
+    pub pods: (Store<Pod>, Listed),
+}
+
 /// The pool controller, wired: pools, and every pod that carries a pool
 /// label (warm or claimed) brings its pool back, so a claim refills it.
-pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<NotebookPool>, Store<Pod>) {
+pub fn controller(client: Client, namespace: Option<&str>) -> Wired {
     let pools: Api<NotebookPool> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -99,13 +111,18 @@ pub fn controller(client: Client, namespace: Option<&str>) -> (Controller<Notebo
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client),
     };
-    let (store, changes) = cached(pods, watcher::Config::default().labels(LABEL_POOL));
+    let (pool_store, pools_listed, pool_changes) = cached_primary(pools, watcher::Config::default());
+    let (store, listed, changes) = cached(pods, watcher::Config::default().labels(LABEL_POOL));
     let controller =
-        Controller::new(pools, watcher::Config::default()).watches_stream(changes, |pod: Pod| {
+        Controller::for_stream(pool_changes, pool_store.clone()).watches_stream(changes, |pod: Pod| {
             let pool = pod.labels().get(LABEL_POOL)?.clone();
             Some(ObjectRef::new(&pool).within(&pod.namespace()?))
         });
-    (controller, store)
+    Wired {
+        controller,
+        pools: (pool_store, pools_listed),
+        pods: (store, listed),
+    }
 }
 
 /// Reconciles one pool.
@@ -137,7 +154,7 @@ async fn reconcile_inner(pool: &NotebookPool, ctx: &PoolContext) -> Result<Actio
     if pool.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    ctx.pods.wait_until_ready().await.ok();
+    ctx.pods_listed.wait().await;
     let name = pool.name_any();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let key = ObjectRef::from_obj(pool);
@@ -188,7 +205,7 @@ async fn reconcile_inner(pool: &NotebookPool, ctx: &PoolContext) -> Result<Actio
     let api: Api<NotebookPool> = Api::namespaced(ctx.client.clone(), &namespace);
     writes::status(
         &api,
-        &ctx.recorder,
+        &ctx.events,
         pool,
         pool.status.as_ref(),
         &status,
@@ -286,6 +303,7 @@ pub async fn claim(
             Ok(pod) => {
                 tracing::info!(session = %session.name_any(), pod = %pod.name_any(), "claimed a warm pod");
                 handoff(session, &pod, pool_token, session_token, sidecar).await?;
+                tracing::debug!(session = %session.name_any(), "handed off");
                 return Ok(Claimed::Warm(Box::new(pod)));
             }
             Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {

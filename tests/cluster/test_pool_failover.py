@@ -1,0 +1,101 @@
+"""Tier 4, issue 17: a burst of claims survives the loss of the leader. Two
+operator replicas run (one holds the Lease); 40 `kubectl create` of sessions
+with poolRef go in at once against a pool of 40 warm pods, and the leader is
+killed with SIGKILL as soon as the first claim lands. The standby takes the
+Lease over and finishes the burst: 40 sessions Ready on 40 different warm
+pods, none handed out twice, each pod answering to its own session's token
+only. A claim is one patch under the pod's resourceVersion, so it holds
+whichever replica made it."""
+import os
+import threading
+import time
+
+import requests
+
+from kube import path
+from sessions import SidecarApi, cond, get_session, wait_ready
+from test_operator import leader_waits, wait_healthz
+from test_pools import POOL_LABEL, WARM_LABEL, create_pool, pool_token, wait_pool, warm_pods
+
+N = int(os.environ.get("NBO_POOL_BURST_N", "40"))
+
+
+def claimed_pods(kube, ns, pool) -> list[dict]:
+    return [p for p in kube.list(path("Pod", ns), labelSelector=f"{POOL_LABEL}={pool}")
+            if any(o["kind"] == "NotebookSession" for o in p["metadata"].get("ownerReferences", []))]
+
+
+def test_forty_sessions_at_once_get_forty_different_warm_pods_while_the_leader_is_killed(
+        ns, operator, operator_factory):
+    kube, kubectl = ns.kube, ns.cluster.kubectl
+    standby = operator_factory("tier4-pool-standby").start()
+    try:
+        wait_healthz(standby)
+        create_pool(kube, ns, "big", N)
+        wait_pool(kube, ns, "big", lambda st: st.get("ready") == N, 600, f"{N} ready")
+        warm_names = {p["metadata"]["name"] for p in warm_pods(kube, ns, "big")}
+        assert len(warm_names) == N
+        token = pool_token(kube, ns, "big")
+        # The standby is in the race for the Lease before the burst starts.
+        deadline = time.monotonic() + 30
+        while leader_waits(standby) < 1:
+            assert time.monotonic() < deadline, "the standby never tried the Lease"
+            time.sleep(0.1)
+        assert operator.holder() == operator.identity
+
+        names = [f"claim-{i:02d}" for i in range(N)]
+        errors: list[str] = []
+
+        def create(name):
+            doc = (f"apiVersion: notebook.dev/v1alpha1\nkind: NotebookSession\n"
+                   f"metadata: {{name: {name}, namespace: {ns}}}\n"
+                   f"spec: {{kernel: {{}}, poolRef: {{name: big}}}}\n")
+            try:
+                kubectl("create", "-f", "-", input=doc)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(f"{name}: {e}")
+
+        threads = [threading.Thread(target=create, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        # Kill the leader at its first claim: the rest of the burst is the standby's.
+        deadline = time.monotonic() + 120
+        while not claimed_pods(kube, ns, "big"):
+            assert time.monotonic() < deadline, "no claim within 120 s"
+            time.sleep(0.01)
+        operator.proc.kill()
+        operator.proc.wait(timeout=10)
+        at_kill = len(claimed_pods(kube, ns, "big"))
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        print(f"[pools] {at_kill} of {N} pods claimed when the leader was killed")
+        assert at_kill < N, "the whole burst was done before the kill: nothing was left for the standby"
+
+        standby.wait_leader(timeout=60)
+        for name in names:
+            wait_ready(kube, ns, name, timeout=int(os.environ.get("NBO_POOL_BURST_READY_S", "300")))
+        held = {}
+        for name in names:
+            s = get_session(kube, ns, name)
+            claim = cond(s, "PoolClaim")
+            assert (claim.get("status"), claim.get("reason")) == ("True", "Claimed"), (name, claim)
+            held[name] = s["status"]["podName"]
+        assert len(set(held.values())) == N, "a pod was handed to two sessions"
+        # Each got a pod that was warm: one of the first N, or a refill made
+        # warm in time (the pool refills while the burst runs).
+        print(f"[pools] {len(set(held.values()) & warm_names)} of {N} sessions got one of the first {N} warm pods")
+        for name, pod_name in held.items():
+            pod = kube.get(path("Pod", ns, pod_name))
+            owners = pod["metadata"]["ownerReferences"]
+            assert [(o["kind"], o["name"]) for o in owners] == [("NotebookSession", name)], owners
+            assert pod["metadata"]["labels"].get(POOL_LABEL) == "big" and WARM_LABEL not in pod["metadata"]["labels"]
+            api = SidecarApi(kube, ns, name)
+            api.status()  # 200 with the session's own token
+            r = requests.get(api.url + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert r.status_code == 401, (name, r.status_code)
+    finally:
+        kube.patch(path("NotebookPool", ns, "big"), {"spec": {"replicas": 0}})
+        standby.stop()
+        operator.start()
+        operator.wait_leader(timeout=60)
