@@ -12,10 +12,11 @@ pub enum GatewayError {
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     /// The reviewed user may not do this (SubjectAccessReview said no).
-    #[error("forbidden: {user} cannot {verb} notebooksessions{what} in namespace {namespace}{reason}")]
+    #[error("forbidden: {user} cannot {action}{what} in namespace {namespace}{reason}")]
     Forbidden {
         user: String,
-        verb: String,
+        /// Verb and resource, e.g. `list notebookpools`.
+        action: String,
         what: String,
         namespace: String,
         reason: String,

@@ -1,11 +1,12 @@
 //! `notebook-operator gateway`: one authenticated endpoint for agents.
 //!
 //! MCP at `/mcp` (sessions are created, listed, suspended and deleted as
-//! NotebookSession objects; kernel tools are forwarded to a session's
-//! sidecar) and HTTP at `/sessions/{namespace}/{name}/...` (the sidecar's
-//! routes, streams included). Who is asking is settled by a TokenReview of
-//! the bearer token, and what they may do by SubjectAccessReviews on
-//! `notebooksessions`, so the cluster's own RBAC decides.
+//! NotebookSession objects; the NotebookPools to claim from are listed;
+//! kernel tools are forwarded to a session's sidecar) and HTTP at
+//! `/sessions/{namespace}/{name}/...` (the sidecar's routes, streams
+//! included). Who is asking is settled by a TokenReview of the bearer token,
+//! and what they may do by SubjectAccessReviews on `notebooksessions` (and
+//! `notebookpools` for `list_pools`), so the cluster's own RBAC decides.
 
 pub mod auth;
 pub mod client;
@@ -14,6 +15,7 @@ pub mod forward;
 pub mod mcp_client;
 pub mod metrics;
 pub mod origin;
+pub mod pools;
 pub mod review;
 pub mod sessions;
 pub mod tools;
@@ -157,14 +159,7 @@ impl Gateway {
         name: &str,
     ) -> Result<upstream::Upstream, GatewayError> {
         self.reviewer
-            .authorize(
-                user,
-                review::Access {
-                    verb: "get",
-                    namespace: ns.to_string(),
-                    name: Some(name.to_string()),
-                },
-            )
+            .authorize(user, review::Access::sessions("get", ns, Some(name)))
             .await?;
         self.upstreams.resolve(ns, name).await
     }

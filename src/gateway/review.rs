@@ -17,8 +17,10 @@ use super::error::GatewayError;
 use super::metrics::GatewayMetrics;
 use crate::operator::crd::GROUP;
 
-/// The resource every review is about.
-pub const RESOURCE: &str = "notebooksessions";
+/// The resource of every review about a session.
+pub const SESSIONS: &str = "notebooksessions";
+/// The resource of `list_pools`' review.
+pub const POOLS: &str = "notebookpools";
 
 /// A user the apiserver vouched for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -95,12 +97,36 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
     }
 }
 
-/// One question for the SubjectAccessReview.
+/// One question for the SubjectAccessReview: `verb` on `resource` (of
+/// group `notebook.dev`) in `namespace`, or on the one object `name`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Access {
     pub verb: &'static str,
+    pub resource: &'static str,
     pub namespace: String,
     pub name: Option<String>,
+}
+
+impl Access {
+    /// `verb` on NotebookSessions in `namespace` (on `name` alone when given).
+    pub fn sessions(verb: &'static str, namespace: &str, name: Option<&str>) -> Access {
+        Access {
+            verb,
+            resource: SESSIONS,
+            namespace: namespace.to_string(),
+            name: name.map(str::to_string),
+        }
+    }
+
+    /// `verb` on NotebookPools in `namespace`.
+    pub fn pools(verb: &'static str, namespace: &str) -> Access {
+        Access {
+            verb,
+            resource: POOLS,
+            namespace: namespace.to_string(),
+            name: None,
+        }
+    }
 }
 
 /// Asks the apiserver, through short-lived caches.
@@ -206,21 +232,7 @@ impl Reviewer {
         };
         let outcome = if decision.is_ok() { "allowed" } else { "denied" };
         self.metrics.review("access", outcome, from_cache);
-        decision.map_err(|reason| GatewayError::Forbidden {
-            user: user.username.clone(),
-            verb: access.verb.to_string(),
-            what: access
-                .name
-                .as_ref()
-                .map(|n| format!(" {n:?}"))
-                .unwrap_or_default(),
-            namespace: access.namespace.clone(),
-            reason: if reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {reason}")
-            },
-        })
+        decision.map_err(|reason| forbidden(user, &access, &reason))
     }
 
     async fn access_review(&self, user: &User, access: &Access) -> Result<Result<(), String>, GatewayError> {
@@ -232,7 +244,7 @@ impl Reviewer {
                 extra: (!user.extra.is_empty()).then(|| user.extra.clone().into_iter().collect()),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(GROUP.to_string()),
-                    resource: Some(RESOURCE.to_string()),
+                    resource: Some(access.resource.to_string()),
                     verb: Some(access.verb.to_string()),
                     namespace: Some(access.namespace.clone()),
                     name: access.name.clone(),
@@ -256,6 +268,27 @@ impl Reviewer {
         } else {
             Err(status.reason.unwrap_or_default())
         })
+    }
+}
+
+/// The refusal of `access` to `user`, with the apiserver's reason (if any):
+/// it names the verb and the resource, so the caller knows which permission
+/// is missing.
+fn forbidden(user: &User, access: &Access, reason: &str) -> GatewayError {
+    GatewayError::Forbidden {
+        user: user.username.clone(),
+        action: format!("{} {}", access.verb, access.resource),
+        what: access
+            .name
+            .as_ref()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default(),
+        namespace: access.namespace.clone(),
+        reason: if reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {reason}")
+        },
     }
 }
 
@@ -316,6 +349,29 @@ mod tests {
         assert!(meant_for_us(&ours, &["api".into(), "nbo-gateway".into()]));
         assert!(!meant_for_us(&ours, &[]));
         assert!(!meant_for_us(&ours, &["https://kubernetes.default.svc".into()]));
+    }
+
+    #[test]
+    fn a_refusal_names_the_verb_the_resource_and_the_namespace() {
+        let u = User {
+            username: "system:serviceaccount:agents:bot".into(),
+            uid: String::new(),
+            groups: vec![],
+            extra: BTreeMap::new(),
+        };
+        let pools = forbidden(&u, &Access::pools("list", "agents"), "");
+        assert_eq!(
+            pools.to_string(),
+            "forbidden: system:serviceaccount:agents:bot cannot list notebookpools in namespace agents"
+        );
+        assert_eq!(pools.status(), axum::http::StatusCode::FORBIDDEN);
+        let one = forbidden(&u, &Access::sessions("get", "other", Some("s1")), "no RBAC rule");
+        assert_eq!(
+            one.to_string(),
+            "forbidden: system:serviceaccount:agents:bot cannot get notebooksessions \"s1\" in namespace other: no RBAC rule"
+        );
+        assert_eq!(Access::sessions("list", "ns", None).resource, SESSIONS);
+        assert_eq!(Access::pools("list", "ns").name, None);
     }
 
     #[test]

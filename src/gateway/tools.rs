@@ -28,12 +28,13 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use super::error::GatewayError;
+use super::pools::{self, PoolSummary};
 use super::review::{Access, User};
 use super::sessions::{self, NewSession, SessionSummary};
 use super::Gateway;
 use crate::mcp::tools::wait_for;
 use crate::mcp::ToolError;
-use crate::operator::crd::NotebookSession;
+use crate::operator::crd::{NotebookPool, NotebookSession};
 
 /// How long `delete_session` waits for the object to be gone by default.
 const DEFAULT_DELETE_WAIT_S: f64 = 30.0;
@@ -119,6 +120,13 @@ pub struct SessionList {
     pub sessions: Vec<SessionSummary>,
 }
 
+/// `list_pools`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PoolList {
+    pub namespace: String,
+    pub pools: Vec<PoolSummary>,
+}
+
 /// `delete_session`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct DeletedSession {
@@ -157,12 +165,11 @@ impl GatewayTools {
         ns: &str,
         name: Option<&str>,
     ) -> Result<(), ToolError> {
-        let access = Access {
-            verb,
-            namespace: ns.to_string(),
-            name: name.map(str::to_string),
-        };
-        Ok(self.gw.reviewer.authorize(user, access).await?)
+        Ok(self
+            .gw
+            .reviewer
+            .authorize(user, Access::sessions(verb, ns, name))
+            .await?)
     }
 
     /// Refuses when `user` already has as many live sessions as allowed.
@@ -415,6 +422,39 @@ impl GatewayTools {
         }))
     }
 
+    #[tool(
+        description = "The NotebookPools in a namespace (default: your own): warm, already started kernels that create_session with pool=<name> hands out. For each: kernel image, replicas, how many warm pods are ready to claim now (ready; at 0 a session starts cold), warm, claimed, and the pool's Ready condition."
+    )]
+    async fn list_pools(
+        &self,
+        Parameters(p): Parameters<NamespaceParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<PoolList>, ToolError> {
+        let user = user_of(&ctx)?;
+        let ns = sessions::namespace_for(p.namespace.as_deref(), &user, &self.gw.cfg.default_namespace);
+        if !sessions::is_dns_label(&ns) {
+            return Err(ToolError::new(format!("{ns:?} is not a namespace name")));
+        }
+        let span = tracing::info_span!("tool", tool = "list_pools", namespace = %ns, user = %user.username);
+        async move {
+            self.gw
+                .reviewer
+                .authorize(&user, Access::pools("list", &ns))
+                .await?;
+            let api: Api<NotebookPool> = Api::namespaced(self.gw.kube.clone(), &ns);
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(GatewayError::kube("list NotebookPools"))?;
+            Ok(Json(PoolList {
+                pools: list.items.iter().map(pools::summary).collect(),
+                namespace: ns,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
     #[tool(description = "One session: phase, readiness, queue counts, last activity.")]
     async fn get_session(
         &self,
@@ -579,6 +619,7 @@ impl ServerHandler for GatewayTools {
             ))
             .with_instructions(
                 "Jupyter kernels on Kubernetes. create_session (with wait_ready_s) gives you a kernel; \
+                 list_pools shows warm pools whose name, as create_session's pool, gives one at once; \
                  run code with execute, build notebooks with create_notebook, insert_cell and run_cell, \
                  each with session=<name>. Executions are queued durably: a long one returns an id that \
                  get_execution fetches later. delete_session when you are done.",
@@ -651,13 +692,42 @@ mod tests {
     }
 
     #[test]
+    fn list_pools_publishes_the_counts_and_the_ready_condition_in_its_output_schema() {
+        let tool = GatewayTools::tool_router()
+            .list_all()
+            .into_iter()
+            .find(|t| t.name == "list_pools")
+            .expect("a list_pools tool");
+        let schema = tool.output_schema.expect("an output schema");
+        let props = schema["properties"].as_object().unwrap();
+        assert!(
+            props.contains_key("namespace") && props.contains_key("pools"),
+            "{props:?}"
+        );
+        let pool = &schema["$defs"]["PoolSummary"]["properties"];
+        for field in [
+            "name",
+            "image",
+            "replicas",
+            "ready",
+            "warm",
+            "claimed",
+            "condition",
+        ] {
+            assert!(pool.get(field).is_some(), "{field} in {pool}");
+        }
+        let input = tool.input_schema.get("properties").and_then(Value::as_object);
+        assert!(input.is_some_and(|p| p.contains_key("namespace")), "{input:?}");
+    }
+
+    #[test]
     fn session_tools_and_kernel_tools_do_not_share_names() {
         let own: Vec<String> = GatewayTools::tool_router()
             .list_all()
             .into_iter()
             .map(|t| t.name.to_string())
             .collect();
-        assert_eq!(own.len(), 6, "{own:?}");
+        assert_eq!(own.len(), 7, "{own:?}");
         for t in kernel_tools() {
             assert!(!own.contains(&t.name.to_string()), "{}", t.name);
         }

@@ -87,11 +87,29 @@ class Agent:
             assert time.monotonic() < deadline, f"RBAC never allowed {self.username} to {verbs[0]} in {ns}"
             time.sleep(0.1)
 
-    def can_i(self, verb: str, namespace: str) -> bool:
+    def can_i(self, verb: str, namespace: str, resource: str = "notebooksessions") -> bool:
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                  "spec": {"resourceAttributes": {"verb": verb, "resource": "notebooksessions",
+                  "spec": {"resourceAttributes": {"verb": verb, "resource": resource,
                                                   "group": "notebook.dev", "namespace": namespace}}}
         return self.kube.create("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)["status"]["allowed"]
+
+    def grant(self, ns, resource: str, verbs: list[str]):
+        """A second Role (and binding) of this agent: verbs on resource in ns;
+        returns once the apiserver's RBAC says yes to the first verb."""
+        kube, role = ns.kube, f"{self.name}-{resource}"
+        kube.create(path("Role", ns), {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": role, "namespace": str(ns)},
+            "rules": [{"apiGroups": ["notebook.dev"], "resources": [resource], "verbs": list(verbs)}]})
+        kube.create(path("RoleBinding", ns), {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": str(ns)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": self.name, "namespace": self.ns}]})
+        deadline = time.monotonic() + 30
+        while not self.can_i(verbs[0], str(ns), resource):
+            assert time.monotonic() < deadline, f"RBAC never allowed {self.username} to {verbs[0]} {resource} in {ns}"
+            time.sleep(0.1)
 
     def http(self) -> requests.Session:
         s = requests.Session()
@@ -180,7 +198,8 @@ def test_the_gateway_holds_the_chart_rbac_and_no_more(ns, gateway):
     allowed = [("create", "tokenreviews", None, "authentication.k8s.io", ""),
                ("create", "subjectaccessreviews", None, "authorization.k8s.io", ""),
                ("get", "secrets", ns, "", ""), ("get", "pods", ns, "", ""),
-               *[(v, "notebooksessions", ns, "notebook.dev", "") for v in SESSION_VERBS]]
+               *[(v, "notebooksessions", ns, "notebook.dev", "") for v in SESSION_VERBS],
+               ("list", "notebookpools", ns, "notebook.dev", "")]
     missing = [a for a in allowed if not gateway_can(gateway, *a)]
     assert not missing, f"the gateway lacks what it needs: {missing}"
     denied = [
@@ -189,6 +208,8 @@ def test_the_gateway_holds_the_chart_rbac_and_no_more(ns, gateway):
         ("delete", "pods", ns, "", ""), ("create", "pods", ns, "", "exec"), ("create", "pods", ns, "", "portforward"),
         ("get", "pods", ns, "", "log"), ("update", "notebooksessions", ns, "notebook.dev", ""),
         ("patch", "notebooksessions", ns, "notebook.dev", "status"), ("delete", "assetleases", ns, "notebook.dev", ""),
+        *[(v, "notebookpools", ns, "notebook.dev", "") for v in ("get", "watch", "create", "patch", "delete")],
+        ("patch", "notebookpools", ns, "notebook.dev", "status"),
         ("create", "serviceaccounts", ns, "", "token"), ("impersonate", "users", None, "", ""),
         ("impersonate", "serviceaccounts", ns, "", ""), ("create", "rolebindings", ns, "rbac.authorization.k8s.io", ""),
         ("list", "nodes", None, "", ""), ("delete", "namespaces", None, "", ""), ("create", "deployments", ns, "apps", ""),
@@ -306,6 +327,56 @@ def test_create_session_takes_a_warm_kernel_from_a_pool(ns, gateway, kube):
     assert s["status"]["podName"] in warm, (s["status"]["podName"], warm)
     answer = call(gateway, agent.token, "execute", {"session": "from-pool", "namespace": str(ns), "code": "6*7"})
     assert not answer.is_error and "42" in texts(answer)[1:], texts(answer)
+
+
+def test_list_pools_shows_what_may_be_claimed_to_callers_who_may_list_notebookpools(ns, ns_b, gateway, kube):
+    """Issue 17: list_pools answers each NotebookPool of the namespace with its
+    image, replicas, ready, warm and claimed counts and its Ready condition,
+    to a caller whom RBAC lets list notebookpools there; a caller who may
+    only use sessions is refused, and learns nothing about the pools."""
+    from test_pools import KERNEL, create_pool, pooled_session, wait_pool
+    lister = Agent(ns, "lister")
+    lister.grant(ns, "notebookpools", ["list"])
+    plain = Agent(ns, "plain")  # notebooksessions only
+    create_pool(kube, ns, "gw-list", 1)
+    create_pool(kube, ns, "gw-empty", 0)
+    wait_pool(kube, ns, "gw-list", lambda st: st.get("ready") == 1, READY_TIMEOUT, "1 ready")
+    pooled_session(kube, ns, "claimer", "gw-list")
+    wait_ready(kube, ns, "claimer")
+    wait_pool(kube, ns, "gw-list", lambda st: st.get("ready") == 1 and st.get("claimed") == 1, READY_TIMEOUT,
+              "refilled to 1 ready, 1 claimed")
+    wait_pool(kube, ns, "gw-empty", lambda st: "conditions" in st, 60, "a status")
+
+    listed, listed_default = calls(gateway, lister.token, [("list_pools", {"namespace": str(ns)}),
+                                                           ("list_pools", {})])
+    for answer in (listed, listed_default):  # a ServiceAccount's default namespace is its own
+        assert ok(answer)["namespace"] == ns, ok(answer)
+        pools = {p["name"]: p for p in ok(answer)["pools"]}
+        assert sorted(pools) == ["gw-empty", "gw-list"], pools
+        for name, want_replicas in (("gw-list", 1), ("gw-empty", 0)):
+            obj = kube.get(path("NotebookPool", ns, name))
+            st, ready = obj["status"], next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+            got = pools[name]
+            assert (got["namespace"], got["image"], got["replicas"]) == (ns, KERNEL["image"], want_replicas), got
+            assert (got["ready"], got["warm"], got["claimed"]) == (st["ready"], st["warm"], st["claimed"]), (got, st)
+            assert got["condition"] == {k: ready[k] for k in ("status", "reason", "message")}, (got, ready)
+            assert got["stale"] is False and got["deleting"] is False, got
+    counted = {p["name"]: p for p in ok(listed)["pools"]}
+    assert (counted["gw-list"]["ready"], counted["gw-list"]["claimed"]) == (1, 1), counted["gw-list"]
+    assert counted["gw-list"]["condition"]["status"] == "True", counted["gw-list"]
+    assert (counted["gw-empty"]["ready"], counted["gw-empty"]["claimed"]) == (0, 0), counted["gw-empty"]
+
+    # Sessions only: refused, saying what is missing, and naming no pool.
+    text = refused(call(gateway, plain.token, "list_pools", {"namespace": str(ns)}),
+                   "forbidden", plain.username, "list notebookpools", str(ns))
+    assert "gw-list" not in text and "gw-empty" not in text, text
+    # The lister's Role is in its own namespace only.
+    refused(call(gateway, lister.token, "list_pools", {"namespace": str(ns_b)}),
+            "forbidden", "list notebookpools", str(ns_b))
+    refused(call(gateway, lister.token, "list_pools", {"namespace": "Not_A_Namespace"}), "not a namespace")
+    # And the right to list pools gives no right to sessions: the refusal of a
+    # session tool still names notebooksessions.
+    refused(call(gateway, plain.token, "list_sessions", {"namespace": str(ns_b)}), "forbidden", "notebooksessions")
 
 
 def forged_jwt() -> str:

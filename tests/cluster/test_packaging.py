@@ -113,6 +113,7 @@ GATEWAY_RULES = [
     {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     {"apiGroups": ["notebook.dev"], "resources": ["notebooksessions"],
      "verbs": ["get", "list", "watch", "create", "delete", "patch"]},
+    {"apiGroups": ["notebook.dev"], "resources": ["notebookpools"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
 ]
