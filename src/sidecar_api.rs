@@ -348,4 +348,8 @@ pub struct ClaimAnswer {
     pub session: String,
     /// Its namespace.
     pub namespace: String,
+    /// The sidecar's status right after the claim, as `GET /v1/status`
+    /// would answer it (the claimer need not ask again); absent when it
+    /// could not be read.
+    pub status: Option<Status>,
 }

@@ -175,9 +175,10 @@ pub async fn claim(
     Json(req): Json<ClaimRequest>,
 ) -> Result<Json<ClaimAnswer>, ApiError> {
     check(&req)?;
-    let answer = ClaimAnswer {
+    let answer = |status| ClaimAnswer {
         session: req.session.clone(),
         namespace: req.namespace.clone(),
+        status,
     };
     match claim_step(&state.token.access(), &req) {
         ClaimStep::Take(access) => {
@@ -194,9 +195,9 @@ pub async fn claim(
             }
             state.token.set(access);
             tracing::info!("claimed: the pool token no longer works");
-            Ok(Json(answer))
+            Ok(Json(answer(state.svc.status().await.ok())))
         }
-        ClaimStep::Again => Ok(Json(answer)),
+        ClaimStep::Again => Ok(Json(answer(state.svc.status().await.ok()))),
         ClaimStep::Refuse(why) => Err(ApiError::new(StatusCode::CONFLICT, "claimed", why)),
     }
 }

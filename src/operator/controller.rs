@@ -30,6 +30,7 @@ use super::sidecar_client::SidecarClient;
 use super::sidecar_watch::SidecarWatches;
 use super::status::{self, Activity, Lifecycle, Observed, PoolClaim, SidecarObservation};
 use super::writes::{self, Written};
+use crate::sidecar_api::Status as SidecarStatus;
 
 /// Safety resync of a session no watch event touched.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -284,8 +285,8 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     // Converge the pod.
     let suspended = suspension.is_some();
     let pool_found = pool.as_ref().and_then(|(_, found)| found.as_deref());
-    pod = match &pool {
-        Some((_, None)) if pod.is_none() => None,
+    let (converged, claim_status) = match &pool {
+        Some((_, None)) if pod.is_none() => (None, None),
         _ => {
             converge_pod(
                 session,
@@ -300,10 +301,20 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
             .await?
         }
     };
-    // A pod that was not there before (a warm pod just claimed answers at
-    // once): ask its sidecar now rather than on the next reconcile.
-    if matches!(sidecar, SidecarObservation::NotAsked) && pod.is_some() {
-        sidecar = observe_and_follow(session, pod.as_ref(), token.as_deref(), ctx).await;
+    pod = converged;
+    // A pod that was not there before: a warm pod just claimed answered the
+    // claim with its status; follow it from there, as from an answer to
+    // the status read above.
+    if let (SidecarObservation::NotAsked, Some(status), Some(claimed), Some(token)) =
+        (&sidecar, claim_status, pod.as_ref(), token.as_deref())
+    {
+        ctx.watches.watch(
+            ObjectRef::from_obj(session),
+            claimed,
+            token,
+            status.current_revision(),
+        );
+        sidecar = SidecarObservation::Answered(status);
     }
     let pool_claim = pool.as_ref().and_then(|(pool_name, found)| match (&pod, found) {
         (Some(p), _) if p.labels().contains_key(LABEL_POOL) => Some(PoolClaim::Warm(pool_name.clone())),
@@ -530,7 +541,8 @@ async fn session_pod(
 }
 
 /// Creates, replaces or removes the kernel pod ([`converge::pod_step`]
-/// decides which). Returns the pod as it now is.
+/// decides which). Returns the pod as it now is, and the status its sidecar
+/// answered a claim of it with.
 #[allow(clippy::too_many_arguments)]
 async fn converge_pod(
     session: &NotebookSession,
@@ -541,24 +553,25 @@ async fn converge_pod(
     pool: Option<&NotebookPool>,
     token: Option<&str>,
     ctx: &Context,
-) -> Result<Option<Pod>, Error> {
+) -> Result<(Option<Pod>, Option<SidecarStatus>), Error> {
     let desired = builders::build_pod(session, valid, &ctx.config.build);
     match (converge::pod_step(pod.as_ref(), &desired, suspended), pod, pool) {
         (PodStep::Create, _, Some(pool)) => create_from_pool(session, pool, &desired, pods, token, ctx)
             .await
-            .map(Some),
-        (PodStep::Create, _, None) => Ok(Some(writes::apply(pods, &desired, "create Pod").await?)),
-        (PodStep::Keep | PodStep::AwaitDeletion, pod, _) => Ok(pod),
+            .map(|(pod, status)| (Some(pod), status)),
+        (PodStep::Create, _, None) => Ok((Some(writes::apply(pods, &desired, "create Pod").await?), None)),
+        (PodStep::Keep | PodStep::AwaitDeletion, pod, _) => Ok((pod, None)),
         (PodStep::Delete { reason, note }, Some(existing), _) => {
             publish(ctx, session, EventType::Normal, reason, note.into());
-            writes::delete_exact(pods, &existing, "delete Pod").await
+            Ok((writes::delete_exact(pods, &existing, "delete Pod").await?, None))
         }
-        (PodStep::Delete { .. }, None, _) => Ok(None),
+        (PodStep::Delete { .. }, None, _) => Ok((None, None)),
     }
 }
 
-/// The pod of a session of `pool`: a warm pod claimed from it, else
-/// `desired` (built cold from its template). Counted by outcome.
+/// The pod of a session of `pool`: a warm pod claimed from it (with the
+/// status its sidecar answered the claim with), else `desired` (built cold
+/// from its template). Counted by outcome.
 async fn create_from_pool(
     session: &NotebookSession,
     pool: &NotebookPool,
@@ -566,7 +579,7 @@ async fn create_from_pool(
     pods: &Api<Pod>,
     token: Option<&str>,
     ctx: &Context,
-) -> Result<Pod, Error> {
+) -> Result<(Pod, Option<SidecarStatus>), Error> {
     let started = Instant::now();
     let namespace = session.namespace().unwrap_or_default();
     let pool_token = Caches::get(
@@ -588,7 +601,7 @@ async fn create_from_pool(
         None => Claimed::None,
     };
     match claimed {
-        Claimed::Warm(pod) => {
+        Claimed::Warm(pod, status) => {
             ctx.metrics.pool_claim("warm");
             ctx.metrics
                 .pool_claim_latency
@@ -599,7 +612,7 @@ async fn create_from_pool(
                 pool.name_any()
             );
             publish(ctx, session, EventType::Normal, "ClaimedWarmPod", note);
-            Ok(*pod)
+            Ok((*pod, status))
         }
         Claimed::None => {
             ctx.metrics.pool_claim("cold");
@@ -608,7 +621,7 @@ async fn create_from_pool(
                 pool.name_any()
             );
             publish(ctx, session, EventType::Normal, "ColdStart", note);
-            writes::apply(pods, desired, "create Pod").await
+            Ok((writes::apply(pods, desired, "create Pod").await?, None))
         }
     }
 }

@@ -54,7 +54,11 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
 
         claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN, "allowed_hosts": ["s1.ns.svc"]}
         r = requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10)
-        assert r.status_code == 200 and r.json() == {"session": "s1", "namespace": "ns"}, r.text
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert (answer["session"], answer["namespace"]) == ("s1", "ns"), answer
+        # The answer carries the sidecar's status, so the claimer need not ask again.
+        assert answer["status"]["kernel"]["state"] == "idle" and answer["status"]["revision"], answer
 
         # Claimed: the pool token is gone, the session's works everywhere.
         assert requests.get(url + "/v1/status", headers=POOL, timeout=10).status_code == 401

@@ -25,7 +25,7 @@ use crate::operator::error::{is_already_exists, is_namespace_terminating, Error}
 use crate::operator::metrics::Metrics;
 use crate::operator::sidecar_client::{ClaimRefusal, SidecarClient};
 use crate::operator::writes;
-use crate::sidecar_api::ClaimRequest;
+use crate::sidecar_api::{ClaimRequest, Status};
 
 /// How long a created warm pod may take to show in the cache before it no
 /// longer counts as pending (a watch restart that missed it, say).
@@ -244,8 +244,9 @@ async fn ensure_pool_secret(pool: &NotebookPool, namespace: &str, ctx: &PoolCont
 /// What a claim came to.
 #[derive(Debug)]
 pub enum Claimed {
-    /// This warm pod is the session's now, and its sidecar holds the session's token.
-    Warm(Box<Pod>),
+    /// This warm pod is the session's now, and its sidecar holds the
+    /// session's token; with the status its sidecar answered the handoff with.
+    Warm(Box<Pod>, Option<Status>),
     /// No warm pod could be had: start cold.
     None,
 }
@@ -302,9 +303,9 @@ pub async fn claim(
         {
             Ok(pod) => {
                 tracing::info!(session = %session.name_any(), pod = %pod.name_any(), "claimed a warm pod");
-                handoff(session, &pod, pool_token, session_token, sidecar).await?;
+                let status = handoff(session, &pod, pool_token, session_token, sidecar).await?;
                 tracing::debug!(session = %session.name_any(), "handed off");
-                return Ok(Claimed::Warm(Box::new(pod)));
+                return Ok(Claimed::Warm(Box::new(pod), status));
             }
             Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
                 if status.code == 409 {
@@ -321,13 +322,14 @@ pub async fn claim(
 /// `POST /v1/claim` to the claimed pod's sidecar with the pool's token:
 /// from the answer on the sidecar takes only the session's token. A 401
 /// means the pool token is gone already: the handoff happened before.
+/// Returns the status the sidecar answered with, when it did.
 pub async fn handoff(
     session: &NotebookSession,
     pod: &Pod,
     pool_token: &str,
     session_token: &str,
     sidecar: &SidecarClient,
-) -> Result<(), Error> {
+) -> Result<Option<Status>, Error> {
     let ip = builders::sidecar_ip(pod, None).map_err(Error::Sidecar)?;
     let request = ClaimRequest {
         session: session.name_any(),
@@ -336,7 +338,8 @@ pub async fn handoff(
         allowed_hosts: builders::mcp_hosts(session),
     };
     match sidecar.claim(ip, pool_token, &request).await {
-        Ok(_) | Err(ClaimRefusal::Unauthorized) => Ok(()),
+        Ok(answer) => Ok(answer.status),
+        Err(ClaimRefusal::Unauthorized) => Ok(None),
         Err(ClaimRefusal::Other(err)) => Err(Error::Sidecar(err)),
     }
 }
