@@ -64,10 +64,13 @@ impl Upstreams {
         if let Some(up) = self.lock().get(&key, Instant::now()) {
             return Ok(up);
         }
+        // The session and its Secret side by side (the Secret's name is the
+        // session's); the pod's name is in the session's status.
         let sessions: Api<NotebookSession> = Api::namespaced(self.client.clone(), ns);
-        let session = sessions
-            .get_opt(name)
-            .await
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let secret_name = secret_name(name);
+        let (session, secret) = futures::join!(sessions.get_opt(name), secrets.get_opt(&secret_name));
+        let session = session
             .map_err(GatewayError::kube("read the NotebookSession"))?
             .ok_or_else(|| GatewayError::NotFound(format!("no NotebookSession {ns}/{name}")))?;
         if session.spec.suspend {
@@ -82,10 +85,7 @@ impl Upstreams {
             .map_err(GatewayError::kube("read the kernel pod"))?
             .ok_or_else(|| GatewayError::NotReady(format!("session {ns}/{name} has no kernel pod yet")))?;
         let ip = pod_ip_of(&pod, &session).map_err(GatewayError::NotReady)?;
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let secret = secrets
-            .get_opt(&secret_name(name))
-            .await
+        let secret = secret
             .map_err(GatewayError::kube("read the session Secret"))?
             .ok_or_else(|| GatewayError::NotReady(format!("session {ns}/{name} has no token Secret yet")))?;
         let token = session_token(&secret).ok_or_else(|| {
