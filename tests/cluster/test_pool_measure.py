@@ -30,7 +30,8 @@ from test_gateway import Agent, mcp_at, ok, texts
 from test_pools import create_pool, wait_pool
 
 N = int(os.environ.get("NBO_POOL_MEASURE_N", "50"))
-N_COLD = int(os.environ.get("NBO_POOL_MEASURE_COLD_N", "20"))
+N_COLD = int(os.environ.get("NBO_POOL_MEASURE_COLD_N", "10"))
+N_GATEWAY = int(os.environ.get("NBO_POOL_MEASURE_GATEWAY_N", "20"))
 BURST = 10
 TIMEOUT = 120
 
@@ -185,9 +186,9 @@ def test_measure_warm_against_cold_claims(ns, gateway, kube, capsys):
         "cold, one at a time: create -> Ready": create_to_ready(kube, ns_name, "cold", N_COLD, 1, False, "c1"),
         f"cold, bursts of {BURST}: create -> Ready": create_to_ready(kube, ns_name, "cold", N_COLD, BURST, False, "cb"),
         "warm, one at a time: create_session + execute 1+1 (gateway)":
-            create_to_first_answer(gateway, kube, ns_name, agents, "hot", N, 1, True, "gw1"),
+            create_to_first_answer(gateway, kube, ns_name, agents, "hot", N_GATEWAY, 1, True, "gw1"),
         f"warm, bursts of {BURST}: create_session + execute 1+1 (gateway)":
-            create_to_first_answer(gateway, kube, ns_name, agents, "hot", N, BURST, True, "gwb"),
+            create_to_first_answer(gateway, kube, ns_name, agents, "hot", N_GATEWAY, BURST, True, "gwb"),
         "cold, one at a time: create_session + execute 1+1 (gateway)":
             create_to_first_answer(gateway, kube, ns_name, agents, "cold", N_COLD, 1, False, "gc1"),
     }
