@@ -26,6 +26,7 @@ use super::error::{is_already_exists, is_namespace_terminating, Error};
 use super::metrics::Metrics;
 use super::pools::controller::{self as pool_controller, Claimed};
 use super::pools::desired::{pool_secret_name, templated, LABEL_POOL};
+use super::pools::recent::RecentClaims;
 use super::sidecar_client::SidecarClient;
 use super::sidecar_watch::SidecarWatches;
 use super::status::{self, Activity, Lifecycle, Observed, PoolClaim, SidecarObservation};
@@ -70,6 +71,8 @@ pub struct Context {
     watches: SidecarWatches,
     /// The pool controller's cache of NotebookPools, when it runs.
     pools: Option<(Store<NotebookPool>, Listed)>,
+    /// The pods this replica claimed lately, which the pod cache may not show yet.
+    recent_claims: RecentClaims,
 }
 
 impl Context {
@@ -93,6 +96,7 @@ impl Context {
             caches,
             watches,
             pools: None,
+            recent_claims: RecentClaims::default(),
         }
     }
 
@@ -531,13 +535,26 @@ async fn session_pod(
             None => {}
         }
     }
-    Ok(ctx
+    let cached = ctx
         .caches
         .pods
         .state()
         .into_iter()
         .find(|pod| pod.namespace().as_deref() == Some(namespace) && controls(pod))
-        .map(Arc::unwrap_or_clone))
+        .map(Arc::unwrap_or_clone);
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    // A pod this replica claimed for the session that the cache does not
+    // show yet: read from the apiserver, never claimed a second time.
+    if let Some(claimed) = ctx.recent_claims.get(&uid) {
+        let pod = pods
+            .get_opt(&claimed)
+            .await
+            .map_err(Error::kube("read the claimed Pod"))?;
+        return Ok(pod.filter(|p| controls(p)));
+    }
+    Ok(None)
 }
 
 /// Creates, replaces or removes the kernel pod ([`converge::pod_step`]
@@ -595,6 +612,7 @@ async fn create_from_pool(
                 sidecar: &ctx.sidecar,
                 metrics: &ctx.metrics,
                 pods: &ctx.caches.pods,
+                recent: &ctx.recent_claims,
             };
             pool_controller::claim(session, pool, pool_token.as_deref(), token, io).await?
         }

@@ -17,6 +17,7 @@ use kube::{Client, ResourceExt};
 
 use super::decide;
 use super::desired::{self, LABEL_POOL};
+use super::recent::RecentClaims;
 use crate::operator::backoff::Failures;
 use crate::operator::builders::{self, BuildConfig, MANAGER};
 use crate::operator::cache::{cached, cached_primary, Listed};
@@ -263,6 +264,8 @@ pub struct ClaimIo<'a> {
     pub metrics: &'a Metrics,
     /// Where the warm pods are found.
     pub pods: &'a Store<Pod>,
+    /// Each claim is remembered here the moment its patch succeeds.
+    pub recent: &'a RecentClaims,
 }
 
 /// Hands `session` a warm pod of `pool`: tries the claimable pods in
@@ -281,6 +284,7 @@ pub async fn claim(
         sidecar,
         metrics,
         pods: pods_cache,
+        recent,
     } = io;
     let Some(pool_token) = pool_token else {
         return Ok(Claimed::None);
@@ -302,6 +306,7 @@ pub async fn claim(
             .await
         {
             Ok(pod) => {
+                recent.remember(&session.uid().unwrap_or_default(), &pod.name_any());
                 tracing::info!(session = %session.name_any(), pod = %pod.name_any(), "claimed a warm pod");
                 let status = handoff(session, &pod, pool_token, session_token, sidecar).await?;
                 tracing::debug!(session = %session.name_any(), "handed off");
