@@ -22,6 +22,7 @@ use super::cell::{self, Cell, Effect, Finished};
 use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
 use super::outputs::Outputs;
+use super::warmup::{self, Warmup};
 use super::{Activity, Config, KernelSource, OutputStats};
 use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
@@ -113,6 +114,9 @@ pub struct Executor {
     current: Option<Cell>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     last_prune: Option<Instant>,
+    /// A warm pod's warmup code, run before anything else, and where its
+    /// outcome goes.
+    warmup: Option<(String, Arc<watch::Sender<Option<Warmup>>>)>,
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -146,7 +150,15 @@ impl Executor {
             current: None,
             shutdown: None,
             last_prune: None,
+            warmup: None,
         }
+    }
+
+    /// Runs `code` in the kernel once connected, before the sidecar is
+    /// ready and before any execution ([`super::warmup`]), reporting to `state`.
+    pub fn with_warmup(mut self, code: String, state: Arc<watch::Sender<Option<Warmup>>>) -> Self {
+        self.warmup = Some((code, state));
+        self
     }
 
     fn set_kernel(&self, state: KernelState) {
@@ -336,6 +348,9 @@ impl Executor {
                 self.reconnect().await;
             }
             self.recover().await;
+            if let Some((code, state)) = self.warmup.take() {
+                self.run_warmup(&code, &state).await;
+            }
             let _ = self.ready.send(true);
             self.main_loop().await;
             let _ = self.ready.send(false);
@@ -351,6 +366,86 @@ impl Executor {
         }
         .instrument(span)
         .await
+    }
+
+    /// The warmup, start to end, its outcome stored before it is told (so a
+    /// restarted sidecar knows it), and logged.
+    async fn run_warmup(&mut self, code: &str, state: &watch::Sender<Option<Warmup>>) {
+        let span = info_span!("warmup", bytes = code.len());
+        let started = Instant::now();
+        let Some(outcome) = self.warm_up(code).instrument(span.clone()).await else {
+            return;
+        };
+        let _entered = span.enter();
+        match serde_json::to_string(&outcome) {
+            Ok(text) => {
+                if let Err(e) = self.deps.writer.set_meta(warmup::WARMUP_META, text).await {
+                    warn!(error = %e, "could not store the warmup's outcome");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not encode the warmup's outcome"),
+        }
+        match &outcome {
+            Warmup::Failed { error } => {
+                warn!(%error, "warmup failed: this warm pod will not become ready")
+            }
+            _ => info!(elapsed = ?started.elapsed(), "warmup done"),
+        }
+        state.send_replace(Some(outcome));
+    }
+
+    /// Sends the warmup straight to the kernel and waits for its end,
+    /// dropping every message of it: none reaches the event log or a store.
+    /// `None`: the sidecar is stopping, and the warmup's end does not matter.
+    async fn warm_up(&mut self, code: &str) -> Option<Warmup> {
+        let failed = |error: &str| {
+            Some(Warmup::Failed {
+                error: error.to_string(),
+            })
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return failed("the kernel was not reachable");
+        };
+        let req = conn.client.request(
+            "execute_request",
+            json!({
+                "code": code, "silent": false, "store_history": false,
+                "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
+            }),
+        );
+        if let Err(e) = conn.client.send(Channel::Shell, &req).await {
+            return failed(&format!("sending it to the kernel: {e}"));
+        }
+        let mut progress = warmup::Progress::new(req.header.msg_id);
+        let process_exit = self.process.as_ref().map(|p| p.exited.clone());
+        let mut process_exit = std::pin::pin!(exited(process_exit));
+        loop {
+            tokio::select! {
+                m = conn.rx.recv() => match m {
+                    Some(m) => {
+                        let over = progress.on_message(m.channel, m.msg.msg_type(), m.msg.parent_msg_id(), &m.msg.content);
+                        if over.is_some() {
+                            return over;
+                        }
+                    }
+                    None => return failed("the kernel connection closed during the warmup"),
+                },
+                _ = conn.dead.recv() => return failed("the kernel stopped answering its heartbeat during the warmup"),
+                _ = disconnected(&mut conn.gone) => return failed("the kernel connection closed during the warmup"),
+                _ = &mut process_exit => return failed("the kernel process exited during the warmup"),
+                cmd = self.commands.recv(), if self.commands_open => match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown = Some((Instant::now() + self.deps.cfg.shutdown_grace, vec![done]));
+                        return None;
+                    }
+                    Some(other) => refuse_during_warmup(other),
+                    None => {
+                        self.commands_closed(Instant::now());
+                        return None;
+                    }
+                },
+            }
+        }
     }
 
     /// Executions that were dispatched or running when the previous sidecar
@@ -836,6 +931,17 @@ impl Executor {
             let _ = self.interrupt_kernel().await;
             self.end_current(State::Failed, EndReason::Interrupted).await;
         }
+    }
+}
+
+/// Answers a command that came while the warmup runs (a claim taken
+/// before it ended): the kernel is not the session's yet.
+fn refuse_during_warmup(cmd: Command) {
+    let err = || ControlError::Failed("the pool's warmup is still running in this kernel".into());
+    match cmd {
+        Command::Cancel { reply, .. } => drop(reply.send(Err(err()))),
+        Command::Interrupt(reply) | Command::Restart(reply) => drop(reply.send(Err(err()))),
+        Command::Shutdown(_) => {}
     }
 }
 
