@@ -6,9 +6,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::desired::{LABEL_POOL, LABEL_WARM};
-use crate::operator::builders::{is_pod_ready, pod_spec_hash, sidecar_ip};
+use crate::operator::builders::{is_pod_ready, pod_spec_hash, sidecar_ip, SIDECAR_CONTAINER};
 use crate::operator::conditions::{self, cond};
 use crate::operator::crd::{NotebookPool, NotebookPoolStatus};
+use crate::sidecar_api::WARMUP_FAILED;
 
 /// Condition type of a pool: every replica is warm and ready.
 pub const READY: &str = "Ready";
@@ -77,6 +78,21 @@ pub fn claim_order<'a>(warm: &[&'a Pod], session_uid: &str) -> Vec<&'a Pod> {
     ready
 }
 
+/// Why the warmup of a warm pod failed: its sidecar writes it as its
+/// termination message and exits once (then stays up, not ready), so the
+/// kubelet keeps it in the sidecar's `lastState.terminated.message`.
+pub fn warmup_failure(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| c.name == SIDECAR_CONTAINER)
+        .find_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.message.clone())
+        .map(|m| m.trim().to_string())
+        .filter(|m| m.starts_with(WARMUP_FAILED))
+}
+
 /// What the pool controller does to the warm pods.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scale {
@@ -136,6 +152,12 @@ pub fn pool_status(
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     let ready = warm.iter().filter(|p| claimable(p)).count();
     let replicas = usize::try_from(pool.spec.replicas.max(0)).unwrap_or(0);
+    let mut failed: Vec<(String, String)> = warm
+        .iter()
+        .filter(|p| !claimable(p))
+        .filter_map(|p| Some((p.name_any(), warmup_failure(p)?)))
+        .collect();
+    failed.sort();
     let condition = match invalid {
         Some(errors) => cond(READY, "False", "InvalidTemplate", errors.join("; ")),
         None if ready >= replicas => cond(
@@ -144,6 +166,20 @@ pub fn pool_status(
             "Warm",
             format!("{ready} of {replicas} warm pods are ready"),
         ),
+        None if !failed.is_empty() => {
+            let (pod, why) = &failed[0];
+            cond(
+                READY,
+                "False",
+                "WarmupFailed",
+                format!(
+                    "{why} (pod {pod}; {} of {} warm pods failed it, {ready} of {replicas} are ready); \
+                     sessions meanwhile start cold; a changed spec.template.warmup replaces the warm pods",
+                    failed.len(),
+                    warm.len()
+                ),
+            )
+        }
         None => cond(
             READY,
             "False",
@@ -274,5 +310,63 @@ mod tests {
         assert_eq!(status.conditions[0].reason, "Warm");
         let status = pool_status(&pool(1), &warm, 0, Some(&["bad".into()]), now);
         assert_eq!(status.conditions[0].reason, "InvalidTemplate");
+    }
+
+    #[test]
+    fn a_failed_warmup_makes_the_pool_not_ready_with_the_error_in_its_condition() {
+        let mut failed = pod("b", 20, false, true, "pool-uid", "h");
+        let why = "warmup failed: ModuleNotFoundError: No module named 'pandas'";
+        if let Some(sidecar) = failed
+            .status
+            .as_mut()
+            .and_then(|s| s.init_container_statuses.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            sidecar.restart_count = 1;
+            sidecar.last_state = Some(
+                serde_json::from_value(serde_json::json!(
+                    {"terminated": {"exitCode": 1, "reason": "Error", "message": format!("{why}\n")}}
+                ))
+                .expect("a state"),
+            );
+        }
+        assert_eq!(warmup_failure(&failed).as_deref(), Some(why));
+        let plain = pod("a", 10, true, true, "pool-uid", "h");
+        assert_eq!(warmup_failure(&plain), None);
+        let warm = [&plain, &failed];
+        let now = Timestamp::from_second(1000).expect("a time");
+        let status = pool_status(&pool(2), &warm, 0, None, now);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "WarmupFailed")
+        );
+        assert!(ready.message.starts_with(why), "{}", ready.message);
+        assert!(ready.message.contains("pod b"), "{}", ready.message);
+        assert_eq!(status.ready, 1);
+        assert_eq!(
+            scale(2, &warm, 0, "h"),
+            Scale::default(),
+            "a failed pod is kept, not replaced in a loop: it would fail again"
+        );
+        // Another termination of the sidecar is not a warmup failure.
+        let mut crashed = failed.clone();
+        if let Some(c) = crashed
+            .status
+            .as_mut()
+            .and_then(|s| s.init_container_statuses.as_mut())
+        {
+            c[0].last_state = Some(
+                serde_json::from_value(serde_json::json!(
+                    {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+                ))
+                .expect("a state"),
+            );
+        }
+        assert_eq!(warmup_failure(&crashed), None);
+        assert_eq!(
+            pool_status(&pool(2), &[&plain, &crashed], 0, None, now).conditions[0].reason,
+            "Filling"
+        );
     }
 }
