@@ -259,6 +259,11 @@ def test_a_failed_warmup_is_the_pools_warmupfailed_condition_and_a_fixed_one_rep
     header, row = table[0].split(), table[1].split()
     assert row[header.index("STATUS")] == "WarmupFailed", table
 
+    # And a Warning Event on the pool says it (kubectl describe nbp).
+    events = kube.list(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+    warned = [e for e in events if e["regarding"].get("kind") == "NotebookPool" and e.get("reason") == "WarmupFailed"]
+    assert warned and warned[0]["type"] == "Warning" and why in warned[0]["note"], warned
+
     # A fixed warmup changes the pod template's hash: the failed pod is replaced.
     kube.patch(path("NotebookPool", ns, "broken"), {"spec": {"template": {"warmup": "import json"}}})
     p = wait_pool(kube, ns, "broken", lambda st: st.get("ready") == 1 and

@@ -7,12 +7,14 @@ use kube::ResourceExt;
 
 use super::desired::{LABEL_POOL, LABEL_WARM};
 use crate::operator::builders::{is_pod_ready, pod_spec_hash, sidecar_ip, SIDECAR_CONTAINER};
-use crate::operator::conditions::{self, cond};
+use crate::operator::conditions::{self, cond, Transition};
 use crate::operator::crd::{NotebookPool, NotebookPoolStatus};
 use crate::sidecar_api::WARMUP_FAILED;
 
 /// Condition type of a pool: every replica is warm and ready.
 pub const READY: &str = "Ready";
+/// Reason of a pool's Ready=False when a warm pod's warmup failed.
+pub const WARMUP_FAILED_REASON: &str = "WarmupFailed";
 
 fn is_controlled_by(pod: &Pod, uid: &str) -> bool {
     pod.owner_references()
@@ -171,7 +173,7 @@ pub fn pool_status(
             cond(
                 READY,
                 "False",
-                "WarmupFailed",
+                WARMUP_FAILED_REASON,
                 format!(
                     "{why} (pod {pod}; {} of {} warm pods failed it, {ready} of {replicas} are ready); \
                      sessions meanwhile start cold; a changed spec.template.warmup replaces the warm pods",
@@ -193,6 +195,26 @@ pub fn pool_status(
         claimed: count(claimed),
         conditions: conditions::merge(&old.conditions, vec![condition], pool.metadata.generation, now),
         observed_generation: pool.metadata.generation,
+    }
+}
+
+/// Events between two statuses of a pool: a Warning when a warmup failure
+/// makes it not ready (`kubectl describe nbp` and the namespace's events
+/// say why without reading the condition).
+pub fn transitions(old: Option<&NotebookPoolStatus>, new: &NotebookPoolStatus) -> Vec<Transition> {
+    let reason = |s: &NotebookPoolStatus| conditions::find(&s.conditions, READY).map(|c| c.reason.clone());
+    match conditions::find(&new.conditions, READY) {
+        Some(c)
+            if c.reason == WARMUP_FAILED_REASON
+                && old.and_then(reason).as_deref() != Some(WARMUP_FAILED_REASON) =>
+        {
+            vec![Transition {
+                warning: true,
+                reason: WARMUP_FAILED_REASON.into(),
+                note: c.message.clone(),
+            }]
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -343,6 +365,13 @@ mod tests {
         );
         assert!(ready.message.starts_with(why), "{}", ready.message);
         assert!(ready.message.contains("pod b"), "{}", ready.message);
+        let events = transitions(None, &status);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning && events[0].reason == "WarmupFailed" && events[0].note.starts_with(why));
+        assert!(
+            transitions(Some(&status), &status).is_empty(),
+            "once, at the transition"
+        );
         assert_eq!(status.ready, 1);
         assert_eq!(
             scale(2, &warm, 0, "h"),
