@@ -170,7 +170,10 @@ pub async fn run(
     let stored = svc.reader.meta(warmup::WARMUP_META).await?;
     let code = credentials.warmup.as_ref().map(|w| w.code.as_str());
     let plan = warmup::plan(code, stored.as_deref(), access.warm);
-    svc.warmup.send_replace(plan.initial());
+    svc.warmup.set(plan.initial());
+    if let Plan::Run(code) = &plan {
+        svc.warmup.arm(code.clone());
+    }
     // Only a failure of the warmup this sidecar runs stops it (once).
     let mut warmup_failed = match (&plan, &credentials.warmup) {
         (Plan::Run(_), Some(w)) => Some((svc.warmup.subscribe(), w.termination_log.clone())),
@@ -185,11 +188,7 @@ pub async fn run(
         identity.into_bytes(),
         process,
     );
-    let executor = match &plan {
-        Plan::Run(code) => executor.with_warmup(code.clone(), svc.warmup.clone()),
-        _ => executor,
-    };
-    let executor = tokio::spawn(executor.run());
+    let executor = tokio::spawn(executor.with_warmup(svc.warmup.clone()).run());
     let workspace = Arc::new(crate::notebook::Workspace::with_root(svc.root.clone()));
     let notebooks = crate::notebook::NotebookSync::new(svc.clone(), workspace);
     notebooks.recover().await;

@@ -22,7 +22,7 @@ use super::cell::{self, Cell, Effect, Finished};
 use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
 use super::outputs::Outputs;
-use super::warmup::{self, Warmup};
+use super::warmup::{self, Warmup, WarmupSlot};
 use super::{Activity, Config, KernelSource, OutputStats};
 use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
@@ -114,9 +114,9 @@ pub struct Executor {
     current: Option<Cell>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     last_prune: Option<Instant>,
-    /// A warm pod's warmup code, run before anything else, and where its
-    /// outcome goes.
-    warmup: Option<(String, Arc<watch::Sender<Option<Warmup>>>)>,
+    /// A warm pod's warmup: run in each kernel connected while it is armed
+    /// (warm), before anything else, and where its outcome goes.
+    warmup: Option<Arc<WarmupSlot>>,
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -154,10 +154,11 @@ impl Executor {
         }
     }
 
-    /// Runs `code` in the kernel once connected, before the sidecar is
-    /// ready and before any execution ([`super::warmup`]), reporting to `state`.
-    pub fn with_warmup(mut self, code: String, state: Arc<watch::Sender<Option<Warmup>>>) -> Self {
-        self.warmup = Some((code, state));
+    /// Runs the armed warmup code of `slot` in each kernel it connects to
+    /// while the pod is warm, before the sidecar is ready and before any
+    /// execution ([`super::warmup`]).
+    pub fn with_warmup(mut self, slot: Arc<WarmupSlot>) -> Self {
+        self.warmup = Some(slot);
         self
     }
 
@@ -348,9 +349,7 @@ impl Executor {
                 self.reconnect().await;
             }
             self.recover().await;
-            if let Some((code, state)) = self.warmup.take() {
-                self.run_warmup(&code, &state).await;
-            }
+            self.warm_up_if_armed().await;
             let _ = self.ready.send(true);
             self.main_loop().await;
             let _ = self.ready.send(false);
@@ -368,9 +367,20 @@ impl Executor {
         .await
     }
 
-    /// The warmup, start to end, its outcome stored before it is told (so a
+    /// The warmup in the kernel just connected, if the pod is warm and has
+    /// one: start to end, its outcome stored before it is told (so a
     /// restarted sidecar knows it), and logged.
-    async fn run_warmup(&mut self, code: &str, state: &watch::Sender<Option<Warmup>>) {
+    async fn warm_up_if_armed(&mut self) {
+        let Some(slot) = self.warmup.clone() else { return };
+        let Some(code) = slot.armed() else { return };
+        if self.conn.is_none() || self.shutdown.is_some() {
+            return;
+        }
+        slot.set(Some(Warmup::Running));
+        self.run_warmup(&code, &slot).await;
+    }
+
+    async fn run_warmup(&mut self, code: &str, state: &WarmupSlot) {
         let span = info_span!("warmup", bytes = code.len());
         let started = Instant::now();
         let Some(outcome) = self.warm_up(code).instrument(span.clone()).await else {
@@ -391,7 +401,7 @@ impl Executor {
             }
             _ => info!(elapsed = ?started.elapsed(), "warmup done"),
         }
-        state.send_replace(Some(outcome));
+        state.set(Some(outcome));
     }
 
     /// Sends the warmup straight to the kernel and waits for its end,
@@ -541,6 +551,8 @@ impl Executor {
         loop {
             if self.conn.is_none() {
                 self.reconnect().await;
+                // A warm pod's kernel that came back is warmed again.
+                self.warm_up_if_armed().await;
             }
             if self.current.is_none() {
                 if self.shutdown.is_some() {

@@ -59,8 +59,8 @@ pub struct Service {
     pub commands: mpsc::Sender<Command>,
     pub kernel: watch::Receiver<KernelStatus>,
     pub ready: watch::Receiver<bool>,
-    /// A warm pod's warmup (`None`: there is none), set by the kernel actor.
-    pub warmup: Arc<watch::Sender<Option<sidecar_api::Warmup>>>,
+    /// A warm pod's warmup: its state, set by the kernel actor, and its code.
+    pub warmup: Arc<super::warmup::WarmupSlot>,
     /// The workspace, opened once: every file the sidecar serves, deletes
     /// or indexes is reached through it (`confined`).
     pub root: Arc<crate::confined::Root>,
@@ -100,7 +100,7 @@ impl Service {
             commands,
             kernel,
             ready,
-            warmup: Arc::new(watch::channel(None).0),
+            warmup: Arc::default(),
             dropped: Arc::new(AtomicU64::new(0)),
             output_stats: Arc::default(),
             activity: Arc::default(),
@@ -302,7 +302,7 @@ impl Service {
         *self.ready.borrow()
             && !self.is_shutting_down()
             && self.kernel.borrow().state.answers()
-            && sidecar_api::Warmup::allows_ready(self.warmup.borrow().as_ref())
+            && sidecar_api::Warmup::allows_ready(self.warmup.state().as_ref())
     }
 
     /// Why the sidecar is not ready, in a few words (the body of a 503 `/readyz`).
@@ -310,8 +310,8 @@ impl Service {
         if self.is_shutting_down() {
             return "shutting down".into();
         }
-        if let Some(w) = self.warmup.borrow().as_ref() {
-            if !sidecar_api::Warmup::allows_ready(Some(w)) {
+        if let Some(w) = self.warmup.state() {
+            if !sidecar_api::Warmup::allows_ready(Some(&w)) {
                 return w.describe();
             }
         }
@@ -355,7 +355,7 @@ impl Service {
             events: sidecar_api::EventsSummary {
                 newest_seq: self.bus.newest(),
             },
-            warmup: self.warmup.borrow().clone(),
+            warmup: self.warmup.state(),
             revision: String::new(),
         };
         status.revision = status.current_revision();

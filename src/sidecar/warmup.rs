@@ -10,13 +10,67 @@
 //! that it failed. This module is the pure part: what to do at start
 //! ([`plan`]) and what the kernel's messages mean ([`Progress`]).
 
+use std::sync::Mutex;
+
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::jupyter::Channel;
 pub use crate::sidecar_api::Warmup;
 
 /// Meta key of the warmup's outcome in the sidecar's database.
 pub const WARMUP_META: &str = "warmup";
+
+/// The warmup of this sidecar, shared by the kernel actor (which runs it),
+/// the claim (which ends the warm time) and the status and readiness.
+pub struct WarmupSlot {
+    /// The code a kernel (re)connected while the pod is warm runs first:
+    /// set at start when the warmup is to run, cleared by the claim, so a
+    /// warm kernel that restarts is warmed again and a claimed one is not.
+    code: Mutex<Option<String>>,
+    state: watch::Sender<Option<Warmup>>,
+}
+
+impl Default for WarmupSlot {
+    fn default() -> Self {
+        Self {
+            code: Mutex::new(None),
+            state: watch::channel(None).0,
+        }
+    }
+}
+
+impl WarmupSlot {
+    /// The warmup's state now (`None`: there is none).
+    pub fn state(&self) -> Option<Warmup> {
+        self.state.borrow().clone()
+    }
+
+    /// Sets the state.
+    pub fn set(&self, state: Option<Warmup>) {
+        self.state.send_replace(state);
+    }
+
+    /// Follows the state.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Warmup>> {
+        self.state.subscribe()
+    }
+
+    /// Every kernel connected from now until the claim runs `code` first.
+    pub fn arm(&self, code: String) {
+        *self.code.lock().unwrap_or_else(|p| p.into_inner()) = Some(code);
+    }
+
+    /// The claim: the kernel is the session's, a restart of it gets no warmup.
+    pub fn disarm(&self) {
+        *self.code.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The code a kernel connected now runs first, while the pod is warm.
+    pub fn armed(&self) -> Option<String> {
+        self.code.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 /// What the sidecar does about the warmup when it starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +214,22 @@ mod tests {
         );
         assert_eq!(Plan::Run("x".into()).initial(), Some(Warmup::Running));
         assert_eq!(Plan::Nothing.initial(), None);
+    }
+
+    #[test]
+    fn a_warm_kernel_is_warmed_until_the_claim_and_not_after() {
+        let slot = WarmupSlot::default();
+        assert_eq!((slot.armed(), slot.state()), (None, None));
+        slot.arm("import os".into());
+        slot.set(Some(Warmup::Done));
+        assert_eq!(
+            slot.armed().as_deref(),
+            Some("import os"),
+            "a warm kernel that restarts runs it again"
+        );
+        slot.disarm();
+        assert_eq!(slot.armed(), None, "a claimed kernel that restarts does not");
+        assert_eq!(slot.state(), Some(Warmup::Done));
     }
 
     #[test]

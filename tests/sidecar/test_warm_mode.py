@@ -234,3 +234,49 @@ def test_a_failing_warmup_keeps_the_sidecar_not_ready_and_says_why(tmp_path):
         side.kill()
         if kernel:
             kernel.kill()
+
+
+def wait_not_ready(url, side, timeout=30):
+    deadline = time.monotonic() + timeout
+    while requests.get(url + "/readyz", timeout=5).status_code == 200:
+        assert side.poll() is None, "sidecar exited"
+        assert time.monotonic() < deadline, "never saw the kernel go"
+        time.sleep(0.05)
+
+
+def test_a_warm_kernel_that_restarts_is_warmed_again_and_a_claimed_one_is_not(tmp_path):
+    secrets(tmp_path)
+    port, base = free_port(), free_port_block(5)
+    url = f"http://127.0.0.1:{port}"
+    side = start_pod_sidecar(tmp_path, port, base, "--warm", "--warmup", "warmed = 6 * 7")
+    kernel = None
+    try:
+        kernel = start_kernel(tmp_path)
+        wait_readyz(url, side)
+        # The warm pod's kernel dies and its container comes back: the new
+        # kernel runs the warmup before the pod is ready again.
+        kernel.kill()
+        kernel.wait()
+        wait_not_ready(url, side)
+        kernel = start_kernel(tmp_path)
+        wait_readyz(url, side)
+        assert status(url)["warmup"] == {"state": "done"}
+        claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
+        assert requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10).status_code == 200
+        r = requests.post(url + "/v1/executions", json={"code": "warmed"}, headers=SESSION, timeout=10)
+        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
+        assert text_of(e) == "42" and e["execution_count"] == 1, e
+
+        # Claimed: the kernel is the session's, and one that restarts is a plain kernel.
+        kernel.kill()
+        kernel.wait()
+        wait_not_ready(url, side)
+        kernel = start_kernel(tmp_path)
+        wait_readyz(url, side)
+        r = requests.post(url + "/v1/executions", json={"code": "'warmed' in dir()"}, headers=SESSION, timeout=10)
+        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
+        assert text_of(e) == "False", e
+    finally:
+        side.kill()
+        if kernel:
+            kernel.kill()
