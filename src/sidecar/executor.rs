@@ -368,40 +368,45 @@ impl Executor {
     }
 
     /// The warmup in the kernel just connected, if the pod is warm and has
-    /// one: start to end, its outcome stored before it is told (so a
-    /// restarted sidecar knows it), and logged.
+    /// one: start to end, stored as running before and with its outcome
+    /// after (so a restarted sidecar neither repeats a finished one in the
+    /// same kernel nor trusts an unfinished one), and logged.
     async fn warm_up_if_armed(&mut self) {
         let Some(slot) = self.warmup.clone() else { return };
         let Some(code) = slot.armed() else { return };
         if self.conn.is_none() || self.shutdown.is_some() {
             return;
         }
-        slot.set(Some(Warmup::Running));
-        self.run_warmup(&code, &slot).await;
+        let span = info_span!("warmup", bytes = code.len());
+        async move {
+            let started = Instant::now();
+            slot.set(Some(Warmup::Running));
+            self.store_warmup(&Warmup::Running).await;
+            let Some(outcome) = self.warm_up(&code).await else {
+                return;
+            };
+            self.store_warmup(&outcome).await;
+            match &outcome {
+                Warmup::Failed { error } => {
+                    warn!(%error, "warmup failed: this warm pod will not become ready")
+                }
+                _ => info!(elapsed = ?started.elapsed(), "warmup done"),
+            }
+            slot.set(Some(outcome));
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn run_warmup(&mut self, code: &str, state: &WarmupSlot) {
-        let span = info_span!("warmup", bytes = code.len());
-        let started = Instant::now();
-        let Some(outcome) = self.warm_up(code).instrument(span.clone()).await else {
-            return;
-        };
-        let _entered = span.enter();
-        match serde_json::to_string(&outcome) {
+    async fn store_warmup(&self, state: &Warmup) {
+        match serde_json::to_string(state) {
             Ok(text) => {
                 if let Err(e) = self.deps.writer.set_meta(warmup::WARMUP_META, text).await {
-                    warn!(error = %e, "could not store the warmup's outcome");
+                    warn!(error = %e, "could not store the warmup's state");
                 }
             }
-            Err(e) => warn!(error = %e, "could not encode the warmup's outcome"),
+            Err(e) => warn!(error = %e, "could not encode the warmup's state"),
         }
-        match &outcome {
-            Warmup::Failed { error } => {
-                warn!(%error, "warmup failed: this warm pod will not become ready")
-            }
-            _ => info!(elapsed = ?started.elapsed(), "warmup done"),
-        }
-        state.set(Some(outcome));
     }
 
     /// Sends the warmup straight to the kernel and waits for its end,
