@@ -81,16 +81,21 @@ pub fn claim_order<'a>(warm: &[&'a Pod], session_uid: &str) -> Vec<&'a Pod> {
 }
 
 /// Why the warmup of a warm pod failed: its sidecar writes it as its
-/// termination message and exits once (then stays up, not ready), so the
-/// kubelet keeps it in the sidecar's `lastState.terminated.message`.
+/// termination message and exits once (then, restarted, stays up and not
+/// ready), so the kubelet shows it in the sidecar's `state.terminated` until
+/// the restart and in `lastState.terminated` after.
 pub fn warmup_failure(pod: &Pod) -> Option<String> {
-    pod.status
+    let sidecar = pod
+        .status
         .as_ref()?
         .init_container_statuses
         .iter()
         .flatten()
-        .filter(|c| c.name == SIDECAR_CONTAINER)
-        .find_map(|c| c.last_state.as_ref()?.terminated.as_ref()?.message.clone())
+        .find(|c| c.name == SIDECAR_CONTAINER)?;
+    [sidecar.state.as_ref(), sidecar.last_state.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|s| s.terminated.as_ref()?.message.as_deref())
         .map(|m| m.trim().to_string())
         .filter(|m| m.starts_with(WARMUP_FAILED))
 }
@@ -393,6 +398,24 @@ mod tests {
             );
         }
         assert_eq!(warmup_failure(&crashed), None);
+        let mut exited = crashed.clone();
+        if let Some(c) = exited
+            .status
+            .as_mut()
+            .and_then(|s| s.init_container_statuses.as_mut())
+        {
+            c[0].state = Some(
+                serde_json::from_value(serde_json::json!(
+                    {"terminated": {"exitCode": 1, "reason": "Error", "message": why}}
+                ))
+                .expect("a state"),
+            );
+        }
+        assert_eq!(
+            warmup_failure(&exited).as_deref(),
+            Some(why),
+            "before the restart too"
+        );
         assert_eq!(
             pool_status(&pool(2), &[&plain, &crashed], 0, None, now).conditions[0].reason,
             "Filling"
