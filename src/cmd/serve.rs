@@ -171,8 +171,13 @@ pub async fn run(
     let code = credentials.warmup.as_ref().map(|w| w.code.as_str());
     let plan = warmup::plan(code, stored.as_deref(), access.warm);
     svc.warmup.set(plan.initial());
-    if let Plan::Run(code) = &plan {
-        svc.warmup.arm(code.clone());
+    // Armed while warm: a kernel that restarts before the claim is warmed
+    // again. Run at start only when this kernel has not run it yet.
+    let run_at_start = matches!(plan, Plan::Run(_));
+    match (&plan, &credentials.warmup) {
+        (Plan::Run(code), _) => svc.warmup.arm(code.clone()),
+        (Plan::Known(warmup::Warmup::Done), Some(w)) if access.warm => svc.warmup.arm(w.code.clone()),
+        _ => {}
     }
     // Only a failure of the warmup this sidecar runs stops it (once).
     let mut warmup_failed = match (&plan, &credentials.warmup) {
@@ -188,7 +193,7 @@ pub async fn run(
         identity.into_bytes(),
         process,
     );
-    let executor = tokio::spawn(executor.with_warmup(svc.warmup.clone()).run());
+    let executor = tokio::spawn(executor.with_warmup(svc.warmup.clone(), run_at_start).run());
     let workspace = Arc::new(crate::notebook::Workspace::with_root(svc.root.clone()));
     let notebooks = crate::notebook::NotebookSync::new(svc.clone(), workspace);
     notebooks.recover().await;

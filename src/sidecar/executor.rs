@@ -117,6 +117,8 @@ pub struct Executor {
     /// A warm pod's warmup: run in each kernel connected while it is armed
     /// (warm), before anything else, and where its outcome goes.
     warmup: Option<Arc<WarmupSlot>>,
+    /// Run it in the kernel found at start too.
+    warmup_at_start: bool,
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -151,14 +153,17 @@ impl Executor {
             shutdown: None,
             last_prune: None,
             warmup: None,
+            warmup_at_start: false,
         }
     }
 
     /// Runs the armed warmup code of `slot` in each kernel it connects to
     /// while the pod is warm, before the sidecar is ready and before any
-    /// execution ([`super::warmup`]).
-    pub fn with_warmup(mut self, slot: Arc<WarmupSlot>) -> Self {
+    /// execution ([`super::warmup`]); in the kernel it finds at start only
+    /// when `at_start` (a restarted sidecar's kernel may have run it).
+    pub fn with_warmup(mut self, slot: Arc<WarmupSlot>, at_start: bool) -> Self {
         self.warmup = Some(slot);
+        self.warmup_at_start = at_start;
         self
     }
 
@@ -349,7 +354,9 @@ impl Executor {
                 self.reconnect().await;
             }
             self.recover().await;
-            self.warm_up_if_armed().await;
+            if self.warmup_at_start {
+                self.warm_up_if_armed().await;
+            }
             let _ = self.ready.send(true);
             self.main_loop().await;
             let _ = self.ready.send(false);

@@ -244,14 +244,22 @@ def wait_not_ready(url, side, timeout=30):
         time.sleep(0.05)
 
 
+WARMUP_COUNTING = "warmed = 6 * 7\ntry:\n    runs += 1\nexcept NameError:\n    runs = 1"
+
+
 def test_a_warm_kernel_that_restarts_is_warmed_again_and_a_claimed_one_is_not(tmp_path):
     secrets(tmp_path)
     port, base = free_port(), free_port_block(5)
     url = f"http://127.0.0.1:{port}"
-    side = start_pod_sidecar(tmp_path, port, base, "--warm", "--warmup", "warmed = 6 * 7")
+    side = start_pod_sidecar(tmp_path, port, base, "--warm", "--warmup", WARMUP_COUNTING)
     kernel = None
     try:
         kernel = start_kernel(tmp_path)
+        wait_readyz(url, side)
+        # The sidecar container restarts first (its warmup stays armed).
+        side.send_signal(signal.SIGKILL)
+        side.wait()
+        side = start_pod_sidecar(tmp_path, port, base, "--warm", "--warmup", WARMUP_COUNTING)
         wait_readyz(url, side)
         # The warm pod's kernel dies and its container comes back: the new
         # kernel runs the warmup before the pod is ready again.
@@ -263,9 +271,9 @@ def test_a_warm_kernel_that_restarts_is_warmed_again_and_a_claimed_one_is_not(tm
         assert status(url)["warmup"] == {"state": "done"}
         claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
         assert requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10).status_code == 200
-        r = requests.post(url + "/v1/executions", json={"code": "warmed"}, headers=SESSION, timeout=10)
+        r = requests.post(url + "/v1/executions", json={"code": "warmed, runs"}, headers=SESSION, timeout=10)
         e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
-        assert text_of(e) == "42" and e["execution_count"] == 1, e
+        assert text_of(e) == "(42, 1)" and e["execution_count"] == 1, e
 
         # Claimed: the kernel is the session's, and one that restarts is a plain kernel.
         kernel.kill()
@@ -276,6 +284,31 @@ def test_a_warm_kernel_that_restarts_is_warmed_again_and_a_claimed_one_is_not(tm
         r = requests.post(url + "/v1/executions", json={"code": "'warmed' in dir()"}, headers=SESSION, timeout=10)
         e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
         assert text_of(e) == "False", e
+    finally:
+        side.kill()
+        if kernel:
+            kernel.kill()
+
+
+def test_a_restarted_warm_sidecar_does_not_run_the_warmup_twice_in_the_same_kernel(tmp_path):
+    secrets(tmp_path)
+    port, base = free_port(), free_port_block(5)
+    url = f"http://127.0.0.1:{port}"
+    side = start_pod_sidecar(tmp_path, port, base, "--warm", "--warmup", WARMUP_COUNTING)
+    kernel = None
+    try:
+        kernel = start_kernel(tmp_path)
+        wait_readyz(url, side)
+        side.send_signal(signal.SIGKILL)
+        side.wait()
+        side = start_pod_sidecar(tmp_path, port, base, "--warm", "--warmup", WARMUP_COUNTING)
+        wait_readyz(url, side)
+        assert status(url)["warmup"] == {"state": "done"}
+        claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
+        assert requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10).status_code == 200
+        r = requests.post(url + "/v1/executions", json={"code": "runs"}, headers=SESSION, timeout=10)
+        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
+        assert text_of(e) == "1", e
     finally:
         side.kill()
         if kernel:
