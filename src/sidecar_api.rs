@@ -58,6 +58,9 @@ pub struct Status {
     pub ready: bool,
     /// The event stream.
     pub events: EventsSummary,
+    /// The pool's warmup code in this warm kernel, when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
     /// [`Status::current_revision`] at the time of the answer, for the
     /// next `?revision=`. Readers compute it from the fields instead, so a
     /// sidecar that does not send it is still followed correctly.
@@ -86,6 +89,44 @@ impl Status {
         )
     }
 }
+
+/// What became of a warm pod's warmup code (`sidecar --warmup`), run in
+/// the kernel before the pod counts as ready and kept out of the session's
+/// history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Warmup {
+    /// Not finished yet: the sidecar is not ready.
+    Running,
+    /// Ran without an error.
+    Done,
+    /// Raised (or the kernel went away): the sidecar stays not ready.
+    Failed {
+        /// What went wrong, e.g. `ModuleNotFoundError: No module named 'pandas'`.
+        error: String,
+    },
+}
+
+impl Warmup {
+    /// The sidecar may be ready: no warmup is pending or failed.
+    pub fn allows_ready(warmup: Option<&Warmup>) -> bool {
+        matches!(warmup, None | Some(Warmup::Done))
+    }
+
+    /// One line for `/readyz`, logs and the termination message.
+    pub fn describe(&self) -> String {
+        match self {
+            Warmup::Running => "warmup running".into(),
+            Warmup::Done => "warmup done".into(),
+            Warmup::Failed { error } => format!("{WARMUP_FAILED}: {error}"),
+        }
+    }
+}
+
+/// How a failed warmup begins its message everywhere (`/readyz`, the
+/// sidecar's termination message, the pool's condition), so a reader can
+/// tell it from any other failure.
+pub const WARMUP_FAILED: &str = "warmup failed";
 
 /// Kernel part of [`Status`].
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -260,7 +301,20 @@ mod tests {
                 clients: 2,
                 ready: state.answers(),
                 events: EventsSummary { newest_seq: 9 },
+                warmup: None,
                 revision: "Idle.2/1.1.3.4.5/1".into(),
+            });
+        }
+        for warmup in [
+            Warmup::Running,
+            Warmup::Done,
+            Warmup::Failed {
+                error: "NameError: x".into(),
+            },
+        ] {
+            round_trip(Status {
+                warmup: Some(warmup),
+                ..Status::default()
             });
         }
         round_trip(Catalog {

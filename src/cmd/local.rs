@@ -86,7 +86,7 @@ pub async fn run(args: LocalArgs) -> anyhow_like::Result {
         KernelSource::Spawn(launcher),
     );
     args.opts.apply(&mut cfg);
-    serve::run(cfg, listener, serve::Credentials { token: token.clone(), warm: false }, info, Some(process), crate::mcp::McpOptions::new(args.allowed_hosts), |addr| {
+    serve::run(cfg, listener, serve::Credentials { token: token.clone(), warm: false, warmup: None }, info, Some(process), crate::mcp::McpOptions::new(args.allowed_hosts), |addr| {
         println!("notebook-operator local: serving http://{addr}");
         println!("token: {token}");
         println!("try: curl -H 'Authorization: Bearer {token}' -d '{{\"code\": \"1+1\"}}' http://{addr}/v1/executions");

@@ -15,6 +15,7 @@ use crate::jupyter::ConnectionInfo;
 use crate::kernel::process::KernelProcess;
 use crate::sidecar::control::{Command, KernelStatus};
 use crate::sidecar::executor::{self, Executor};
+use crate::sidecar::warmup::{self, Plan};
 use crate::sidecar::{Config, Service};
 use crate::store::{schema, Reader, Writer};
 
@@ -28,6 +29,10 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The warm pod's warmup failed; the sidecar exits once so that the
+    /// kubelet puts why into the pod's status, and stays not ready after.
+    #[error("{0}")]
+    Warmup(String),
 }
 
 pub struct Running {
@@ -48,6 +53,15 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<tokio::net::TcpListener
 pub struct Credentials {
     pub token: String,
     pub warm: bool,
+    /// A warm pod's warmup, run in the kernel before it is ready.
+    pub warmup: Option<WarmupCode>,
+}
+
+/// The pool's warmup code, and where a failure of it is written for the
+/// kubelet (`terminationMessagePath`).
+pub struct WarmupCode {
+    pub code: String,
+    pub termination_log: std::path::PathBuf,
 }
 
 /// Runs until SIGTERM/SIGINT on `listener`; returns after a graceful stop.
@@ -139,21 +153,6 @@ pub async fn run(
         dropped: svc.dropped.clone(),
         root: svc.root.clone(),
     };
-    let executor = Executor::new(
-        deps,
-        cmd_rx,
-        status_tx,
-        ready_tx,
-        info,
-        identity.into_bytes(),
-        process,
-    );
-    let executor = tokio::spawn(executor.run());
-    let workspace = Arc::new(crate::notebook::Workspace::with_root(svc.root.clone()));
-    let notebooks = crate::notebook::NotebookSync::new(svc.clone(), workspace);
-    notebooks.recover().await;
-    let stop_mcp = tokio_util::sync::CancellationToken::new();
-
     // A warm pool pod starts with the pool's token and serves only its
     // status and the claim; a claim stored before a restart still holds.
     let access = auth::Access {
@@ -166,6 +165,40 @@ pub async fn run(
     } else {
         (access, Vec::new())
     };
+    // The warmup runs once per warm kernel; a sidecar restarted on the same
+    // state keeps its outcome (a failure included) instead of running it again.
+    let stored = svc.reader.meta(warmup::WARMUP_META).await?;
+    let code = credentials.warmup.as_ref().map(|w| w.code.as_str());
+    let plan = warmup::plan(code, stored.as_deref(), access.warm);
+    svc.warmup.set(plan.initial());
+    // Armed while warm: a kernel that restarts before the claim is warmed
+    // again. Run at start only when this kernel has not run it yet.
+    let run_at_start = matches!(plan, Plan::Run(_));
+    match (&plan, &credentials.warmup) {
+        (Plan::Run(code), _) => svc.warmup.arm(code.clone()),
+        (Plan::Known(warmup::Warmup::Done), Some(w)) if access.warm => svc.warmup.arm(w.code.clone()),
+        _ => {}
+    }
+    // Only a failure of the warmup this sidecar runs stops it (once).
+    let mut warmup_failed = match (&plan, &credentials.warmup) {
+        (Plan::Run(_), Some(w)) => Some((svc.warmup.subscribe(), w.termination_log.clone())),
+        _ => None,
+    };
+    let executor = Executor::new(
+        deps,
+        cmd_rx,
+        status_tx,
+        ready_tx,
+        info,
+        identity.into_bytes(),
+        process,
+    );
+    let executor = tokio::spawn(executor.with_warmup(svc.warmup.clone(), run_at_start).run());
+    let workspace = Arc::new(crate::notebook::Workspace::with_root(svc.root.clone()));
+    let notebooks = crate::notebook::NotebookSync::new(svc.clone(), workspace);
+    notebooks.recover().await;
+    let stop_mcp = tokio_util::sync::CancellationToken::new();
+
     if access.warm {
         tracing::info!("warm pool pod: serving only /v1/status and /v1/claim until a session claims it");
     }
@@ -223,7 +256,14 @@ pub async fn run(
         let _ = stop_http_rx.await;
     }));
 
-    crate::util::shutdown_signal().await;
+    let failure = tokio::select! {
+        _ = crate::util::shutdown_signal() => None,
+        error = warmup_failure(warmup_failed.as_mut().map(|(rx, _)| rx)) => Some(error),
+    };
+    if let (Some(error), Some((_, log))) = (&failure, &warmup_failed) {
+        tracing::error!(%error, "stopping once: the kubelet restarts this container, which stays not ready");
+        write_termination_message(log, error);
+    }
     tracing::info!("stopping: no new executions; the running one gets the grace period");
     svc.begin_shutdown();
     stop_mcp.cancel();
@@ -239,5 +279,30 @@ pub async fn run(
     writer.close().await;
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     tracing::info!("stopped; the database is closed");
-    Ok(())
+    match failure {
+        Some(error) => Err(ServeError::Warmup(error)),
+        None => Ok(()),
+    }
+}
+
+/// Resolves with the warmup's failure (`warmup failed: <error>`) when the
+/// warmup this sidecar runs fails; never without one.
+async fn warmup_failure(rx: Option<&mut watch::Receiver<Option<crate::sidecar_api::Warmup>>>) -> String {
+    use crate::sidecar_api::Warmup;
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    match rx.wait_for(|w| matches!(w, Some(Warmup::Failed { .. }))).await {
+        Ok(w) => w.as_ref().map(Warmup::describe).unwrap_or_default(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The kubelet's termination message: it becomes the container's
+/// `lastState.terminated.message`, where the pool controller and `kubectl
+/// describe pod` read why. Outside a pod the file may not exist.
+fn write_termination_message(path: &std::path::Path, message: &str) {
+    if let Err(e) = std::fs::write(path, message) {
+        tracing::debug!(path = %path.display(), error = %e, "no termination message written");
+    }
 }

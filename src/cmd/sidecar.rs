@@ -45,6 +45,21 @@ pub struct SidecarArgs {
     /// the pool's token) until a NotebookSession claims it with its own token.
     #[arg(long)]
     pub warm: bool,
+    /// Code the warm pod's kernel runs before the pod is ready (the pool's
+    /// `spec.template.warmup`), outside the session's history. If it
+    /// raises, the sidecar writes why to `--termination-log`, exits once,
+    /// and after its restart stays not ready, saying why in `/readyz` and
+    /// `/v1/status`.
+    #[arg(long, env = "NOTEBOOK_WARMUP", requires = "warm")]
+    pub warmup: Option<String>,
+    /// Where a failed warmup is written for the kubelet (the container's
+    /// `terminationMessagePath`).
+    #[arg(
+        long,
+        env = "NOTEBOOK_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    pub termination_log: PathBuf,
     #[command(flatten)]
     pub opts: SidecarOpts,
 }
@@ -70,6 +85,10 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
         serve::Credentials {
             token,
             warm: args.warm,
+            warmup: args.warmup.map(|code| serve::WarmupCode {
+                code,
+                termination_log: args.termination_log,
+            }),
         },
         info,
         None,

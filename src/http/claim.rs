@@ -190,6 +190,7 @@ pub async fn claim(
             })
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
             state.svc.writer.set_meta(CLAIM_META, stored).await?;
+            state.svc.warmup.disarm();
             if let Some(mcp) = &state.mcp {
                 mcp.install(req.allowed_hosts.clone());
             }

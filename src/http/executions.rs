@@ -174,7 +174,11 @@ pub async fn readyz(State(svc): Svc) -> Response {
     if svc.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", svc.not_ready_reason()),
+        )
+            .into_response()
     }
 }
 

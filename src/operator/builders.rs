@@ -135,7 +135,7 @@ pub fn validate(session: &NotebookSession, config: &BuildConfig) -> Result<Valid
             None
         }
     };
-    let lease_duration = match parse_duration(&spec.assets.lease_duration) {
+    let lease_duration = match parse_duration(&spec.assets.lease_duration()) {
         Ok(duration) => duration,
         Err(err) => {
             errors.push(format!("spec.assets.leaseDuration: {err}"));
@@ -995,7 +995,7 @@ mod tests {
         let mut session = fixtures::session("session-minimal.yaml");
         session.spec.idle_timeout = Some("soon".into());
         session.spec.kernel.image = Some(" ".into());
-        session.spec.assets.lease_duration = "0s".into();
+        session.spec.assets.lease_duration = Some("0s".into());
         let errors = validate(&session, &config()).expect_err("invalid");
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("spec.idleTimeout")));

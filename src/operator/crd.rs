@@ -80,8 +80,9 @@ const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
 #[serde(rename_all = "camelCase")]
 pub struct NotebookSessionSpec {
     /// Take a warm kernel pod of this NotebookPool (same namespace) instead of
-    /// starting one: the kernel, pod overrides and idle timeout come from the
-    /// pool's template. An empty pool means a cold start from that template.
+    /// starting one: the kernel and pod overrides come from the pool's
+    /// template, and so do the idle timeout and asset settings the session
+    /// leaves unset. An empty pool means a cold start from that template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_ref: Option<PoolRef>,
     /// The kernel container.
@@ -159,21 +160,33 @@ pub enum ShutdownPolicy {
 }
 
 /// Asset retention of a session.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct AssetsSpec {
-    /// How long an asset is kept after it was created or last renewed, at least.
-    #[serde(default = "default_lease_duration")]
+    /// How long an asset is kept after it was created or last renewed, at
+    /// least. Absent: the pool's `template.assets.leaseDuration` for a
+    /// session with `poolRef`, else 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = kube::core::Rule::new(POSITIVE_DURATION)
         .message("must be a positive duration such as 24h"))]
-    pub lease_duration: String,
+    pub lease_duration: Option<String>,
 }
 
-impl Default for AssetsSpec {
-    fn default() -> Self {
-        Self {
-            lease_duration: default_lease_duration(),
+impl AssetsSpec {
+    /// The lease duration in force: the one set, else 24h.
+    pub fn lease_duration(&self) -> String {
+        self.lease_duration.clone().unwrap_or_else(default_lease_duration)
+    }
+
+    /// These settings, each one left unset taken from `defaults` (a
+    /// session's own over its pool's).
+    pub fn or(&self, defaults: &AssetsSpec) -> AssetsSpec {
+        AssetsSpec {
+            lease_duration: self
+                .lease_duration
+                .clone()
+                .or_else(|| defaults.lease_duration.clone()),
         }
     }
 }
@@ -320,6 +333,11 @@ pub struct PoolRef {
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.ready"),
     printcolumn(name = "Claimed", type_ = "integer", json_path = ".status.claimed"),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -349,6 +367,25 @@ pub struct PoolTemplate {
     #[x_kube(validation = kube::core::Rule::new(POSITIVE_DURATION)
         .message("must be a positive duration such as 30m or 1h30m"))]
     pub idle_timeout: Option<String>,
+    /// Asset retention of the sessions served: each setting a session
+    /// leaves unset comes from here, and a session's own wins (as with
+    /// `idleTimeout`; unlike the kernel, assets do not shape the warm pod,
+    /// so a session may set them).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub assets: AssetsSpec,
+    /// Python run in every warm kernel before its pod counts as ready, e.g.
+    /// `import pandas`: what a claiming session finds already done. It is
+    /// not part of the session's history (no execution, event or output),
+    /// and not run again after the claim. If it raises, the pod stays not
+    /// ready and the pool's Ready condition says `WarmupFailed` with the
+    /// error. Changing it replaces the warm pods (not the claimed ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    pub warmup: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Observed state of a pool.
@@ -615,9 +652,17 @@ mod tests {
         let made = crate::operator::pools::desired::templated(&session, &pool);
         let valid = crate::operator::builders::validate(&made, &Default::default());
         assert_eq!(
-            valid.map(|v| v.kernel_image),
-            Ok("quay.io/jupyter/scipy-notebook:latest".into())
+            valid.map(|v| (v.kernel_image, v.lease_duration)),
+            Ok((
+                "quay.io/jupyter/scipy-notebook:latest".into(),
+                std::time::Duration::from_secs(48 * 3600)
+            ))
         );
+        assert!(pool
+            .spec
+            .template
+            .warmup
+            .is_some_and(|w| w.contains("import pandas")));
     }
 
     #[test]
@@ -676,7 +721,8 @@ mod tests {
     #[test]
     fn a_minimal_session_gets_its_defaults() {
         let session: NotebookSessionSpec = serde_yaml::from_str("{}").expect("empty spec is valid");
-        assert_eq!(session.assets.lease_duration, "24h");
+        assert_eq!(session.assets.lease_duration, None);
+        assert_eq!(session.assets.lease_duration(), "24h");
         assert_eq!(session.shutdown_policy, ShutdownPolicy::Delete);
         assert!(!session.suspend);
         assert!(session.kernel.image.is_none());

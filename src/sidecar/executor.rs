@@ -22,6 +22,7 @@ use super::cell::{self, Cell, Effect, Finished};
 use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
 use super::outputs::Outputs;
+use super::warmup::{self, Warmup, WarmupSlot};
 use super::{Activity, Config, KernelSource, OutputStats};
 use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
@@ -113,6 +114,11 @@ pub struct Executor {
     current: Option<Cell>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     last_prune: Option<Instant>,
+    /// A warm pod's warmup: run in each kernel connected while it is armed
+    /// (warm), before anything else, and where its outcome goes.
+    warmup: Option<Arc<WarmupSlot>>,
+    /// Run it in the kernel found at start too.
+    warmup_at_start: bool,
 }
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -146,7 +152,19 @@ impl Executor {
             current: None,
             shutdown: None,
             last_prune: None,
+            warmup: None,
+            warmup_at_start: false,
         }
+    }
+
+    /// Runs the armed warmup code of `slot` in each kernel it connects to
+    /// while the pod is warm, before the sidecar is ready and before any
+    /// execution ([`super::warmup`]); in the kernel it finds at start only
+    /// when `at_start` (a restarted sidecar's kernel may have run it).
+    pub fn with_warmup(mut self, slot: Arc<WarmupSlot>, at_start: bool) -> Self {
+        self.warmup = Some(slot);
+        self.warmup_at_start = at_start;
+        self
     }
 
     fn set_kernel(&self, state: KernelState) {
@@ -336,6 +354,9 @@ impl Executor {
                 self.reconnect().await;
             }
             self.recover().await;
+            if self.warmup_at_start {
+                self.warm_up_if_armed().await;
+            }
             let _ = self.ready.send(true);
             self.main_loop().await;
             let _ = self.ready.send(false);
@@ -351,6 +372,102 @@ impl Executor {
         }
         .instrument(span)
         .await
+    }
+
+    /// The warmup in the kernel just connected, if the pod is warm and has
+    /// one: start to end, stored as running before and with its outcome
+    /// after (so a restarted sidecar neither repeats a finished one in the
+    /// same kernel nor trusts an unfinished one), and logged.
+    async fn warm_up_if_armed(&mut self) {
+        let Some(slot) = self.warmup.clone() else { return };
+        let Some(code) = slot.armed() else { return };
+        if self.conn.is_none() || self.shutdown.is_some() {
+            return;
+        }
+        let span = info_span!("warmup", bytes = code.len());
+        async move {
+            let started = Instant::now();
+            slot.set(Some(Warmup::Running));
+            self.store_warmup(&Warmup::Running).await;
+            let Some(outcome) = self.warm_up(&code).await else {
+                return;
+            };
+            self.store_warmup(&outcome).await;
+            match &outcome {
+                Warmup::Failed { error } => {
+                    warn!(%error, "warmup failed: this warm pod will not become ready")
+                }
+                _ => info!(elapsed = ?started.elapsed(), "warmup done"),
+            }
+            slot.set(Some(outcome));
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn store_warmup(&self, state: &Warmup) {
+        match serde_json::to_string(state) {
+            Ok(text) => {
+                if let Err(e) = self.deps.writer.set_meta(warmup::WARMUP_META, text).await {
+                    warn!(error = %e, "could not store the warmup's state");
+                }
+            }
+            Err(e) => warn!(error = %e, "could not encode the warmup's state"),
+        }
+    }
+
+    /// Sends the warmup straight to the kernel and waits for its end,
+    /// dropping every message of it: none reaches the event log or a store.
+    /// `None`: the sidecar is stopping, and the warmup's end does not matter.
+    async fn warm_up(&mut self, code: &str) -> Option<Warmup> {
+        let failed = |error: &str| {
+            Some(Warmup::Failed {
+                error: error.to_string(),
+            })
+        };
+        let Some(conn) = self.conn.as_mut() else {
+            return failed("the kernel was not reachable");
+        };
+        let req = conn.client.request(
+            "execute_request",
+            json!({
+                "code": code, "silent": false, "store_history": false,
+                "user_expressions": {}, "allow_stdin": false, "stop_on_error": true,
+            }),
+        );
+        if let Err(e) = conn.client.send(Channel::Shell, &req).await {
+            return failed(&format!("sending it to the kernel: {e}"));
+        }
+        let mut progress = warmup::Progress::new(req.header.msg_id);
+        let process_exit = self.process.as_ref().map(|p| p.exited.clone());
+        let mut process_exit = std::pin::pin!(exited(process_exit));
+        loop {
+            tokio::select! {
+                m = conn.rx.recv() => match m {
+                    Some(m) => {
+                        let over = progress.on_message(m.channel, m.msg.msg_type(), m.msg.parent_msg_id(), &m.msg.content);
+                        if over.is_some() {
+                            return over;
+                        }
+                    }
+                    None => return failed("the kernel connection closed during the warmup"),
+                },
+                _ = conn.dead.recv() => return failed("the kernel stopped answering its heartbeat during the warmup"),
+                _ = disconnected(&mut conn.gone) => return failed("the kernel connection closed during the warmup"),
+                _ = &mut process_exit => return failed("the kernel process exited during the warmup"),
+                cmd = self.commands.recv(), if self.commands_open => match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown = Some((Instant::now() + self.deps.cfg.shutdown_grace, vec![done]));
+                        return None;
+                    }
+                    Some(other) => refuse_during_warmup(other),
+                    None => {
+                        self.commands_closed(Instant::now());
+                        return None;
+                    }
+                },
+            }
+        }
     }
 
     /// Executions that were dispatched or running when the previous sidecar
@@ -446,6 +563,8 @@ impl Executor {
         loop {
             if self.conn.is_none() {
                 self.reconnect().await;
+                // A warm pod's kernel that came back is warmed again.
+                self.warm_up_if_armed().await;
             }
             if self.current.is_none() {
                 if self.shutdown.is_some() {
@@ -836,6 +955,17 @@ impl Executor {
             let _ = self.interrupt_kernel().await;
             self.end_current(State::Failed, EndReason::Interrupted).await;
         }
+    }
+}
+
+/// Answers a command that came while the warmup runs (a claim taken
+/// before it ended): the kernel is not the session's yet.
+fn refuse_during_warmup(cmd: Command) {
+    let err = || ControlError::Failed("the pool's warmup is still running in this kernel".into());
+    match cmd {
+        Command::Cancel { reply, .. } => drop(reply.send(Err(err()))),
+        Command::Interrupt(reply) | Command::Restart(reply) => drop(reply.send(Err(err()))),
+        Command::Shutdown(_) => {}
     }
 }
 

@@ -8,6 +8,7 @@ pub mod control;
 pub mod executor;
 pub mod outputs;
 pub mod service;
+pub mod warmup;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -59,6 +59,8 @@ pub struct Service {
     pub commands: mpsc::Sender<Command>,
     pub kernel: watch::Receiver<KernelStatus>,
     pub ready: watch::Receiver<bool>,
+    /// A warm pod's warmup: its state, set by the kernel actor, and its code.
+    pub warmup: Arc<super::warmup::WarmupSlot>,
     /// The workspace, opened once: every file the sidecar serves, deletes
     /// or indexes is reached through it (`confined`).
     pub root: Arc<crate::confined::Root>,
@@ -98,6 +100,7 @@ impl Service {
             commands,
             kernel,
             ready,
+            warmup: Arc::default(),
             dropped: Arc::new(AtomicU64::new(0)),
             output_stats: Arc::default(),
             activity: Arc::default(),
@@ -293,9 +296,29 @@ impl Service {
 
     /// Ready means the kernel answers: not while it starts, restarts or is
     /// dead (the kubelet takes the pod out of its Service and the operator
-    /// says why), nor while the sidecar stops.
+    /// says why), nor while the sidecar stops, nor before a warm pod's
+    /// warmup finished or after it failed.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow() && !self.is_shutting_down() && self.kernel.borrow().state.answers()
+        *self.ready.borrow()
+            && !self.is_shutting_down()
+            && self.kernel.borrow().state.answers()
+            && sidecar_api::Warmup::allows_ready(self.warmup.state().as_ref())
+    }
+
+    /// Why the sidecar is not ready, in a few words (the body of a 503 `/readyz`).
+    pub fn not_ready_reason(&self) -> String {
+        if self.is_shutting_down() {
+            return "shutting down".into();
+        }
+        if let Some(w) = self.warmup.state() {
+            if !sidecar_api::Warmup::allows_ready(Some(&w)) {
+                return w.describe();
+            }
+        }
+        if !*self.ready.borrow() {
+            return "starting".into();
+        }
+        format!("kernel {:?}", self.kernel.borrow().state).to_lowercase()
     }
 
     /// Executions by state.
@@ -332,6 +355,7 @@ impl Service {
             events: sidecar_api::EventsSummary {
                 newest_seq: self.bus.newest(),
             },
+            warmup: self.warmup.state(),
             revision: String::new(),
         };
         status.revision = status.current_revision();

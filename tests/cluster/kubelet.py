@@ -21,7 +21,9 @@ and the scheduler places the pod), and outlives the pod, like a disk.
 
 It writes pod status through the API as a kubelet does (phase, podIP, the
 container statuses, the Initialized / ContainersReady / Ready conditions from
-the readiness probe), restarts a container process that exits, and on a pod's
+the readiness probe), restarts a container process that exits (its
+termination message, from the file the sidecar is pointed at, in
+lastState.terminated.message), and on a pod's
 deletionTimestamp stops the kernel, then the sidecar (SIGTERM, SIGKILL after
 the grace period) and confirms the deletion with grace 0. A container whose
 image names `does-not-exist` is never started: its status says
@@ -117,6 +119,7 @@ class Container:
         self.env: dict = {}
         self.cwd: str | None = None
         self.log: pathlib.Path | None = None
+        self.termination_log: pathlib.Path | None = None
 
     @property
     def image(self) -> str:
@@ -135,6 +138,17 @@ class Container:
         out.close()
         self.started_at = now_rfc3339()
         self.waiting = None
+
+    def take_termination_message(self) -> str | None:
+        """What the exited process wrote to its termination message file
+        (the kubelet's terminationMessagePath, at most 4096 bytes), removed
+        so the next instance starts with none, as the kubelet gives each
+        container instance a fresh file."""
+        if self.termination_log is None or not self.termination_log.exists():
+            return None
+        text = self.termination_log.read_bytes()[:4096].decode(errors="replace")
+        self.termination_log.unlink()
+        return text or None
 
     def signal(self, sig):
         if self.proc is not None and self.proc.poll() is None:
@@ -337,6 +351,11 @@ class PodRunner(threading.Thread):
         c.argv = [str(self.kubelet.operator_bin)] + out
         c.env = self.container_env(c)
         c.env["RUST_LOG"] = os.environ.get("NBO_SIDECAR_LOG", "info")
+        # The sidecar writes its termination message to /dev/termination-log,
+        # which the kubelet bind-mounts per container; a host process is
+        # told a per-pod file instead.
+        c.termination_log = self.root / f"{c.name}.termination-log"
+        c.env["NOTEBOOK_TERMINATION_LOG"] = str(c.termination_log)
         c.cwd = str(self.root)
         c.log = self.root / f"{c.name}.log"
 
@@ -485,6 +504,9 @@ class PodRunner(threading.Thread):
                     c.last_exit = {"exitCode": code if code >= 0 else 128 - code,
                                    "reason": "Completed" if code == 0 else "Error",
                                    "startedAt": c.started_at, "finishedAt": now_rfc3339()}
+                    message = c.take_termination_message()
+                    if message:
+                        c.last_exit["message"] = message
                     c.restarts += 1
                     c.ready = False
                     c.start()

@@ -2,9 +2,13 @@
 real sidecar in warm mode and a real ipykernel each, run by the stand-in
 kubelet); a NotebookSession with poolRef is handed one of them, once, ever,
 with its own fresh token, and the pool refills. An empty pool means a cold
-start that says so; a missing pool is a condition, never a silent Pending."""
+start that says so; a missing pool is a condition, never a silent Pending.
+A pool's warmup runs in each warm kernel before the pod is ready: the claimed
+session sees its effect and none of its history; a failed warmup is the
+pool's WarmupFailed condition with the error."""
 import base64
 import concurrent.futures
+import json
 
 import pytest
 import requests
@@ -185,3 +189,84 @@ def test_ten_sessions_at_once_get_ten_different_warm_pods(ns):
     print(f"[pools] claim conflicts (409, then the next pod): {conflicts}; claim latency: {latency}")
     # Let the refill go: the next tests need the CPU more than these kernels do.
     kube.patch(path("NotebookPool", ns, "burst"), {"spec": {"replicas": 0}})
+
+
+def test_a_pools_warmup_is_done_in_the_claimed_kernel_and_absent_from_the_sessions_history(ns):
+    kube = ns.kube
+    warmup = "import json\nprepared = json.dumps({'warmed': True})\nprint('warming up')\nprepared"
+    # (assets: the apiserver takes the pool's asset defaults; what they do is a unit test's.)
+    create_pool(kube, ns, "prep", 1, warmup=warmup, assets={"leaseDuration": "2h"})
+    wait_pool(kube, ns, "prep", lambda st: st.get("ready") == 1, READY_TIMEOUT, "1 ready")
+    (pod,) = warm_pods(kube, ns, "prep")
+    token = pool_token(kube, ns, "prep")
+    r = requests.get(sidecar_url(pod) + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.json()["warmup"] == {"state": "done"}, r.text
+
+    pooled_session(kube, ns, "user", "prep")
+    wait_ready(kube, ns, "user", timeout=60)
+    assert_holds_a_warm_pod(kube, ns, "user", {pod["metadata"]["name"]})
+    api = SidecarApi(kube, ns, "user")
+    assert api.status()["queue"] == {"queued": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    r = api.http.get(api.url + "/v1/executions", timeout=10)
+    assert r.status_code == 200 and r.json()["executions"] == [], r.text
+    assert _no_execution_events(api), "no event of the warmup"
+
+    e = api.run("prepared")
+    assert e["outputs"][0]["data"]["text/plain"] == repr(json.dumps({"warmed": True})), e
+    assert e["execution_count"] == 1, "the warmup is not an execution of the session"
+    listed = api.http.get(api.url + "/v1/executions", timeout=10).json()["executions"]
+    assert [x["id"] for x in listed] == [e["id"]], listed
+    assert "warming up" not in str(listed)
+    # The session's status counts its one execution, not the warmup.
+    s = wait_session(kube, ns, "user", lambda s: (s["status"].get("queue") or {}).get("completed") == 1, 30,
+                     "the execution counted")
+    assert s["status"]["queue"] == {"queued": 0, "running": 0, "completed": 1, "failed": 0}, s["status"]["queue"]
+
+
+def _no_execution_events(api):
+    """The event log holds no event that belongs to an execution (the warm
+    pod's kernel events are not the warmup's)."""
+    newest = api.status()["events"]["newest_seq"]
+    if newest == 0:
+        return True
+    seen = []
+    with api.http.get(api.url + "/v1/events", params={"since": 0}, stream=True, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith(b"id:") and int(line[3:]) >= newest:
+                break
+            if line.startswith(b"data:"):
+                seen.append(line)
+    return all(b"execution_id" not in line for line in seen)
+
+
+def test_a_failed_warmup_is_the_pools_warmupfailed_condition_and_a_fixed_one_replaces_the_pods(ns):
+    kube = ns.kube
+    create_pool(kube, ns, "broken", 1, warmup="import no_such_module_nbo")
+    why = "warmup failed: ModuleNotFoundError: No module named 'no_such_module_nbo'"
+    p = wait_pool(kube, ns, "broken", lambda st: cond({"status": st}, "Ready").get("reason") == "WarmupFailed",
+                  READY_TIMEOUT, "WarmupFailed")
+    ready = cond(p, "Ready")
+    assert ready["status"] == "False" and ready["message"].startswith(why), ready
+    assert (pool_status(p)["ready"], pool_status(p)["warm"]) == (0, 1), pool_status(p)
+    (pod,) = warm_pods(kube, ns, "broken")
+    sidecar = pod["status"]["initContainerStatuses"][0]
+    assert sidecar["lastState"]["terminated"]["message"] == why, sidecar
+    assert not sidecar["ready"], sidecar
+    r = requests.get(sidecar_url(pod) + "/readyz", timeout=10)
+    assert r.status_code == 503 and why in r.text, r.text
+    # `kubectl get nbp` shows it in the Status column.
+    table = ns.cluster.kubectl("-n", ns, "get", "nbp", "broken").splitlines()
+    header, row = table[0].split(), table[1].split()
+    assert row[header.index("STATUS")] == "WarmupFailed", table
+
+    # And a Warning Event on the pool says it (kubectl describe nbp).
+    events = kube.list(f"/apis/events.k8s.io/v1/namespaces/{ns}/events")
+    warned = [e for e in events if e["regarding"].get("kind") == "NotebookPool" and e.get("reason") == "WarmupFailed"]
+    assert warned and warned[0]["type"] == "Warning" and why in warned[0]["note"], warned
+
+    # A fixed warmup changes the pod template's hash: the failed pod is replaced.
+    kube.patch(path("NotebookPool", ns, "broken"), {"spec": {"template": {"warmup": "import json"}}})
+    p = wait_pool(kube, ns, "broken", lambda st: st.get("ready") == 1 and
+                  cond({"status": st}, "Ready").get("reason") == "Warm", READY_TIMEOUT, "fixed")
+    (fixed,) = warm_pods(kube, ns, "broken")
+    assert fixed["metadata"]["name"] != pod["metadata"]["name"]

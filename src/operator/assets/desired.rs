@@ -48,7 +48,7 @@ pub fn desired_lease(session: &NotebookSession, asset: &AssetEntry) -> Option<As
         AssetLeaseSpec {
             session_ref: SessionRef { name: name.clone() },
             path: format!("{ASSETS_DIR}/{}", asset.name),
-            duration: session.spec.assets.lease_duration.clone(),
+            duration: session.spec.assets.lease_duration(),
             // Rounded up: a lease never ends before created_at + duration.
             start_time: asset.created_time().map(|t| Time(ceil_second(t))),
             renew_time: None,
@@ -125,7 +125,7 @@ mod tests {
 
     fn session() -> NotebookSession {
         let mut session = fixtures::session("session-minimal.yaml");
-        session.spec.assets.lease_duration = "10m".into();
+        session.spec.assets.lease_duration = Some("10m".into());
         session
     }
 
@@ -221,7 +221,7 @@ mod tests {
     fn a_changed_lease_duration_reaches_the_operators_leases() {
         let mut session = session();
         let ours = Arc::new(desired_lease(&session, &asset(SHA, "2026-11-28T10:00:00Z")).expect("lease"));
-        session.spec.assets.lease_duration = "1h".into();
+        session.spec.assets.lease_duration = Some("1h".into());
         let wanted = leases_to_apply(&session, &[asset(SHA, "2026-11-28T10:00:00Z")], &[ours]);
         assert_eq!(wanted.len(), 1);
         assert_eq!(wanted[0].spec.duration, "1h");

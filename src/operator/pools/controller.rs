@@ -210,7 +210,7 @@ async fn reconcile_inner(pool: &NotebookPool, ctx: &PoolContext) -> Result<Actio
         pool,
         pool.status.as_ref(),
         &status,
-        |_, _| Vec::new(),
+        decide::transitions,
         "apply NotebookPool status",
     )
     .await?;

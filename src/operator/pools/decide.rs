@@ -6,12 +6,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::desired::{LABEL_POOL, LABEL_WARM};
-use crate::operator::builders::{is_pod_ready, pod_spec_hash, sidecar_ip};
-use crate::operator::conditions::{self, cond};
+use crate::operator::builders::{is_pod_ready, pod_spec_hash, sidecar_ip, SIDECAR_CONTAINER};
+use crate::operator::conditions::{self, cond, Transition};
 use crate::operator::crd::{NotebookPool, NotebookPoolStatus};
+use crate::sidecar_api::WARMUP_FAILED;
 
 /// Condition type of a pool: every replica is warm and ready.
 pub const READY: &str = "Ready";
+/// Reason of a pool's Ready=False when a warm pod's warmup failed.
+pub const WARMUP_FAILED_REASON: &str = "WarmupFailed";
 
 fn is_controlled_by(pod: &Pod, uid: &str) -> bool {
     pod.owner_references()
@@ -77,6 +80,26 @@ pub fn claim_order<'a>(warm: &[&'a Pod], session_uid: &str) -> Vec<&'a Pod> {
     ready
 }
 
+/// Why the warmup of a warm pod failed: its sidecar writes it as its
+/// termination message and exits once (then, restarted, stays up and not
+/// ready), so the kubelet shows it in the sidecar's `state.terminated` until
+/// the restart and in `lastState.terminated` after.
+pub fn warmup_failure(pod: &Pod) -> Option<String> {
+    let sidecar = pod
+        .status
+        .as_ref()?
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == SIDECAR_CONTAINER)?;
+    [sidecar.state.as_ref(), sidecar.last_state.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|s| s.terminated.as_ref()?.message.as_deref())
+        .map(|m| m.trim().to_string())
+        .filter(|m| m.starts_with(WARMUP_FAILED))
+}
+
 /// What the pool controller does to the warm pods.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scale {
@@ -136,6 +159,12 @@ pub fn pool_status(
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
     let ready = warm.iter().filter(|p| claimable(p)).count();
     let replicas = usize::try_from(pool.spec.replicas.max(0)).unwrap_or(0);
+    let mut failed: Vec<(String, String)> = warm
+        .iter()
+        .filter(|p| !claimable(p))
+        .filter_map(|p| Some((p.name_any(), warmup_failure(p)?)))
+        .collect();
+    failed.sort();
     let condition = match invalid {
         Some(errors) => cond(READY, "False", "InvalidTemplate", errors.join("; ")),
         None if ready >= replicas => cond(
@@ -144,6 +173,20 @@ pub fn pool_status(
             "Warm",
             format!("{ready} of {replicas} warm pods are ready"),
         ),
+        None if !failed.is_empty() => {
+            let (pod, why) = &failed[0];
+            cond(
+                READY,
+                "False",
+                WARMUP_FAILED_REASON,
+                format!(
+                    "{why} (pod {pod}; {} of {} warm pods failed it, {ready} of {replicas} are ready); \
+                     sessions meanwhile start cold; a changed spec.template.warmup replaces the warm pods",
+                    failed.len(),
+                    warm.len()
+                ),
+            )
+        }
         None => cond(
             READY,
             "False",
@@ -157,6 +200,26 @@ pub fn pool_status(
         claimed: count(claimed),
         conditions: conditions::merge(&old.conditions, vec![condition], pool.metadata.generation, now),
         observed_generation: pool.metadata.generation,
+    }
+}
+
+/// Events between two statuses of a pool: a Warning when a warmup failure
+/// makes it not ready (`kubectl describe nbp` and the namespace's events
+/// say why without reading the condition).
+pub fn transitions(old: Option<&NotebookPoolStatus>, new: &NotebookPoolStatus) -> Vec<Transition> {
+    let reason = |s: &NotebookPoolStatus| conditions::find(&s.conditions, READY).map(|c| c.reason.clone());
+    match conditions::find(&new.conditions, READY) {
+        Some(c)
+            if c.reason == WARMUP_FAILED_REASON
+                && old.and_then(reason).as_deref() != Some(WARMUP_FAILED_REASON) =>
+        {
+            vec![Transition {
+                warning: true,
+                reason: WARMUP_FAILED_REASON.into(),
+                note: c.message.clone(),
+            }]
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -274,5 +337,88 @@ mod tests {
         assert_eq!(status.conditions[0].reason, "Warm");
         let status = pool_status(&pool(1), &warm, 0, Some(&["bad".into()]), now);
         assert_eq!(status.conditions[0].reason, "InvalidTemplate");
+    }
+
+    #[test]
+    fn a_failed_warmup_makes_the_pool_not_ready_with_the_error_in_its_condition() {
+        let mut failed = pod("b", 20, false, true, "pool-uid", "h");
+        let why = "warmup failed: ModuleNotFoundError: No module named 'pandas'";
+        if let Some(sidecar) = failed
+            .status
+            .as_mut()
+            .and_then(|s| s.init_container_statuses.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            sidecar.restart_count = 1;
+            sidecar.last_state = Some(
+                serde_json::from_value(serde_json::json!(
+                    {"terminated": {"exitCode": 1, "reason": "Error", "message": format!("{why}\n")}}
+                ))
+                .expect("a state"),
+            );
+        }
+        assert_eq!(warmup_failure(&failed).as_deref(), Some(why));
+        let plain = pod("a", 10, true, true, "pool-uid", "h");
+        assert_eq!(warmup_failure(&plain), None);
+        let warm = [&plain, &failed];
+        let now = Timestamp::from_second(1000).expect("a time");
+        let status = pool_status(&pool(2), &warm, 0, None, now);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "WarmupFailed")
+        );
+        assert!(ready.message.starts_with(why), "{}", ready.message);
+        assert!(ready.message.contains("pod b"), "{}", ready.message);
+        let events = transitions(None, &status);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning && events[0].reason == "WarmupFailed" && events[0].note.starts_with(why));
+        assert!(
+            transitions(Some(&status), &status).is_empty(),
+            "once, at the transition"
+        );
+        assert_eq!(status.ready, 1);
+        assert_eq!(
+            scale(2, &warm, 0, "h"),
+            Scale::default(),
+            "a failed pod is kept, not replaced in a loop: it would fail again"
+        );
+        // Another termination of the sidecar is not a warmup failure.
+        let mut crashed = failed.clone();
+        if let Some(c) = crashed
+            .status
+            .as_mut()
+            .and_then(|s| s.init_container_statuses.as_mut())
+        {
+            c[0].last_state = Some(
+                serde_json::from_value(serde_json::json!(
+                    {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+                ))
+                .expect("a state"),
+            );
+        }
+        assert_eq!(warmup_failure(&crashed), None);
+        let mut exited = crashed.clone();
+        if let Some(c) = exited
+            .status
+            .as_mut()
+            .and_then(|s| s.init_container_statuses.as_mut())
+        {
+            c[0].state = Some(
+                serde_json::from_value(serde_json::json!(
+                    {"terminated": {"exitCode": 1, "reason": "Error", "message": why}}
+                ))
+                .expect("a state"),
+            );
+        }
+        assert_eq!(
+            warmup_failure(&exited).as_deref(),
+            Some(why),
+            "before the restart too"
+        );
+        assert_eq!(
+            pool_status(&pool(2), &[&plain, &crashed], 0, None, now).conditions[0].reason,
+            "Filling"
+        );
     }
 }

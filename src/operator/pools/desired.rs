@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
@@ -49,8 +49,9 @@ pub fn pool_owner(pool: &NotebookPool) -> Option<OwnerReference> {
 }
 
 /// The session as its pool's template makes it: the kernel and pod
-/// overrides of the template, the idle timeout of the session or else of
-/// the template. What a cold start builds and what validation checks.
+/// overrides of the template; the idle timeout and each asset setting of
+/// the session, or else of the template. What a cold start builds, what
+/// validation checks and what the session's asset leases last.
 pub fn templated(session: &NotebookSession, pool: &NotebookPool) -> NotebookSession {
     let template = &pool.spec.template;
     let mut out = session.clone();
@@ -59,8 +60,14 @@ pub fn templated(session: &NotebookSession, pool: &NotebookPool) -> NotebookSess
     if out.spec.idle_timeout.is_none() {
         out.spec.idle_timeout = template.idle_timeout.clone();
     }
+    out.spec.assets = session.spec.assets.or(&template.assets);
     out
 }
+
+/// Environment variable of a warm pod's sidecar that carries the pool's
+/// warmup code (`sidecar --warmup`). In the pod spec, so the spec hash, and
+/// with it which warm pods are outdated, follows the warmup.
+pub const WARMUP_ENV: &str = "NOTEBOOK_WARMUP";
 
 /// The pool Secret `<pool>-pool-token`, created once: the token a warm
 /// sidecar accepts until its claim, and the kernel key of every warm kernel.
@@ -112,6 +119,13 @@ pub fn build_warm_pod(pool: &NotebookPool, suffix: &str, config: &BuildConfig) -
     for sidecar in spec.init_containers.iter_mut().flatten() {
         if sidecar.name == SIDECAR_CONTAINER {
             sidecar.args.get_or_insert_with(Vec::new).push("--warm".into());
+            if let Some(code) = template.warmup.as_ref().filter(|c| !c.trim().is_empty()) {
+                sidecar.env.get_or_insert_with(Vec::new).push(EnvVar {
+                    name: WARMUP_ENV.into(),
+                    value: Some(code.clone()),
+                    value_from: None,
+                });
+            }
         }
     }
     let hash = builders::spec_hash(spec);
@@ -152,6 +166,7 @@ pub fn claim_patch(pod: &Pod, session: &NotebookSession) -> Option<serde_json::V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::builders::pod_spec_hash;
     use crate::operator::crd::NotebookPoolSpec;
 
     pub(crate) fn pool() -> NotebookPool {
@@ -222,6 +237,75 @@ mod tests {
         assert_eq!(owners[0]["uid"], "s-uid");
         assert_eq!(owners[0]["kind"], "NotebookSession");
         assert_eq!(owners[0]["controller"], true);
+    }
+
+    #[test]
+    fn the_warmup_reaches_the_warm_sidecar_and_changing_it_changes_the_pod_template_hash() {
+        let config = BuildConfig::default();
+        let plain = build_warm_pod(&pool(), "abc", &config).expect("builds");
+        let sidecar_env = |pod: &Pod| {
+            pod.spec
+                .as_ref()
+                .expect("spec")
+                .init_containers
+                .as_ref()
+                .expect("sidecar")[0]
+                .env
+                .clone()
+                .unwrap_or_default()
+        };
+        assert!(sidecar_env(&plain).iter().all(|e| e.name != WARMUP_ENV));
+        let mut warmed = pool();
+        warmed.spec.template.warmup = Some("import pandas".into());
+        let pod = build_warm_pod(&warmed, "abc", &config).expect("builds");
+        let env = sidecar_env(&pod);
+        let var = env.iter().find(|e| e.name == WARMUP_ENV).expect("the warmup");
+        assert_eq!(var.value.as_deref(), Some("import pandas"));
+        assert!(
+            pod.spec.as_ref().expect("spec").containers[0]
+                .env
+                .iter()
+                .flatten()
+                .all(|e| e.name != WARMUP_ENV),
+            "the kernel container does not get it"
+        );
+        assert_ne!(
+            pod_spec_hash(&plain),
+            pod_spec_hash(&pod),
+            "a warmup replaces warm pods"
+        );
+        let mut other = warmed.clone();
+        other.spec.template.warmup = Some("import numpy".into());
+        let changed = build_warm_pod(&other, "abc", &config).expect("builds");
+        assert_ne!(pod_spec_hash(&pod), pod_spec_hash(&changed), "another warmup too");
+        let again = build_warm_pod(&warmed, "xyz", &config).expect("builds");
+        assert_eq!(
+            pod_spec_hash(&pod),
+            pod_spec_hash(&again),
+            "the same warmup keeps them"
+        );
+    }
+
+    #[test]
+    fn a_pooled_session_takes_asset_defaults_from_the_template_and_its_own_settings_win() {
+        let mut pool = pool();
+        pool.spec.template.assets.lease_duration = Some("1h".into());
+        let mut session = NotebookSession::new("s1", NotebookSessionSpec::default());
+        session.metadata.namespace = Some("ns".into());
+        session.metadata.uid = Some("s-uid".into());
+        let made = templated(&session, &pool);
+        assert_eq!(made.spec.assets.lease_duration(), "1h");
+        let mut own = session.clone();
+        own.spec.assets.lease_duration = Some("10m".into());
+        assert_eq!(templated(&own, &pool).spec.assets.lease_duration(), "10m");
+        let bare = templated(&session, &super::tests::pool());
+        assert_eq!(bare.spec.assets.lease_duration(), "24h", "neither sets it");
+        let valid = builders::validate(&made, &BuildConfig::default());
+        assert_eq!(
+            valid.map(|v| v.lease_duration),
+            Ok(std::time::Duration::from_secs(3600)),
+            "what the session's leases last"
+        );
     }
 
     #[test]
