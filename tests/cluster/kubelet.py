@@ -36,6 +36,7 @@ outside 127.0.0.0/8.
 from __future__ import annotations
 
 import base64
+import fcntl
 import datetime
 import itertools
 import json
@@ -69,11 +70,24 @@ class IpPool:
     (the sidecar port and the kernel ports bind) before it is handed out."""
 
     def __init__(self):
-        # Distinct second octet per process, so that two test runs on one
-        # machine rarely even try the same addresses.
-        self.a = 100 + os.getpid() % 100
+        # A second octet of its own per process, held by a lock file for the
+        # life of the process: two test runs on one machine never hand out
+        # the same address (the bind check below cannot see an address that
+        # the other run checked and has not bound yet).
+        self.a, self._octet_lock = self._own_octet()
         self.counter = itertools.count(2)
         self.lock = threading.Lock()
+
+    @staticmethod
+    def _own_octet():
+        for a in range(100, 255):
+            f = open(f"/tmp/nbo-kubelet-ips-127.{a}.lock", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return a, f
+            except OSError:
+                f.close()
+        raise RuntimeError("every 127.100-254.0.0/16 is held by another test run")
 
     def take(self, ports) -> str:
         with self.lock:
