@@ -160,6 +160,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     if let Some((_, listed)) = &ctx.pools {
         listed.wait().await;
     }
+    tracing::debug!(session = %session.name_any(), "reconcile start");
     let name = session.name_any();
     let client = ctx.client.clone();
     let sessions: Api<NotebookSession> = Api::namespaced(client.clone(), &namespace);
@@ -231,6 +232,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
         ensure_claim(session, &namespace, ctx),
     )?;
 
+    tracing::debug!(session = %name, "owned objects written");
     // Observe the pod and, when it is ready, the sidecar.
     let mut pod = session_pod(session, &namespace, &pods, ctx).await?;
     let mut sidecar = observe_and_follow(session, pod.as_ref(), token.as_deref(), ctx).await;

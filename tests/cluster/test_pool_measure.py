@@ -24,6 +24,7 @@ import threading
 import time
 
 import anyio
+from harness import BIN
 from kube import path
 from measure import pct
 from test_gateway import Agent, mcp_at, ok, texts
@@ -194,7 +195,8 @@ def test_measure_warm_against_cold_claims(ns, gateway, kube, capsys):
     }
     kube.patch(path("NotebookPool", ns, "hot"), {"spec": {"replicas": 0}})
     with capsys.disabled():
-        print("\n[pool measure] tier 4 (real kube-apiserver, stand-in kubelet, debug build)")
+        build = "release" if "release" in BIN.parts else "debug"
+        print(f"\n[pool measure] tier 4 (real kube-apiserver, stand-in kubelet, {build} build of {BIN})")
         for what, xs in rows.items():
             print(f"[pool measure] {line(what, xs)}")
     warm, cold = rows["warm, one at a time: create -> Ready"], rows["cold, one at a time: create -> Ready"]
