@@ -235,7 +235,8 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     tracing::debug!(session = %name, "owned objects written");
     // Observe the pod and, when it is ready, the sidecar.
     let mut pod = session_pod(session, &namespace, &pods, ctx).await?;
-    let mut sidecar = observe_and_follow(session, pod.as_ref(), token.as_deref(), ctx).await;
+    let mut sidecar = observe_sidecar(pod.as_ref(), token.as_deref(), ctx).await;
+    follow(session, &sidecar, pod.as_ref(), token.as_deref(), ctx);
     let activity = match &sidecar {
         SidecarObservation::Answered(s) => s.activity(),
         _ => Activity::from_status(session.status.as_ref()),
@@ -311,16 +312,9 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
     // A pod that was not there before: a warm pod just claimed answered the
     // claim with its status; follow it from there, as from an answer to
     // the status read above.
-    if let (SidecarObservation::NotAsked, Some(status), Some(claimed), Some(token)) =
-        (&sidecar, claim_status, pod.as_ref(), token.as_deref())
-    {
-        ctx.watches.watch(
-            ObjectRef::from_obj(session),
-            claimed,
-            token,
-            status.current_revision(),
-        );
+    if let (SidecarObservation::NotAsked, Some(status)) = (&sidecar, claim_status) {
         sidecar = SidecarObservation::Answered(status);
+        follow(session, &sidecar, pod.as_ref(), token.as_deref(), ctx);
     }
     let pool_claim = pool.as_ref().and_then(|(pool_name, found)| match (&pod, found) {
         (Some(p), _) if p.labels().contains_key(LABEL_POOL) => Some(PoolClaim::Warm(pool_name.clone())),
@@ -432,17 +426,17 @@ async fn ensure_claim(session: &NotebookSession, namespace: &str, ctx: &Context)
     Ok(())
 }
 
-/// Asks the pod's sidecar how it is and follows it from what it said, so a
-/// change brings the session back at once; a pod without a running sidecar
+/// Follows the pod's sidecar from what it last said (its long poll brings
+/// the session back at once on a change); a pod without a running sidecar
 /// has nothing to follow.
-async fn observe_and_follow(
+fn follow(
     session: &NotebookSession,
+    sidecar: &SidecarObservation,
     pod: Option<&Pod>,
     token: Option<&str>,
     ctx: &Context,
-) -> SidecarObservation {
-    let sidecar = observe_sidecar(pod, token, ctx).await;
-    match (&sidecar, pod, token) {
+) {
+    match (sidecar, pod, token) {
         (SidecarObservation::Answered(answer), Some(pod), Some(token)) => ctx.watches.watch(
             ObjectRef::from_obj(session),
             pod,
@@ -452,7 +446,6 @@ async fn observe_and_follow(
         (SidecarObservation::NotAsked, ..) => ctx.watches.forget(&ObjectRef::from_obj(session)),
         _ => {}
     }
-    sidecar
 }
 
 async fn observe_sidecar(pod: Option<&Pod>, token: Option<&str>, ctx: &Context) -> SidecarObservation {
