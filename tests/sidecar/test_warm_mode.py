@@ -16,11 +16,26 @@ import time
 
 import requests
 
-from harness import free_port, free_port_block, sse_event, start_pod_sidecar, text_of, wait_readyz
+from harness import SidecarHttp, free_port, free_port_block, sse_event, start_pod_sidecar, text_of, wait_readyz
 
 POOL = {"Authorization": "Bearer pool-token-0123456789"}
 SESSION_TOKEN = "session-token-abcdef0123456789"
 SESSION = {"Authorization": f"Bearer {SESSION_TOKEN}"}
+
+
+class Session(SidecarHttp):
+    """The execution API of a claimed sidecar, with the session's token."""
+
+    def __init__(self, url):
+        self.url = url
+        self.http = requests.Session()
+        self.http.headers.update(SESSION)
+
+
+def claim_for_s1(url):
+    """The operator's claim for session ns/s1 with the pool's token; 200."""
+    claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
+    assert requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10).status_code == 200
 
 
 def mcp_initialize(url, host):
@@ -32,21 +47,13 @@ def mcp_initialize(url, host):
 
 
 def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token(tmp_path):
-    (tmp_path / "token").write_text("pool-token-0123456789\n")
-    (tmp_path / "kernel-key").write_text("0123456789abcdef\n")
+    secrets(tmp_path)
     port, base = free_port(), free_port_block(5)
     url = f"http://127.0.0.1:{port}"
     side = start_pod_sidecar(tmp_path, port, base, "--warm")
     kernel = None
     try:
-        conn = tmp_path / "run" / "kernel.json"
-        deadline = time.monotonic() + 10
-        while not conn.exists():
-            assert time.monotonic() < deadline, "connection file never written"
-            time.sleep(0.02)
-        kernel = subprocess.Popen([sys.executable, "-m", "ipykernel_launcher", "-f", str(conn)],
-                                  stdout=open(tmp_path / "kernel.log", "wb"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        kernel = start_kernel(tmp_path)
         wait_readyz(url, side)
 
         # Warm: status answers to the pool token; every client route is 503 "warm".
@@ -91,8 +98,7 @@ def test_a_warm_sidecar_serves_nothing_until_claimed_then_only_the_session_token
         side = start_pod_sidecar(tmp_path, port, base, "--warm")
         wait_readyz(url, side)
         assert requests.get(url + "/v1/status", headers=POOL, timeout=10).status_code == 401
-        r = requests.post(url + "/v1/executions", json={"code": "z"}, headers=SESSION, timeout=10)
-        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
+        e = Session(url).run("z")
         assert text_of(e) == "42", e
         assert mcp_initialize(url, "s1.ns.svc").status_code == 200, "the claim's host names survive a restart"
     finally:
@@ -155,16 +161,14 @@ def test_the_warmup_runs_before_ready_and_the_claimed_session_sees_its_effect_bu
         assert s["ready"] is True and s["warmup"] == {"state": "done"}, s
         assert s["queue"] == {"queued": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}, s
 
-        claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
-        assert requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10).status_code == 200
+        claim_for_s1(url)
 
         # The session's history starts empty ...
         r = requests.get(url + "/v1/executions", headers=SESSION, timeout=10)
         assert r.status_code == 200 and r.json()["executions"] == [], r.text
         # ... and the warmup's variable is there, its own first execution is In [1].
-        r = requests.post(url + "/v1/executions", json={"code": "warmed"}, headers=SESSION, timeout=10)
-        eid = r.json()["id"]
-        e = requests.get(f"{url}/v1/executions/{eid}", params={"wait": 30}, headers=SESSION).json()
+        e = Session(url).run("warmed")
+        eid = e["id"]
         assert text_of(e) == "42", e
         assert e["execution_count"] == 1, "the warmup did not count as an execution of the session"
         listed = requests.get(url + "/v1/executions", headers=SESSION, timeout=10).json()["executions"]
@@ -276,10 +280,8 @@ def test_a_warm_kernel_that_restarts_is_warmed_again_and_a_claimed_one_is_not(tm
         kernel = start_kernel(tmp_path)
         wait_readyz(url, side)
         assert status(url)["warmup"] == {"state": "done"}
-        claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
-        assert requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10).status_code == 200
-        r = requests.post(url + "/v1/executions", json={"code": "warmed, runs"}, headers=SESSION, timeout=10)
-        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
+        claim_for_s1(url)
+        e = Session(url).run("warmed, runs")
         assert text_of(e) == "(42, 1)" and e["execution_count"] == 1, e
 
         # Claimed: the kernel is the session's, and one that restarts is a plain kernel.
@@ -288,8 +290,7 @@ def test_a_warm_kernel_that_restarts_is_warmed_again_and_a_claimed_one_is_not(tm
         wait_not_ready(url, side)
         kernel = start_kernel(tmp_path)
         wait_readyz(url, side)
-        r = requests.post(url + "/v1/executions", json={"code": "'warmed' in dir()"}, headers=SESSION, timeout=10)
-        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
+        e = Session(url).run("'warmed' in dir()")
         assert text_of(e) == "False", e
     finally:
         side.kill()
@@ -311,10 +312,8 @@ def test_a_restarted_warm_sidecar_does_not_run_the_warmup_twice_in_the_same_kern
         side = start_pod_sidecar(tmp_path, port, base, "--warm", "--warmup", WARMUP_COUNTING)
         wait_readyz(url, side)
         assert status(url)["warmup"] == {"state": "done"}
-        claim = {"session": "s1", "namespace": "ns", "token": SESSION_TOKEN}
-        assert requests.post(url + "/v1/claim", headers=POOL, json=claim, timeout=10).status_code == 200
-        r = requests.post(url + "/v1/executions", json={"code": "runs"}, headers=SESSION, timeout=10)
-        e = requests.get(f"{url}/v1/executions/{r.json()['id']}", params={"wait": 30}, headers=SESSION).json()
+        claim_for_s1(url)
+        e = Session(url).run("runs")
         assert text_of(e) == "1", e
     finally:
         side.kill()
