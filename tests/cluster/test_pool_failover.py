@@ -8,12 +8,11 @@ only. A claim is one patch under the pod's resourceVersion, so it holds
 whichever replica made it."""
 import os
 import threading
-import time
 
 import requests
 
 from kube import path
-from sessions import SidecarApi, cond, get_session, wait_ready
+from sessions import SidecarApi, cond, get_session, wait_ready, wait_until
 from test_operator import leader_waits, wait_healthz
 from test_pools import POOL_LABEL, WARM_LABEL, create_pool, pool_token, wait_pool, warm_pods
 
@@ -37,10 +36,7 @@ def test_forty_sessions_at_once_get_forty_different_warm_pods_while_the_leader_i
         assert len(warm_names) == N
         token = pool_token(kube, ns, "big")
         # The standby is in the race for the Lease before the burst starts.
-        deadline = time.monotonic() + 30
-        while leader_waits(standby) < 1:
-            assert time.monotonic() < deadline, "the standby never tried the Lease"
-            time.sleep(0.1)
+        wait_until(lambda: leader_waits(standby) >= 1, timeout=30, step=0.1, what="the standby tried the Lease")
         assert operator.holder() == operator.identity
 
         names = [f"claim-{i:02d}" for i in range(N)]
@@ -59,10 +55,7 @@ def test_forty_sessions_at_once_get_forty_different_warm_pods_while_the_leader_i
         for t in threads:
             t.start()
         # Kill the leader at its first claim: the rest of the burst is the standby's.
-        deadline = time.monotonic() + 120
-        while not claimed_pods(kube, ns, "big"):
-            assert time.monotonic() < deadline, "no claim within 120 s"
-            time.sleep(0.01)
+        wait_until(lambda: claimed_pods(kube, ns, "big"), timeout=120, what="the first claim")
         operator.proc.kill()
         operator.proc.wait(timeout=10)
         at_kill = len(claimed_pods(kube, ns, "big"))
