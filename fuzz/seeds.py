@@ -171,7 +171,45 @@ def asset_seeds():
     write("asset_refs", "latin1", text.encode("utf-8").replace(b"Some", b"S\xe9me\xff"))
 
 
+def legacy_binary(msg, buffers):
+    parts = [j(msg)] + buffers
+    offsets, at = [], 4 * (len(parts) + 1)
+    for part in parts:
+        offsets.append(at)
+        at += len(part)
+    return b"".join([len(parts).to_bytes(4, "big")] + [o.to_bytes(4, "big") for o in offsets] + parts)
+
+
+def v1_binary(channel, h, p, m, c, buffers):
+    parts = [channel.encode(), j(h), j(p), j(m), j(c)] + buffers
+    offsets, at = [], 8 * (len(parts) + 2)
+    offsets.append(at)
+    for part in parts:
+        at += len(part)
+        offsets.append(at)
+    return b"".join([len(offsets).to_bytes(8, "little")] + [o.to_bytes(8, "little") for o in offsets] + parts)
+
+
+def ws_seeds():
+    """Mode byte: bit 0 v1 (else legacy), bit 1 binary (else text)."""
+    for name, (h, p, m, c) in MESSAGES.items():
+        channel = "shell" if name.endswith(("request", "reply")) else "iopub"
+        if name == "input_request":
+            channel = "stdin"
+        legacy = {"header": h, "parent_header": p, "metadata": m, "content": c, "channel": channel}
+        write("ws_frame", f"legacy_{name}", b"\x00" + j(legacy))
+        bufs = [b"\x00\x01\x02binary buffer"] if name == "numbers" else []
+        write("ws_frame", f"v1_{name}", b"\x03" + v1_binary(channel, h, p, m, c, bufs))
+        if bufs:
+            write("ws_frame", f"legacy_binary_{name}", b"\x02" + legacy_binary(legacy, bufs))
+    # What Jupyter Server's gateway client sends: no channel, an epoch date.
+    h = dict(header("kernel_info_request"), date=1764583200.123)
+    write("ws_frame", "no_channel_epoch_date", b"\x00" + j({"header": h, "parent_header": {}, "metadata": {},
+                                                              "content": {}, "msg_id": h["msg_id"]}))
+
+
 if __name__ == "__main__":
+    ws_seeds()
     wire_seeds()
     submit_seeds()
     notebook_seeds()

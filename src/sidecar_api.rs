@@ -54,6 +54,9 @@ pub struct Status {
     pub last_activity: Option<String>,
     /// Clients connected to the event stream or MCP now.
     pub clients: i64,
+    /// Jupyter clients connected to the kernel's channels WebSocket
+    /// (`/v1/kernel/channels`) now: a Jupyter kernel model's `connections`.
+    pub connections: i64,
     /// The sidecar's own readiness (`/readyz`): the kernel answers.
     pub ready: bool,
     /// The event stream.
@@ -299,6 +302,7 @@ mod tests {
                 busy: true,
                 last_activity: Some("2026-12-01T12:00:00Z".into()),
                 clients: 2,
+                connections: 1,
                 ready: state.answers(),
                 events: EventsSummary { newest_seq: 9 },
                 warmup: None,

@@ -152,6 +152,7 @@ pub async fn run(
         output_stats: svc.output_stats.clone(),
         dropped: svc.dropped.clone(),
         root: svc.root.clone(),
+        channels: svc.channels.clone(),
     };
     // A warm pool pod starts with the pool's token and serves only its
     // status and the claim; a claim stored before a restart still holds.

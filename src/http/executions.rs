@@ -51,12 +51,24 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
         notebook: opt_string(&obj, "notebook")?,
         cell_id: opt_string(&obj, "cell_id")?,
         timeout_s,
+        client_request: None,
     })
 }
 
 pub async fn submit(State(svc): Svc, body: Bytes) -> Result<Response, ApiError> {
     let req = parse_submit(&body)?;
-    let done = svc.submit(req).await?;
+    // In its own task: a client that goes away mid-commit does not cut off
+    // what follows the commit (the queued event, waking the executor, the
+    // notebook write-back of a cell's execution).
+    let done = tokio::spawn(async move { svc.submit(req).await })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the submission failed: {e}"),
+            )
+        })??;
     if done.created {
         return Ok((StatusCode::ACCEPTED, Json(done.execution)).into_response());
     }

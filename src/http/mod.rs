@@ -2,6 +2,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod channels;
 pub mod claim;
 pub mod error;
 pub mod events;
@@ -33,6 +34,7 @@ pub fn api_routes(svc: Arc<Service>) -> Router {
         .route("/v1/kernel", get(executions::kernel))
         .route("/v1/kernel/interrupt", post(executions::interrupt))
         .route("/v1/kernel/restart", post(executions::restart))
+        .route("/v1/kernel/channels", get(channels::channels))
         .route("/v1/status", get(executions::status))
         .route("/v1/assets", get(assets::list))
         .route("/v1/assets/{name}", get(assets::content).delete(assets::delete))

@@ -5,6 +5,7 @@ pub mod client;
 pub mod connection;
 pub mod message;
 pub mod wire;
+pub mod ws;
 
 pub use client::{Channel, KernelClient, KernelMessage};
 pub use connection::ConnectionInfo;

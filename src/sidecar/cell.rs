@@ -130,6 +130,9 @@ pub struct Cell {
     resends_left: u8,
     /// Finished: every input is ignored.
     done: bool,
+    /// A Jupyter client sent it with `allow_stdin` and answers the kernel's
+    /// `input_request`s itself; the sidecar does not.
+    client_answers_input: bool,
 }
 
 impl Cell {
@@ -157,8 +160,15 @@ impl Cell {
         cell
     }
 
+    /// The client that sent it answers its `input_request`s.
+    pub fn with_client_input(mut self, client_answers: bool) -> Cell {
+        self.client_answers_input = client_answers;
+        self
+    }
+
     fn new(id: String, msg_id: String, limits: Limits) -> Cell {
         Cell {
+            client_answers_input: false,
             id,
             msg_id,
             limits,
@@ -282,7 +292,9 @@ impl Cell {
                 self.reply = Some(m.msg.content.clone());
                 self.idle_deadline = Some(now + IDLE_AFTER_REPLY);
             }
-            (Channel::Stdin, "input_request") => fx.push(Effect::AnswerInput(m.msg.header.clone())),
+            (Channel::Stdin, "input_request") if !self.client_answers_input => {
+                fx.push(Effect::AnswerInput(m.msg.header.clone()))
+            }
             _ => {}
         }
         if self.reply.is_some() && (self.idle || self.probe.is_some()) {
@@ -1009,5 +1021,13 @@ mod tests {
             json!({"data": {}}),
         );
         assert!(!c.is_rich_output(&theirs));
+    }
+
+    #[test]
+    fn an_input_request_is_left_to_a_client_that_answers_it() {
+        let t0 = Instant::now();
+        let mut c = cell(None, t0).with_client_input(true);
+        let ask = msg(Channel::Stdin, "input_request", OURS, json!({"prompt": "? "}));
+        assert_eq!(c.on_message(&ask, t0), vec![]);
     }
 }

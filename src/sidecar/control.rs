@@ -19,6 +19,10 @@ pub enum Command {
     Restart(oneshot::Sender<Result<(), ControlError>>),
     /// Finish the running execution within the grace, then stop.
     Shutdown(oneshot::Sender<()>),
+    /// A Jupyter client's message for the kernel, sent as it is (completion,
+    /// inspection, comms, stdin replies: everything but executions, which
+    /// are queued). The kernel's answers reach the client through the hub.
+    Forward(crate::jupyter::Channel, Box<crate::jupyter::Message>),
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -81,6 +81,8 @@ pub struct Deps {
     pub dropped: Arc<AtomicU64>,
     /// The workspace, where large outputs become asset files.
     pub root: Arc<crate::confined::Root>,
+    /// Every kernel message, for the Jupyter clients of the channels WebSocket.
+    pub channels: Arc<super::channels::Hub>,
 }
 
 struct Conn {
@@ -119,7 +121,17 @@ pub struct Executor {
     warmup: Option<Arc<WarmupSlot>>,
     /// Run it in the kernel found at start too.
     warmup_at_start: bool,
+    /// Messages that came while connecting and were not the connection's
+    /// own: a kernel still running an execution the previous sidecar sent
+    /// answers it before it answers kernel_info, so its reply and its
+    /// last outputs are among these. Handled once recovery has said what
+    /// the kernel runs.
+    early: Vec<KernelMessage>,
 }
+
+/// Most messages kept while connecting (an execution that prints without
+/// end while the sidecar reconnects loses what is beyond).
+const EARLY_KEPT: usize = 10_000;
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -154,6 +166,7 @@ impl Executor {
             last_prune: None,
             warmup: None,
             warmup_at_start: false,
+            early: Vec::new(),
         }
     }
 
@@ -201,6 +214,8 @@ impl Executor {
             }
         }
         let (tx, mut rx) = mpsc::channel(4096);
+        let mut early = Vec::new();
+        let mut asked: Vec<String> = Vec::new();
         let client = KernelClient::connect(
             &self.info,
             &self.identity,
@@ -218,10 +233,18 @@ impl Executor {
                 .send(Channel::Shell, &req)
                 .await
                 .map_err(|e| e.to_string())?;
+            asked.push(req.header.msg_id.clone());
             let until = Instant::now() + Duration::from_millis(1000);
             let mut iopub_seen = false;
             while let Ok(Some(m)) = tokio::time::timeout_at(until, rx.recv()).await {
                 if m.msg.parent_msg_id() != Some(req.header.msg_id.as_str()) {
+                    let answers_an_earlier_attempt = m
+                        .msg
+                        .parent_msg_id()
+                        .is_some_and(|p| asked.iter().any(|a| a == p));
+                    if !answers_an_earlier_attempt && early.len() < EARLY_KEPT {
+                        early.push(m);
+                    }
                     continue;
                 }
                 match m.channel {
@@ -257,6 +280,7 @@ impl Executor {
         self.status.send_modify(|s| {
             s.info = info;
         });
+        self.early = early;
         self.conn = Some(Conn {
             gone: client.disconnected(),
             client,
@@ -497,13 +521,17 @@ impl Executor {
             match (probe, f.msg_id) {
                 (Some(probe), Some(msg_id)) => {
                     info!(execution = %f.execution.id, "following an execution the previous sidecar started");
-                    self.current = Some(Cell::recovered(
-                        f.execution.id,
-                        msg_id,
-                        f.execution.state == State::Running,
-                        probe,
-                        self.deps.cfg.cell,
-                    ));
+                    let client_input = f.execution.client_answers_input();
+                    self.current = Some(
+                        Cell::recovered(
+                            f.execution.id,
+                            msg_id,
+                            f.execution.state == State::Running,
+                            probe,
+                            self.deps.cfg.cell,
+                        )
+                        .with_client_input(client_input),
+                    );
                 }
                 _ => {
                     let e = f.execution;
@@ -555,7 +583,18 @@ impl Executor {
         match cmd {
             Command::Cancel { reply, .. } => drop(reply.send(Err(err()))),
             Command::Interrupt(reply) | Command::Restart(reply) => drop(reply.send(Err(err()))),
+            Command::Forward(_, msg) => {
+                warn!(msg_type = %msg.header.msg_type, "a client's message came while the kernel is away; dropped")
+            }
             Command::Shutdown(_) => {}
+        }
+    }
+
+    /// The messages kept while connecting, now that the running execution
+    /// (if any) is known.
+    async fn handle_early(&mut self) {
+        for m in std::mem::take(&mut self.early) {
+            self.on_kernel_message(m).await;
         }
     }
 
@@ -565,6 +604,9 @@ impl Executor {
                 self.reconnect().await;
                 // A warm pod's kernel that came back is warmed again.
                 self.warm_up_if_armed().await;
+            }
+            if !self.early.is_empty() {
+                self.handle_early().await;
             }
             if self.current.is_none() {
                 if self.shutdown.is_some() {
@@ -616,14 +658,7 @@ impl Executor {
             return;
         };
         let Some(conn) = &self.conn else { return };
-        let allow_stdin = self.deps.cfg.input_reply.is_some();
-        let req = conn.client.request(
-            "execute_request",
-            json!({
-                "code": exec.code, "silent": false, "store_history": true,
-                "user_expressions": {}, "allow_stdin": allow_stdin, "stop_on_error": false,
-            }),
-        );
+        let req = execute_request(&conn.client, &exec, self.deps.cfg.input_reply.is_some());
         // Durable before it is sent: a restarted sidecar never sends it again.
         if let Err(e) = self.deps.writer.dispatch(&exec.id, &req.header.msg_id).await {
             warn!(execution = %exec.id, error = %e, "could not record the dispatch; not sending");
@@ -636,13 +671,17 @@ impl Executor {
             return;
         }
         tracing::debug!(execution = %exec.id, "dispatched");
-        self.current = Some(Cell::dispatched(
-            exec.id,
-            req.header.msg_id,
-            exec.timeout_s.map(Duration::from_secs_f64),
-            std::time::Instant::now(),
-            self.deps.cfg.cell,
-        ));
+        let client_input = exec.client_answers_input();
+        self.current = Some(
+            Cell::dispatched(
+                exec.id,
+                req.header.msg_id,
+                exec.timeout_s.map(Duration::from_secs_f64),
+                std::time::Instant::now(),
+                self.deps.cfg.cell,
+            )
+            .with_client_input(client_input),
+        );
     }
 
     async fn prune_when_idle(&mut self) {
@@ -692,6 +731,16 @@ impl Executor {
                 let r = self.cancel(&id).await;
                 let _ = reply.send(r);
             }
+            Command::Forward(channel, msg) => match &self.conn {
+                Some(conn) => {
+                    if let Err(e) = conn.client.send(channel, &msg).await {
+                        warn!(error = %e, msg_type = %msg.header.msg_type, "forwarding a client's message to the kernel");
+                    }
+                }
+                None => {
+                    warn!(msg_type = %msg.header.msg_type, "a client's message came while the kernel is away; dropped")
+                }
+            },
             Command::Shutdown(done) => {
                 let deadline = Instant::now() + self.deps.cfg.shutdown_grace;
                 match &mut self.shutdown {
@@ -740,6 +789,7 @@ impl Executor {
     }
 
     async fn on_kernel_message(&mut self, mut m: KernelMessage) {
+        self.deps.channels.publish(&m);
         if m.channel == Channel::Iopub && m.msg.msg_type() == "status" {
             match m.msg.content.get("execution_state").and_then(Value::as_str) {
                 Some("busy") => self.set_kernel(KernelState::Busy),
@@ -820,11 +870,62 @@ impl Executor {
                 }
                 Effect::Finish(f) => {
                     self.current = None;
+                    let raised = f.reason == Some(EndReason::Error);
                     self.finish_row(&id, f).await;
+                    if raised {
+                        self.abort_after_error(&id).await;
+                    }
                 }
                 Effect::RestartKernel => {
                     let _ = self.restart_kernel("did not answer an interrupt").await;
                 }
+            }
+        }
+    }
+
+    /// A Jupyter client's cell that raised with `stop_on_error` (what a
+    /// notebook's "run all" sends) aborts the cells that client had queued
+    /// behind it, as the kernel aborts the requests waiting in its own
+    /// queue: each ends `aborted`, and the client hears so as the kernel
+    /// would say it (busy, an `aborted` execute_reply, idle). Other clients'
+    /// work, and HTTP and MCP executions, run on.
+    async fn abort_after_error(&mut self, id: &str) {
+        let failed = match self.deps.reader.get(id).await {
+            Ok(Some(e)) => e,
+            _ => return,
+        };
+        let Some(session) = failed
+            .client_request
+            .as_ref()
+            .filter(|r| {
+                r.content
+                    .get("stop_on_error")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            })
+            .map(|r| r.header.session.clone())
+        else {
+            return;
+        };
+        let queued = match self.deps.reader.queued().await {
+            Ok(q) => q,
+            Err(e) => {
+                warn!(error = %e, "reading the queue to abort after an error");
+                return;
+            }
+        };
+        for exec in queued {
+            let Some(request) = exec
+                .client_request
+                .clone()
+                .filter(|r| r.header.session == session)
+            else {
+                continue;
+            };
+            info!(execution = %exec.id, after = %id, "aborted: an earlier cell of the same client raised");
+            self.finish_unrun(&exec, State::Failed, EndReason::Aborted).await;
+            for m in aborted_reply(&request, &self.session) {
+                self.deps.channels.publish(&m);
             }
         }
     }
@@ -965,8 +1066,64 @@ fn refuse_during_warmup(cmd: Command) {
     match cmd {
         Command::Cancel { reply, .. } => drop(reply.send(Err(err()))),
         Command::Interrupt(reply) | Command::Restart(reply) => drop(reply.send(Err(err()))),
+        Command::Forward(_, msg) => {
+            warn!(msg_type = %msg.header.msg_type, "a client's message came during the warmup; dropped")
+        }
         Command::Shutdown(_) => {}
     }
+}
+
+/// The `execute_request` for a queued execution: the sidecar's own, or the
+/// one a Jupyter client sent, with its header (so the kernel's messages
+/// name the client's `msg_id` as parent), metadata and options.
+fn execute_request(
+    client: &KernelClient,
+    exec: &Execution,
+    sidecar_answers_input: bool,
+) -> crate::jupyter::Message {
+    match &exec.client_request {
+        None => client.request(
+            "execute_request",
+            json!({
+                "code": exec.code, "silent": false, "store_history": true,
+                "user_expressions": {}, "allow_stdin": sidecar_answers_input, "stop_on_error": false,
+            }),
+        ),
+        Some(r) => {
+            let mut msg = client.request("execute_request", json!({}));
+            msg.header = r.header.clone();
+            msg.header.msg_type = "execute_request".into();
+            msg.metadata = if r.metadata.is_object() {
+                r.metadata.clone()
+            } else {
+                json!({})
+            };
+            let mut content = match &r.content {
+                Value::Object(o) => o.clone(),
+                _ => serde_json::Map::new(),
+            };
+            content.insert("code".into(), json!(exec.code));
+            msg.content = Value::Object(content);
+            msg
+        }
+    }
+}
+
+/// What the kernel says of a request it aborts: busy, an `aborted` reply, idle.
+fn aborted_reply(request: &crate::store::ClientRequest, session: &str) -> Vec<KernelMessage> {
+    let parent = serde_json::to_value(&request.header).unwrap_or_else(|_| json!({}));
+    let message = |channel, msg_type: &str, content: Value| {
+        let mut msg = crate::jupyter::Message::new(msg_type, content, session);
+        msg.parent_header = parent.clone();
+        KernelMessage { channel, msg }
+    };
+    let mut reply = message(Channel::Shell, "execute_reply", json!({"status": "aborted"}));
+    reply.msg.metadata = json!({"status": "aborted"});
+    vec![
+        message(Channel::Iopub, "status", json!({"execution_state": "busy"})),
+        reply,
+        message(Channel::Iopub, "status", json!({"execution_state": "idle"})),
+    ]
 }
 
 enum KernelEvent {
@@ -1041,6 +1198,7 @@ mod tests {
             output_stats: Arc::default(),
             dropped: Arc::default(),
             root: Arc::new(crate::confined::Root::open(&cfg.workspace).unwrap()),
+            channels: crate::sidecar::channels::Hub::new(Default::default()),
         };
         let info = ConnectionInfo::with_free_ports("127.0.0.1", "key".into()).unwrap();
         (deps, info)

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod cell;
+pub mod channels;
 pub mod completion;
 pub mod control;
 pub mod executor;

@@ -23,6 +23,8 @@ pub struct SubmitRequest {
     pub notebook: Option<String>,
     pub cell_id: Option<String>,
     pub timeout_s: Option<f64>,
+    /// A Jupyter client's `execute_request`, when it came over the channels WebSocket.
+    pub client_request: Option<crate::store::ClientRequest>,
 }
 
 /// What a submit did.
@@ -33,7 +35,15 @@ pub struct Submitted {
     pub created: bool,
     /// The reused key's first execution ran other code than this request's.
     pub code_differs: bool,
+    /// A new execution tied to a notebook cell: the write of its outputs
+    /// into that cell, which the notebook sync started at the commit.
+    pub written: Option<crate::notebook::sync::Written>,
 }
+
+/// Called with each new execution tied to a notebook cell once its row is
+/// durable, whoever submitted it (HTTP, MCP): starts the write of its
+/// outputs into the cell when it finishes ([`crate::notebook::NotebookSync`]).
+pub type NotebookHook = Box<dyn Fn(&Execution) -> Option<crate::notebook::sync::Written> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -73,6 +83,10 @@ pub struct Service {
     pub dropped: Arc<AtomicU64>,
     pub output_stats: Arc<OutputStats>,
     pub activity: Arc<Activity>,
+    /// The kernel's messages for the Jupyter clients of `/v1/kernel/channels`.
+    pub channels: Arc<super::channels::Hub>,
+    /// Set once, by the notebook sync.
+    notebook_hook: std::sync::OnceLock<NotebookHook>,
     shutting_down: AtomicBool,
 }
 
@@ -104,6 +118,8 @@ impl Service {
             dropped: Arc::new(AtomicU64::new(0)),
             output_stats: Arc::default(),
             activity: Arc::default(),
+            channels: super::channels::Hub::new(super::channels::HubConfig::default()),
+            notebook_hook: std::sync::OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -114,6 +130,12 @@ impl Service {
 
     pub fn last_activity(&self) -> String {
         self.activity.last()
+    }
+
+    /// Sets the hook every new notebook-cell execution goes to; false (and
+    /// the first one kept) when one was set before.
+    pub fn on_notebook_execution(&self, hook: NotebookHook) -> bool {
+        self.notebook_hook.set(hook).is_ok()
     }
 
     pub fn begin_shutdown(&self) {
@@ -195,6 +217,7 @@ impl Service {
             cell_id: req.cell_id,
             timeout_s,
             created_at: crate::util::now_rfc3339(),
+            client_request: req.client_request,
         };
         self.touch();
         match self.writer.enqueue(new).await? {
@@ -205,11 +228,17 @@ impl Service {
                     json!({"key": e.key, "notebook": e.notebook, "cell_id": e.cell_id}),
                 );
                 self.writer.set_last_seq(&e.id, seq);
+                // Before the executor is woken: the write-back waits from the start.
+                let written = match (&e.notebook, &e.cell_id, self.notebook_hook.get()) {
+                    (Some(_), Some(_), Some(hook)) => hook(&e),
+                    _ => None,
+                };
                 self.work.notify_one();
                 Ok(Submitted {
                     execution: e,
                     created: true,
                     code_differs: false,
+                    written,
                 })
             }
             EnqueueOutcome::Existing(e) => {
@@ -221,6 +250,7 @@ impl Service {
                     execution: e,
                     created: false,
                     code_differs,
+                    written: None,
                 })
             }
         }
@@ -281,6 +311,19 @@ impl Service {
     pub async fn interrupt(&self) -> Result<(), ControlError> {
         self.touch();
         self.command(Command::Interrupt).await?
+    }
+
+    /// Sends a Jupyter client's message to the kernel as it is.
+    pub async fn forward(
+        &self,
+        channel: crate::jupyter::Channel,
+        msg: crate::jupyter::Message,
+    ) -> Result<(), ControlError> {
+        self.touch();
+        self.commands
+            .send(Command::Forward(channel, Box::new(msg)))
+            .await
+            .map_err(|_| ControlError::Stopped)
     }
 
     pub async fn restart(&self) -> Result<(), ControlError> {
@@ -351,6 +394,7 @@ impl Service {
             queue,
             last_activity: Some(self.last_activity()),
             clients: i64::try_from(self.bus.clients()).unwrap_or(i64::MAX),
+            connections: self.channels.connections(),
             ready: self.is_ready(),
             events: sidecar_api::EventsSummary {
                 newest_seq: self.bus.newest(),

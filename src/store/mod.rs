@@ -6,7 +6,7 @@ pub mod reader;
 pub mod schema;
 pub mod writer;
 
-pub use model::{EndReason, Execution, FinalRecord, NewExecution, State, Summary, Truncation};
+pub use model::{ClientRequest, EndReason, Execution, FinalRecord, NewExecution, State, Summary, Truncation};
 pub use reader::{ListQuery, Page, Reader};
 pub use writer::{EnqueueOutcome, Writer};
 

@@ -135,6 +135,29 @@ impl std::fmt::Display for State {
     }
 }
 
+/// The `execute_request` of a Jupyter client (the channels WebSocket): the
+/// execution is sent to the kernel with this header, metadata and content,
+/// so the kernel's messages carry the client's own `msg_id` as parent.
+/// The code is the execution's and is not repeated in `content`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientRequest {
+    pub header: crate::jupyter::Header,
+    #[serde(default)]
+    pub metadata: Value,
+    #[serde(default)]
+    pub content: Value,
+}
+
+impl ClientRequest {
+    /// The client answers the kernel's `input_request`s itself.
+    pub fn allows_stdin(&self) -> bool {
+        self.content
+            .get("allow_stdin")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
 /// What a client submits.
 #[derive(Debug, Clone, Default)]
 pub struct NewExecution {
@@ -145,6 +168,7 @@ pub struct NewExecution {
     pub cell_id: Option<String>,
     pub timeout_s: Option<f64>,
     pub created_at: String,
+    pub client_request: Option<ClientRequest>,
 }
 
 /// What an output limit left out of an execution: outputs are never cut
@@ -194,6 +218,18 @@ pub struct Execution {
     /// Set when an output limit was hit: what was kept and what was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncation>,
+    /// Submitted by a Jupyter client over the channels WebSocket: its request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request: Option<ClientRequest>,
+}
+
+impl Execution {
+    /// A Jupyter client sent it with `allow_stdin` and answers its `input_request`s.
+    pub fn client_answers_input(&self) -> bool {
+        self.client_request
+            .as_ref()
+            .is_some_and(ClientRequest::allows_stdin)
+    }
 }
 
 /// An execution as a list shows it: bounded in size whatever the code and

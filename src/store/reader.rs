@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::model::{Execution, State, Summary, PREVIEW_CHARS};
 use super::{schema, StoreError};
 
-pub(crate) const COLUMNS: &str = "id, key, state, reason, code, notebook, cell_id, outputs, execution_count, error, timeout_s, created_at, started_at, finished_at, truncated";
+pub(crate) const COLUMNS: &str = "id, key, state, reason, code, notebook, cell_id, outputs, execution_count, error, timeout_s, created_at, started_at, finished_at, truncated, client_request";
 
 pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
     let state: String = r.get(2)?;
@@ -35,6 +35,9 @@ pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
         finished_at: r.get(13)?,
         truncated: r
             .get::<_, Option<String>>(14)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
+        client_request: r
+            .get::<_, Option<String>>(15)?
             .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
@@ -228,6 +231,18 @@ impl Reader {
         .await
     }
 
+    /// Every queued execution not yet sent to the kernel, in order.
+    pub async fn queued(&self) -> Result<Vec<Execution>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM executions WHERE state = 'queued' AND msg_id IS NULL ORDER BY n"
+            ))?;
+            let rows = st.query_map([], row_to_execution)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Executions the kernel may have received before the last stop, in order.
     pub async fn in_flight(&self) -> Result<Vec<InFlight>, StoreError> {
         self.with(|c| {
@@ -238,7 +253,7 @@ impl Reader {
             let rows = st.query_map([], |r| {
                 Ok(InFlight {
                     execution: row_to_execution(r)?,
-                    msg_id: r.get(14)?,
+                    msg_id: r.get("msg_id")?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -375,6 +390,45 @@ mod tests {
         w.start("a", crate::util::now_rfc3339()).await.unwrap();
         states.changed().await.unwrap();
         assert_eq!(r.counts().await.unwrap()[&State::Running], 1);
+    }
+
+    /// What a restarted sidecar follows: the dispatched execution's msg_id
+    /// (read by column name: the column list grew twice under it), and a
+    /// Jupyter client's request kept whole.
+    #[tokio::test]
+    async fn in_flight_executions_keep_their_msg_id_and_client_request() {
+        let (path, w) = fresh_store("inflight");
+        let r = Reader::new(&path);
+        let request = super::super::model::ClientRequest {
+            header: crate::jupyter::Message::new("execute_request", serde_json::json!({}), "client-9").header,
+            metadata: serde_json::json!({"cellId": "c1"}),
+            content: serde_json::json!({"allow_stdin": true}),
+        };
+        let mut new = new_exec("a", None);
+        new.client_request = Some(request.clone());
+        w.enqueue(new).await.unwrap();
+        w.enqueue(new_exec("b", None)).await.unwrap();
+        assert_eq!(r.queued().await.unwrap().len(), 2);
+        w.dispatch("a", "msg-a").await.unwrap();
+        assert_eq!(
+            r.queued()
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>(),
+            ["b"]
+        );
+        let flying = r.in_flight().await.unwrap();
+        assert_eq!(flying.len(), 1);
+        assert_eq!(flying[0].msg_id.as_deref(), Some("msg-a"));
+        assert_eq!(flying[0].execution.client_request.as_ref(), Some(&request));
+        assert!(flying[0]
+            .execution
+            .client_request
+            .as_ref()
+            .unwrap()
+            .allows_stdin());
     }
 
     #[tokio::test]

@@ -34,6 +34,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE asset_pins (name TEXT PRIMARY KEY, pinned_at TEXT NOT NULL);",
     // 2 -> 3: what an output limit left out of an execution (JSON `Truncation`)
     "ALTER TABLE executions ADD COLUMN truncated TEXT;",
+    // 3 -> 4: the request of a Jupyter client (JSON `ClientRequest`)
+    "ALTER TABLE executions ADD COLUMN client_request TEXT;",
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

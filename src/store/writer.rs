@@ -480,8 +480,8 @@ fn enqueue(conn: &Connection, new: &NewExecution) -> Result<EnqueueOutcome, Stor
         }
     }
     conn.execute(
-        "INSERT INTO executions(id, key, code, notebook, cell_id, state, timeout_s, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
+        "INSERT INTO executions(id, key, code, notebook, cell_id, state, timeout_s, created_at, client_request)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
         params![
             new.id,
             new.key,
@@ -489,7 +489,10 @@ fn enqueue(conn: &Connection, new: &NewExecution) -> Result<EnqueueOutcome, Stor
             new.notebook,
             new.cell_id,
             new.timeout_s,
-            new.created_at
+            new.created_at,
+            new.client_request
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok()),
         ],
     )?;
     Ok(EnqueueOutcome::Created(Execution {
@@ -508,5 +511,6 @@ fn enqueue(conn: &Connection, new: &NewExecution) -> Result<EnqueueOutcome, Stor
         started_at: None,
         finished_at: None,
         truncated: None,
+        client_request: new.client_request.clone(),
     }))
 }

@@ -236,3 +236,24 @@ def test_readyz_and_status(shared_sidecar):
     assert st["ready"] is True
     assert st["kernel"]["state"] in ("idle", "busy")
     assert set(st["queue"]) == {"queued", "running", "completed", "failed", "cancelled"}
+
+
+def test_a_restarted_sidecar_follows_the_cell_its_predecessor_left_running(tmp_path):
+    """Guarantee 2's other half: a cell the kernel still runs when the
+    sidecar is killed is followed by the next sidecar (never re-sent), and
+    completes with what it printed after the restart."""
+    sc = Sidecar(tmp_path).start()
+    try:
+        e = sc.submit("import time; time.sleep(3); print('finished after the restart')")
+        deadline = time.monotonic() + 30
+        while sc.get(e["id"])["state"] != "running":
+            assert time.monotonic() < deadline, sc.get(e["id"])
+            time.sleep(0.02)
+        sc.kill9()
+        sc.start()
+        final = sc.wait_final(e["id"], timeout=60)
+        assert final["state"] == "completed", final
+        assert "finished after the restart" in text_of(final)
+        assert sc.run("1+1")["state"] == "completed"
+    finally:
+        sc.close()
