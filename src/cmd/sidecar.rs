@@ -41,6 +41,10 @@ pub struct SidecarArgs {
     /// Host names MCP clients may use (the Service's names, the pod IP).
     #[arg(long = "allowed-host", env = "NOTEBOOK_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// The pod's IP (the downward API's `status.podIP`): MCP clients in the
+    /// cluster may address the sidecar by it, with or without the port.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<String>,
     /// A warm pool pod: serve only `/v1/status` and `POST /v1/claim` (with
     /// the pool's token) until a NotebookSession claims it with its own token.
     #[arg(long)]
@@ -79,6 +83,7 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
         KernelSource::External,
     );
     args.opts.apply(&mut cfg);
+    let mcp = mcp_options(args.allowed_hosts, args.pod_ip.as_deref(), args.listen.port());
     serve::run(
         cfg,
         listener,
@@ -92,11 +97,51 @@ pub async fn run(args: SidecarArgs) -> anyhow_like::Result {
         },
         info,
         None,
-        crate::mcp::McpOptions::new(args.allowed_hosts),
+        mcp,
         |addr| {
             tracing::info!(%addr, "sidecar serving");
         },
     )
     .await?;
     Ok(())
+}
+
+/// The host names MCP clients may use: the configured ones and the pod IP.
+/// A pod IP that is not an address is left out, said in the log.
+fn mcp_options(hosts: Vec<String>, pod_ip: Option<&str>, port: u16) -> crate::mcp::McpOptions {
+    let opts = crate::mcp::McpOptions::new(hosts);
+    match pod_ip.map(str::trim).filter(|ip| !ip.is_empty()) {
+        None => opts,
+        Some(ip) => match ip.parse::<std::net::IpAddr>() {
+            Ok(addr) => opts.with_pod_ip(addr, port),
+            Err(e) => {
+                tracing::warn!(pod_ip = %ip, error = %e, "POD_IP is not an IP address; MCP clients cannot use it");
+                opts
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pod_ip_joins_the_allowed_hosts_when_it_is_an_address() {
+        let hosts = |ip| mcp_options(vec!["nb.ns.svc".into()], ip, 8888).allowed_hosts;
+        assert_eq!(
+            hosts(Some(" 10.0.0.9 ")),
+            vec![
+                "localhost",
+                "127.0.0.1",
+                "::1",
+                "nb.ns.svc",
+                "10.0.0.9",
+                "10.0.0.9:8888"
+            ]
+        );
+        for absent in [None, Some(""), Some("not-an-ip")] {
+            assert_eq!(hosts(absent), vec!["localhost", "127.0.0.1", "::1", "nb.ns.svc"]);
+        }
+    }
 }

@@ -38,6 +38,15 @@ pub enum GatewayError {
         #[source]
         source: kube::Error,
     },
+    /// A session did not become Ready in the time allowed.
+    #[error("{0}")]
+    Timeout(String),
+    /// A session that was asked for cannot run (phase Failed, or deleted while starting).
+    #[error("{0}")]
+    SessionFailed(String),
+    /// Watching an object failed.
+    #[error("{0}")]
+    Watch(String),
     /// The sidecar could not be reached or answered nonsense.
     #[error("sidecar: {0}")]
     Upstream(String),
@@ -62,7 +71,11 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Kube { .. } | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::SessionFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Kube { .. } | GatewayError::Upstream(_) | GatewayError::Watch(_) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 }

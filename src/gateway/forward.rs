@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::error::GatewayError;
 use super::review::User;
 use super::sessions::check_names;
+use super::upstream::Upstream;
 use super::Gateway;
 
 /// `/sessions/{ns}/{name}` (the sidecar's `/`).
@@ -86,10 +87,25 @@ async fn forward_inner(
     ns: &str,
     name: &str,
     rest: &str,
-    mut req: Request,
+    req: Request,
 ) -> Result<Response, GatewayError> {
     check_names(ns, name).map_err(GatewayError::BadRequest)?;
     let up = gw.session_upstream(user, ns, name).await?;
+    relay(gw, &up, ns, name, rest, req).await
+}
+
+/// `req` to the sidecar `up` of session `ns/name` at path `rest` (its query
+/// kept, but for a `token` parameter: the caller's credential), with the
+/// session's token; the answer streamed back, and a WebSocket upgrade joined
+/// end to end. The caller has been authorized for the session.
+pub async fn relay(
+    gw: &Gateway,
+    up: &Upstream,
+    ns: &str,
+    name: &str,
+    rest: &str,
+    mut req: Request,
+) -> Result<Response, GatewayError> {
     let uri = upstream_uri(&up.addr.to_string(), rest, req.uri())?;
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -163,12 +179,26 @@ async fn forward_inner(
         .map_err(|e| GatewayError::Upstream(e.to_string()))
 }
 
-/// `http://<addr>/<rest>?<query>`.
+/// `http://<addr>/<rest>?<query>`, without the caller's `token` parameter.
 fn upstream_uri(authority: &str, rest: &str, original: &Uri) -> Result<Uri, GatewayError> {
-    let query = original.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = original
+        .query()
+        .and_then(without_token)
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     format!("http://{authority}/{}{query}", rest.trim_start_matches('/'))
         .parse()
         .map_err(|e| GatewayError::BadRequest(format!("not a path: {e}")))
+}
+
+/// `query` without its `token` parameters (a Jupyter client's credential
+/// for the gateway, never the sidecar's business); None when nothing is left.
+pub fn without_token(query: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some("token"))
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -245,6 +275,24 @@ mod tests {
             upstream_uri("10.0.0.1:8888", "", &uri).unwrap().to_string(),
             "http://10.0.0.1:8888/"
         );
+        let uri: Uri = "/api/kernels/k/channels?session_id=s&token=agent-secret"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            upstream_uri("10.0.0.1:8888", "v1/kernel/channels", &uri)
+                .unwrap()
+                .to_string(),
+            "http://10.0.0.1:8888/v1/kernel/channels?session_id=s"
+        );
+    }
+
+    #[test]
+    fn the_callers_token_parameter_never_reaches_the_sidecar() {
+        assert_eq!(without_token("token=x"), None);
+        assert_eq!(without_token("a=1&token=x&b=2").as_deref(), Some("a=1&b=2"));
+        assert_eq!(without_token("token").as_deref(), None);
+        assert_eq!(without_token("tokens=1").as_deref(), Some("tokens=1"));
+        assert_eq!(without_token("since=5").as_deref(), Some("since=5"));
     }
 
     #[test]

@@ -7,11 +7,15 @@
 //! included). Who is asking is settled by a TokenReview of the bearer token,
 //! and what they may do by SubjectAccessReviews on `notebooksessions` (and
 //! `notebookpools` for `list_pools`), so the cluster's own RBAC decides.
+//! The Jupyter Server REST API (`/api/...`, [`jupyter`]) serves the same
+//! sessions as Jupyter kernels.
 
 pub mod auth;
 pub mod client;
 pub mod error;
 pub mod forward;
+pub mod jupyter;
+pub mod lifecycle;
 pub mod mcp_client;
 pub mod metrics;
 pub mod origin;
@@ -195,6 +199,7 @@ pub fn router(gw: Arc<Gateway>, shutdown: CancellationToken) -> Router {
         .merge(mcp)
         .route("/sessions/{ns}/{name}", any(forward::session_root))
         .route("/sessions/{ns}/{name}/{*rest}", any(forward::session_path))
+        .merge(jupyter::router())
         .layer(middleware::from_fn_with_state(gw.clone(), auth::authenticate))
         .with_state(gw.clone());
     Router::new()

@@ -122,6 +122,10 @@ pub struct NewSession {
     pub storage: Option<String>,
     /// A NotebookPool to take a warm kernel from.
     pub pool: Option<String>,
+    /// Prefix of the generated name when `name` is absent (default [`GENERATED_PREFIX`]).
+    pub generate_prefix: Option<&'static str>,
+    /// Annotations of the new object besides [`REQUESTED_BY`] (which always names the caller).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The NotebookSession a request asks for, labelled with who asked.
@@ -180,16 +184,19 @@ pub fn desired(new: &NewSession, namespace: &str, user: &User) -> Result<Noteboo
     let mut session = NotebookSession::new("", spec);
     session.metadata = ObjectMeta {
         name: name.map(str::to_string),
-        generate_name: name.is_none().then(|| GENERATED_PREFIX.to_string()),
+        generate_name: name
+            .is_none()
+            .then(|| new.generate_prefix.unwrap_or(GENERATED_PREFIX).to_string()),
         namespace: Some(namespace.to_string()),
         labels: Some(BTreeMap::from([(
             REQUESTED_BY.to_string(),
             requested_by_label(&user.username),
         )])),
-        annotations: Some(BTreeMap::from([(
-            REQUESTED_BY.to_string(),
-            user.username.clone(),
-        )])),
+        annotations: Some({
+            let mut a = new.annotations.clone();
+            a.insert(REQUESTED_BY.to_string(), user.username.clone());
+            a
+        }),
         ..ObjectMeta::default()
     };
     Ok(session)
@@ -366,12 +373,22 @@ mod tests {
             idle_timeout: Some("30m".into()),
             storage: Some("1Gi".into()),
             pool: None,
+            generate_prefix: None,
+            annotations: BTreeMap::from([
+                (REQUESTED_BY.to_string(), "forged".to_string()),
+                ("x/y".into(), "z".into()),
+            ]),
         };
         let s = desired(&new, "agents", &u).unwrap();
         assert_eq!(s.metadata.name, None);
         assert_eq!(s.metadata.generate_name.as_deref(), Some("nb-"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("agents"));
-        assert_eq!(s.annotations()[REQUESTED_BY], u.username);
+        assert_eq!(
+            s.annotations()[REQUESTED_BY],
+            u.username,
+            "the caller, whatever was asked"
+        );
+        assert_eq!(s.annotations()["x/y"], "z");
         assert_eq!(s.labels()[REQUESTED_BY], requested_by_label(&u.username));
         assert_eq!(s.spec.kernel.image.as_deref(), Some("img:1"));
         assert_eq!(s.spec.idle_timeout.as_deref(), Some("30m"));
@@ -386,6 +403,12 @@ mod tests {
         assert_eq!(s.metadata.name.as_deref(), Some("mine"));
         assert_eq!(s.metadata.generate_name, None);
         assert!(s.spec.storage.is_none());
+        let prefixed = NewSession {
+            generate_prefix: Some("jupyter-"),
+            ..NewSession::default()
+        };
+        let s = desired(&prefixed, "agents", &u).unwrap();
+        assert_eq!(s.metadata.generate_name.as_deref(), Some("jupyter-"));
 
         let pooled = NewSession {
             pool: Some("warm".into()),

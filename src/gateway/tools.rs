@@ -10,8 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::{IntoCallToolResult, ToolCallContext};
@@ -28,6 +27,7 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use super::error::GatewayError;
+use super::lifecycle::Settled;
 use super::pools::{self, PoolSummary};
 use super::review::{Access, User};
 use super::sessions::{self, NewSession, SessionSummary};
@@ -174,25 +174,7 @@ impl GatewayTools {
 
     /// Refuses when `user` already has as many live sessions as allowed.
     async fn check_cap(&self, user: &User) -> Result<(), ToolError> {
-        let cap = self.gw.cfg.max_sessions_per_user;
-        if cap == 0 {
-            return Ok(());
-        }
-        let all: Api<NotebookSession> = Api::all(self.gw.kube.clone());
-        let selector = format!(
-            "{}={}",
-            sessions::REQUESTED_BY,
-            sessions::requested_by_label(&user.username)
-        );
-        let list = all
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| ToolError::new(format!("counting your sessions: {e}")))?;
-        let live = sessions::live_sessions_of(&list.items, &user.username);
-        match sessions::over_cap(live, cap, &user.username) {
-            Some(msg) => Err(ToolError::new(msg)),
-            None => Ok(()),
-        }
+        Ok(self.gw.check_cap(user).await?)
     }
 
     /// The user asking and `(namespace, name)` of a session argument.
@@ -353,41 +335,20 @@ impl GatewayTools {
             idle_timeout: p.idle_timeout,
             storage: p.storage,
             pool: p.pool,
+            ..NewSession::default()
         };
-        let obj = sessions::desired(&new, &ns, &user).map_err(ToolError::new)?;
-        self.allow(&user, "create", &ns, None).await?;
-        let api = self.api(&ns);
-        let created = {
-            let _guard = if self.gw.cfg.max_sessions_per_user > 0 {
-                Some(self.gw.cap_lock.lock().await)
-            } else {
-                None
-            };
-            self.check_cap(&user).await?;
-            api.create(&PostParams::default(), &obj)
-                .await
-                .map_err(GatewayError::kube("create the NotebookSession"))?
-        };
+        let created = self.gw.create_session(&user, &ns, &new).await?;
         let name = created.name_any();
-        tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session created");
         let t0 = Instant::now();
         let mut latest = created;
         if !wait.is_zero() {
-            let done = |s: Option<&NotebookSession>| {
-                s.is_none_or(|s| sessions::is_ready(s) || sessions::is_failed(s))
-            };
-            match tokio::time::timeout(wait, await_condition(api.clone(), &name, done)).await {
-                Ok(Ok(Some(s))) => latest = s,
-                Ok(Ok(None)) => {
+            match self.gw.wait_settled(&ns, &name, wait).await? {
+                Settled::Ready(s) | Settled::Failed(s) | Settled::TimedOut(Some(s)) => latest = *s,
+                Settled::TimedOut(None) => {}
+                Settled::Deleted => {
                     return Err(ToolError::new(format!(
                         "session {ns}/{name} was deleted while starting"
                     )))
-                }
-                Ok(Err(e)) => return Err(ToolError::new(format!("watching session {ns}/{name}: {e}"))),
-                Err(_) => {
-                    if let Ok(Some(s)) = api.get_opt(&name).await {
-                        latest = s;
-                    }
                 }
             }
         }
@@ -485,23 +446,9 @@ impl GatewayTools {
         let (user, ns, name) = self
             .authorized(&ctx, &p.name, p.namespace.as_deref(), "delete")
             .await?;
-        let api = self.api(&ns);
         // Foreground: the object stays until the objects it owns are gone,
-        // so "gone" below means the pod is gone too.
-        let uid = api
-            .delete(&name, &DeleteParams::foreground())
-            .await
-            .map_err(GatewayError::kube("delete the NotebookSession"))?
-            .either(|s| s.uid(), |_| None);
-        self.gw.upstreams.forget(&ns, &name);
-        tracing::info!(session = %format!("{ns}/{name}"), user = %user.username, "session deleted");
-        let gone = match uid {
-            None => true,
-            Some(uid) => matches!(
-                tokio::time::timeout(wait, await_condition(api, &name, conditions::is_deleted(&uid))).await,
-                Ok(Ok(_))
-            ),
-        };
+        // so "gone" means the pod is gone too.
+        let gone = self.gw.delete_session(&user, &ns, &name, wait).await?;
         Ok(Json(DeletedSession {
             namespace: ns,
             name,

@@ -377,6 +377,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             truncated: None,
+            client_request: None,
         }
     }
 

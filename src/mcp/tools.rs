@@ -241,6 +241,15 @@ impl Tools {
         Ok(self.svc.submit(req).await?.execution)
     }
 
+    /// Submits an execution tied to a notebook cell: it, and the write of its
+    /// outputs into the cell that the service started at the commit (the
+    /// same write an HTTP submission gets; tracked here only when none was).
+    async fn submit_cell(&self, req: SubmitRequest) -> Result<(Execution, sync::Written), ToolError> {
+        let s = self.svc.submit(req).await?;
+        let written = s.written.unwrap_or_else(|| self.sync.track(&s.execution.id));
+        Ok((s.execution, written))
+    }
+
     /// The code cell `cell_id` of `path`: its normalised path and source.
     async fn code_cell(&self, path_in: &str, cell_id: &str) -> Result<(String, String), NotebookError> {
         let rel = path::display(&path::notebook(path_in)?);
@@ -505,8 +514,7 @@ impl Tools {
             cell_id: Some(p.cell_id.clone()),
             ..Default::default()
         };
-        let e = self.submit_code(req).await?;
-        let written = self.sync.track(&e.id);
+        let (e, written) = self.submit_cell(req).await?;
         let (mut result, e) = self.wait_result(&e.id, wait, progress_of(&meta, peer)).await?;
         if e.state.is_final() {
             match sync::written(written, WRITE_WAIT).await {
@@ -548,8 +556,7 @@ impl Tools {
                 cell_id: Some(cell_id.clone()),
                 ..Default::default()
             };
-            let e = self.submit_code(req).await?;
-            let written = self.sync.track(&e.id);
+            let (e, written) = self.submit_cell(req).await?;
             runs.push((cell_id, e.id, written));
         }
         if let Some((_, last, _)) = runs.last() {

@@ -297,12 +297,15 @@ def operator_factory(cluster, kube, crds):
             env[e["name"]] = e["value"]
     made: list[Operator] = []
 
-    def make(identity: str) -> Operator:
-        op = Operator(kube, as_operator, kc, container["args"], env, identity,
-                      cluster.state / f"{identity}.log", sa)
+    def make(identity: str, *, kubeconfig: pathlib.Path | None = None, args: list[str] | None = None) -> Operator:
+        """A replica; `kubeconfig` (e.g. the admin's, as a developer runs it)
+        and `args` (the chart's by default) replace the chart's."""
+        op = Operator(kube, as_operator, kubeconfig or kc, container["args"] if args is None else args, env,
+                      identity, cluster.state / f"{identity}.log", sa)
         made.append(op)
         return op
 
+    make.args = list(container["args"])
     yield make
     for op in made:
         op.stop()

@@ -101,6 +101,47 @@ class SidecarApi(SidecarHttp):
                 return e
             time.sleep(0.05)
 
+    def mcp_initialize(self) -> dict:
+        """An MCP `initialize` with the official SDK at `http://<podIP>:<port>/mcp`
+        (so `Host` is the pod IP and port), as an in-cluster agent sends it;
+        the server's info."""
+        import anyio
+        from mcp.client.session import ClientSession
+        from mcp.client.streamable_http import streamable_http_client
+        from mcp.shared._httpx_utils import create_mcp_http_client
+
+        async def main():
+            with anyio.fail_after(60):
+                async with create_mcp_http_client(headers={"Authorization": f"Bearer {self.token}"}) as http:
+                    async with streamable_http_client(self.url + "/mcp", http_client=http) as (read, write):
+                        async with ClientSession(read, write) as session:
+                            init = await session.initialize()
+                            tools = await session.list_tools()
+                            return {"server": init.server_info.name, "tools": [t.name for t in tools.tools]}
+        return anyio.run(main)
+
+    def mcp_post_initialize(self, host: str) -> requests.Response:
+        """A bare MCP `initialize` POST to the pod IP with the session token
+        and `Host: host`."""
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                           "clientInfo": {"name": "tier4", "version": "0"}}}
+        return self.http.post(self.url + "/mcp", json=body, timeout=30,
+                              headers={"Host": host, "Accept": "application/json, text/event-stream"})
+
+    def assert_mcp_by_pod_ip(self):
+        """MCP by pod IP is served (with and without the port in `Host`); a
+        foreign `Host` is still refused, a DNS-rebinding guard."""
+        served = self.mcp_initialize()
+        assert "execute" in served["tools"], served
+        port = self.url.rsplit(":", 1)[1]
+        for host in (f"{self.ip}:{port}", self.ip):
+            r = self.mcp_post_initialize(host)
+            assert r.status_code == 200, (host, r.status_code, r.text)
+        for host in ("evil.example", f"evil.example:{port}"):
+            r = self.mcp_post_initialize(host)
+            assert r.status_code == 403, (host, r.status_code, r.text)
+
     def status(self) -> dict:
         r = self.http.get(self.url + "/v1/status", timeout=10)
         assert r.status_code == 200, r.text
