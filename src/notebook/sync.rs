@@ -1,7 +1,9 @@
 //! Writing an execution's outputs into the notebook cell it was run for.
 //!
 //! The write belongs to the sidecar, not to the request that submitted the
-//! execution: `track` starts a task that waits (push-based, through the
+//! execution: the service calls `track` for every new execution that names a
+//! notebook cell, once its row is durable (HTTP and MCP submissions alike, so
+//! one task per execution writes it, once). `track` starts a task that waits (push-based, through the
 //! completion registry) for the execution to finish and then writes its
 //! outputs and execution count into the cell, whether or not the agent is
 //! still connected. A request that does wait can learn the write's result
@@ -39,13 +41,21 @@ pub struct NotebookSync {
 }
 
 impl NotebookSync {
+    /// The sync of `svc`'s notebooks: every new execution tied to a cell,
+    /// submitted over HTTP or MCP, is tracked from its commit (the service's
+    /// hook, holding the sync weakly so neither keeps the other alive).
     pub fn new(svc: Arc<Service>, ws: Arc<Workspace>) -> Arc<NotebookSync> {
-        Arc::new(NotebookSync {
-            svc,
+        let sync = Arc::new(NotebookSync {
+            svc: svc.clone(),
             ws,
             tracked: Mutex::new(HashMap::new()),
             newest: Mutex::new(HashMap::new()),
-        })
+        });
+        let weak = Arc::downgrade(&sync);
+        if !svc.on_notebook_execution(Box::new(move |e| weak.upgrade().map(|sync| sync.track(&e.id)))) {
+            tracing::warn!("the service's notebook executions are tracked by an earlier notebook sync");
+        }
+        sync
     }
 
     pub fn workspace(&self) -> &Arc<Workspace> {

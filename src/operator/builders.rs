@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, Probe,
-    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -30,6 +30,9 @@ pub const KERNEL_PORTS: [u16; 5] = [5555, 5556, 5557, 5558, 5559];
 pub const SIDECAR_CONTAINER: &str = "sidecar";
 /// Name of the kernel container.
 pub const KERNEL_CONTAINER: &str = "kernel";
+/// The sidecar's env with the pod's IP (downward API), a host name MCP
+/// clients in the cluster may address it by.
+pub const POD_IP_ENV: &str = "POD_IP";
 /// Keys of the session Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Key of the kernel HMAC key in the session Secret.
@@ -504,6 +507,22 @@ pub fn sidecar_args(session: &NotebookSession) -> Vec<String> {
     args
 }
 
+/// `POD_IP` from the pod's `status.podIP`: the sidecar accepts it as a
+/// `Host`, so a client in the cluster can use `http://<podIP>:8888/mcp`.
+fn pod_ip_env() -> EnvVar {
+    EnvVar {
+        name: POD_IP_ENV.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                api_version: Some("v1".into()),
+                field_path: "status.podIP".into(),
+            }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
 /// The host names MCP clients reach a session's sidecar by: its Service's.
 pub fn mcp_hosts(session: &NotebookSession) -> Vec<String> {
     let host = service_host(session);
@@ -549,6 +568,7 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
         image_pull_policy: config.sidecar_image_pull_policy.clone(),
         restart_policy: Some("Always".into()),
         args: Some(sidecar_args(session)),
+        env: Some(vec![pod_ip_env()]),
         ports: Some(vec![ContainerPort {
             name: Some(SIDECAR_PORT_NAME.into()),
             container_port: i32::from(SIDECAR_PORT),

@@ -80,6 +80,45 @@ pub fn decide(
     }
 }
 
+/// Whether a failed attempt ends the election, and with what message: when
+/// the apiserver says the Lease's namespace does not exist, retrying every
+/// retry period cannot help (only a person can create the namespace or
+/// change the flags), so the election ends with advice instead of a warning
+/// every 2 s. In a cluster the Deployment's own namespace always exists, so
+/// this is a misconfiguration; out of a cluster it is the usual first run.
+/// `None`: retry.
+pub fn fatal_attempt_error(err: &Error, namespace: &str) -> Option<String> {
+    let Error::Kube { source, .. } = err else {
+        return None;
+    };
+    is_namespace_not_found(source, namespace).then(|| missing_namespace_advice(namespace))
+}
+
+/// Whether the apiserver refused because namespace `namespace` does not
+/// exist (NamespaceLifecycle's 404 names the namespace, not the Lease).
+fn is_namespace_not_found(err: &kube::Error, namespace: &str) -> bool {
+    let kube::Error::Api(status) = err else {
+        return false;
+    };
+    if status.code != 404 {
+        return false;
+    }
+    match status.details.as_ref() {
+        Some(d) if !d.kind.is_empty() => d.kind == "namespaces" && d.name == namespace,
+        _ => status.message == format!("namespaces \"{namespace}\" not found"),
+    }
+}
+
+/// What to do about a missing Lease namespace: the three ways on.
+pub fn missing_namespace_advice(namespace: &str) -> String {
+    format!(
+        "the namespace {namespace:?} of the leader Lease does not exist. Create it \
+         (`kubectl create namespace {namespace}`), or name an existing namespace with \
+         `--leader-election-namespace <namespace>` (env POD_NAMESPACE), or run a single \
+         replica without leader election with `--leader-election=false`; then start the operator again"
+    )
+}
+
 /// A candidate for, or holder of, the lease.
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -198,19 +237,28 @@ impl LeaderElector {
     }
 
     /// Waits until this replica holds the lease; `waits` counts the
-    /// attempts that found another replica holding it.
-    pub async fn acquire(&mut self, waits: &prometheus_client::metrics::counter::Counter) {
+    /// attempts that found another replica holding it. Fails only on an
+    /// error no retry can cure ([`fatal_attempt_error`]).
+    pub async fn acquire(
+        &mut self,
+        waits: &prometheus_client::metrics::counter::Counter,
+    ) -> Result<(), Error> {
         loop {
             match self.try_acquire_or_renew().await {
                 Ok(true) => {
                     tracing::info!(identity = %self.config.identity, lease = %self.config.name, "became the leader");
-                    return;
+                    return Ok(());
                 }
                 Ok(false) => {
                     waits.inc();
                     tracing::debug!("another replica leads; waiting");
                 }
-                Err(err) => tracing::warn!(error = %err, "leader election attempt failed"),
+                Err(err) => {
+                    if let Some(advice) = fatal_attempt_error(&err, &self.config.namespace) {
+                        return Err(Error::Leader(advice));
+                    }
+                    tracing::warn!(error = %err, "leader election attempt failed");
+                }
             }
             tokio::time::sleep(self.config.retry_period).await;
         }
@@ -223,7 +271,11 @@ impl LeaderElector {
             match self.try_acquire_or_renew().await {
                 Ok(true) => continue,
                 Ok(false) => return Error::Leader("another replica took the lease".into()),
-                Err(err) => tracing::warn!(error = %err, "renewing the leader lease failed"),
+                Err(err) => match fatal_attempt_error(&err, &self.config.namespace) {
+                    // The namespace went, and the Lease with it.
+                    Some(advice) => return Error::Leader(advice),
+                    None => tracing::warn!(error = %err, "renewing the leader lease failed"),
+                },
             }
             let since = self.last_renewed.map_or(Duration::MAX, |t| t.elapsed());
             if since > self.config.renew_deadline {
@@ -262,6 +314,54 @@ mod tests {
     use super::*;
 
     const LEASE: Duration = Duration::from_secs(15);
+
+    fn kube_error(json: &str) -> Error {
+        let status: kube::core::Status = serde_json::from_str(json).expect("a Status");
+        Error::kube("create the leader Lease")(kube::Error::Api(status.boxed()))
+    }
+
+    #[test]
+    fn a_missing_lease_namespace_ends_the_election_with_the_ways_on() {
+        // What kube-apiserver's NamespaceLifecycle answers to the create.
+        let err = kube_error(
+            r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"namespaces \"nbo-dev\" not found","reason":"NotFound","details":{"name":"nbo-dev","kind":"namespaces"},"code":404}"#,
+        );
+        let advice = fatal_attempt_error(&err, "nbo-dev").expect("fatal");
+        assert!(
+            advice.contains("\"nbo-dev\" of the leader Lease does not exist"),
+            "{advice}"
+        );
+        assert!(advice.contains("`kubectl create namespace nbo-dev`"), "{advice}");
+        assert!(
+            advice.contains("`--leader-election-namespace <namespace>`"),
+            "{advice}"
+        );
+        assert!(advice.contains("`--leader-election=false`"), "{advice}");
+        // An apiserver that leaves out the details: the message says it.
+        let bare = kube_error(
+            r#"{"status":"Failure","message":"namespaces \"nbo-dev\" not found","reason":"NotFound","code":404}"#,
+        );
+        assert!(fatal_attempt_error(&bare, "nbo-dev").is_some());
+    }
+
+    #[test]
+    fn other_failures_are_retried() {
+        // The Lease itself gone (a 404 that names it), another namespace,
+        // RBAC not yet in place, an overloaded apiserver.
+        for json in [
+            r#"{"status":"Failure","message":"leases.coordination.k8s.io \"l\" not found","reason":"NotFound","details":{"name":"l","group":"coordination.k8s.io","kind":"leases"},"code":404}"#,
+            r#"{"status":"Failure","message":"namespaces \"other\" not found","reason":"NotFound","details":{"name":"other","kind":"namespaces"},"code":404}"#,
+            r#"{"status":"Failure","message":"namespaces \"other\" not found","reason":"NotFound","code":404}"#,
+            r#"{"status":"Failure","message":"leases is forbidden","reason":"Forbidden","code":403}"#,
+            r#"{"status":"Failure","message":"too many requests","reason":"TooManyRequests","code":429}"#,
+        ] {
+            assert_eq!(fatal_attempt_error(&kube_error(json), "nbo-dev"), None, "{json}");
+        }
+        assert_eq!(
+            fatal_attempt_error(&Error::Leader("lost".into()), "nbo-dev"),
+            None
+        );
+    }
 
     #[test]
     fn no_lease_is_created() {

@@ -200,7 +200,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     if let Some(elector) = elector.as_mut() {
         tracing::info!(identity = %elector.identity(), "waiting to become the leader");
         tokio::select! {
-            () = elector.acquire(&metrics.leader_waits) => {},
+            acquired = elector.acquire(&metrics.leader_waits) => acquired?,
             () = crate::util::shutdown_signal() => return Ok(()),
         }
         metrics.leader.set(1);

@@ -321,7 +321,19 @@ class PodRunner(threading.Thread):
         for e in container.spec.get("env") or []:
             if "value" in e:
                 env[e["name"]] = e["value"]
+            elif (field := self.field_ref(e)) is not None:
+                env[e["name"]] = field
         return env
+
+    def field_ref(self, e: dict) -> str | None:
+        """The downward API's `valueFrom.fieldRef` a kubelet resolves: the
+        pod's IP, name and namespace; None for anything else."""
+        path = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+        return {
+            "status.podIP": self.ip,
+            "metadata.name": self.name,
+            "metadata.namespace": self.ns,
+        }.get(path)
 
     def sidecar_port(self, container: Container) -> int:
         for p in container.spec.get("ports", []):

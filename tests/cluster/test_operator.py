@@ -3,12 +3,13 @@ kube-apiserver, run by the stand-in kubelet, reconciled by the operator binary
 holding nothing but the chart's RBAC."""
 import base64
 import re
+import subprocess
 import time
 
 import pytest
 import requests
 
-from conftest import OPERATOR_NS, refusals
+from conftest import OPERATOR_NS, refusals, without_flags
 from harness import text_of
 from kube import ApiError, path
 from sessions import SidecarApi, cond, create_session, get_session, phase, wait_ready, wait_session, wait_until
@@ -153,6 +154,17 @@ def test_session_becomes_ready_with_queue_counts_from_the_sidecar(ns):
     assert s["status"].get("lastActivityTime"), s["status"]
 
 
+def test_an_agent_in_the_cluster_reaches_mcp_by_pod_ip_and_a_foreign_host_is_refused(ns):
+    kube = ns.kube
+    create_session(kube, ns, "by-ip")
+    wait_ready(kube, ns, "by-ip")
+    api = SidecarApi(kube, ns, "by-ip")
+    pod = kube.get(path("Pod", ns, "by-ip-kernel"))
+    env = {e["name"]: e for e in pod["spec"]["initContainers"][0].get("env", [])}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP", env
+    api.assert_mcp_by_pod_ip()
+
+
 def test_a_deleted_pod_is_recreated(ns):
     kube = ns.kube
     create_session(kube, ns, "phoenix", storage={"size": "1Gi"})
@@ -282,6 +294,55 @@ def test_a_second_replica_waits_for_the_lease_then_takes_over_and_replaces_no_po
     s = wait_ready(kube, ns, "steady")
     assert kube.get(path("Pod", ns, "steady-kernel"))["metadata"]["uid"] == pod_uid
     assert s["status"]["podName"] == "steady-kernel"
+
+
+def test_a_missing_lease_namespace_is_named_once_with_the_ways_on_and_once_created_the_operator_leads(
+        cluster, kube, crds, operator_factory):
+    """Issue 18: out of a cluster, with a kubeconfig, the namespace of the
+    leader Lease may not exist. The operator says so once, with what to do,
+    and exits non-zero (as it does for a missing CRD) instead of a warning
+    every 2 s; once the namespace exists it takes the Lease there."""
+    lease_ns = f"nbo-lease-{int(time.time() * 1000) % 10**8}"
+    # Its controllers watch only an empty namespace of their own, so a leader
+    # here touches nothing another operator of this run reconciles.
+    watch_ns = f"{lease_ns}-watch"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": watch_ns}})
+    args = without_flags(operator_factory.args, "--leader-election-namespace", "--namespace") + [
+        f"--leader-election-namespace={lease_ns}", f"--namespace={watch_ns}"]
+    # The admin's kubeconfig, as a developer runs it: the ServiceAccount's
+    # Role is only in its own namespace, so it would be refused (403) first.
+    dev = operator_factory("tier4-dev", kubeconfig=cluster.kubeconfig, args=args)
+    advice = re.compile(rf'namespace "{re.escape(lease_ns)}" of the leader Lease does not exist')
+    try:
+        dev.start()
+        # The positive witness: it exits, within a few seconds, having named
+        # the namespace and the three ways on.
+        try:
+            code = dev.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the operator still runs 15 s on without the Lease namespace:\n{dev.log()[-3000:]}")
+        log = re.sub(r"\x1b\[[0-9;]*m", "", dev.log())
+        assert code != 0, f"exit {code}:\n{log[-3000:]}"
+        assert len(advice.findall(log)) == 1, log[-3000:]
+        for way in (f"`kubectl create namespace {lease_ns}`", "`--leader-election-namespace <namespace>`",
+                    "`--leader-election=false`"):
+            assert way in log, f"{way} missing:\n{log[-3000:]}"
+        assert "leader election attempt failed" not in log, log[-3000:]
+
+        # With the namespace created, the same command leads.
+        kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": lease_ns}})
+        offset = dev.log_path.stat().st_size
+        dev.start()
+        wait_until(lambda: ((kube.get_opt(path("Lease", lease_ns, dev.lease)) or {}).get("spec") or {})
+                   .get("holderIdentity") == dev.identity,
+                   timeout=60, step=0.2, what=f"tier4-dev holds the Lease in {lease_ns}")
+        assert dev.alive(), dev.log_since(offset)[-3000:]
+        assert "became the leader" in dev.log_since(offset)
+        assert not advice.search(dev.log_since(offset)), dev.log_since(offset)[-3000:]
+    finally:
+        dev.stop()
+        for name in (lease_ns, watch_ns):
+            kube.delete(path("Namespace", None, name))
 
 
 def test_a_foreground_deletion_shows_terminating_until_the_children_are_gone(ns):

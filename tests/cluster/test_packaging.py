@@ -21,6 +21,38 @@ def test_the_chart_lints_and_install_yaml_is_rendered_from_it(k8s_bin):
     run([str(ROOT / "manifests" / "generate"), "--check"], env={**os.environ, "HELM": "helm"})
 
 
+def offline_helm_template(*flags: str) -> subprocess.CompletedProcess:
+    """`helm template` of the chart as a GitOps tool runs it: no cluster to
+    ask (no kubeconfig), only the flags given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBECONFIG")}
+    env["KUBECONFIG"] = os.devnull
+    return subprocess.run(["helm", "template", "nbo", str(CHART), "--namespace", "nbo-system", *flags],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_a_plain_helm_template_renders_offline_without_kube_version(k8s_bin):
+    """Issue 18: Helm's offline default version is older than the chart needs,
+    so a kubeVersion in Chart.yaml failed every `helm template` without
+    --kube-version."""
+    r = offline_helm_template()
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert rendered(docs, "Deployment", "nbo-notebook-operator")
+    # And the same objects as for a named, new enough version.
+    named = offline_helm_template("--kube-version", "1.34.0")
+    assert named.returncode == 0, named.stderr
+    assert r.stdout == named.stdout
+
+
+def test_an_old_kubernetes_is_refused_with_what_to_do(k8s_bin):
+    for old in ("1.29.0", "1.32.9"):
+        r = offline_helm_template("--kube-version", old)
+        assert r.returncode != 0, f"{old} rendered:\n{r.stdout[:500]}"
+        assert "notebook-operator needs Kubernetes 1.33.0 or newer" in r.stderr, r.stderr
+        assert f"the target is v{old}" in r.stderr and "--kube-version" in r.stderr, r.stderr
+    assert offline_helm_template("--kube-version", "1.33.0").returncode == 0
+
+
 def test_helm_install_creates_the_operator(bare_ns, kube):
     ns = bare_ns
     # The operator's own namespace enforces the restricted Pod Security

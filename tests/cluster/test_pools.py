@@ -122,6 +122,17 @@ def test_a_pool_hands_each_session_its_own_warm_pod_with_fresh_credentials_and_r
     assert r.status_code == 401, r.text
 
 
+def test_a_claimed_warm_pod_serves_mcp_by_pod_ip_and_refuses_a_foreign_host(ns):
+    kube = ns.kube
+    create_pool(kube, ns, "ips", 1)
+    wait_pool(kube, ns, "ips", lambda st: st.get("ready") == 1, READY_TIMEOUT, "one warm pod ready")
+    warm_names = [p["metadata"]["name"] for p in warm_pods(kube, ns, "ips")]
+    pooled_session(kube, ns, "warm-ip", "ips")
+    wait_ready(kube, ns, "warm-ip")
+    assert_holds_a_warm_pod(kube, ns, "warm-ip", warm_names)
+    SidecarApi(kube, ns, "warm-ip").assert_mcp_by_pod_ip()
+
+
 def test_an_empty_pool_starts_the_session_cold_and_says_so(ns):
     kube = ns.kube
     create_pool(kube, ns, "empty", 0)

@@ -61,3 +61,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.gateway.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+The Kubernetes the chart needs: 1.33 or newer (the sidecar of every kernel
+pod is a native sidecar container, GA in 1.33). Against a live cluster
+(helm install, upgrade, template --validate) .Capabilities.KubeVersion is the
+cluster's, and an older one is refused. Offline it is what --kube-version
+says, or, without the flag, Helm's built-in default (v1.20.0, no cluster's
+version): that one passes, so a plain `helm template` renders.
+*/}}
+{{- define "notebook-operator.minKubeVersion" -}}1.33.0-0{{- end }}
+
+{{- define "notebook-operator.checkKubeVersion" -}}
+{{- $version := .Capabilities.KubeVersion.Version }}
+{{- $offlineDefault := "v1.20.0" }}
+{{- if and (ne $version $offlineDefault) (semverCompare (printf "<%s" (include "notebook-operator.minKubeVersion" .)) $version) }}
+{{- $min := include "notebook-operator.minKubeVersion" . | trimSuffix "-0" }}
+{{- fail (printf "notebook-operator needs Kubernetes %s or newer (each kernel pod runs its sidecar as a native sidecar container); the target is %s. Install on a newer cluster. Rendering offline (helm template, a GitOps tool), --kube-version must name the cluster you deploy to, e.g. --kube-version 1.34.0, or be left out." $min $version) }}
+{{- end }}
+{{- end }}

@@ -261,6 +261,14 @@ mod tests {
         let env = sidecar_env(&pod);
         let var = env.iter().find(|e| e.name == WARMUP_ENV).expect("the warmup");
         assert_eq!(var.value.as_deref(), Some("import pandas"));
+        for pod_env in [sidecar_env(&plain), env.clone()] {
+            let ip = pod_env
+                .iter()
+                .find(|e| e.name == crate::operator::builders::POD_IP_ENV)
+                .expect("a warm sidecar knows its pod IP, as a session's does");
+            let field = ip.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+            assert_eq!(field.map(|f| f.field_path.as_str()), Some("status.podIP"));
+        }
         assert!(
             pod.spec.as_ref().expect("spec").containers[0]
                 .env
