@@ -50,6 +50,10 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "notebook-operator";
 /// Annotation on the pod: hash of the pod spec it was built from.
 pub const ANNOTATION_SPEC_HASH: &str = "notebook.dev/spec-hash";
+/// Annotation: a digest of the session Secret's values the pod was started
+/// with (or claimed with), so a Secret recreated or changed under a running
+/// pod is seen and the pod replaced: the Secret and the sidecar never disagree.
+pub const ANNOTATION_SECRET_HASH: &str = "notebook.dev/secret-hash";
 
 /// Where the connection file lives, in both containers.
 pub const RUNTIME_DIR: &str = "/run/notebook";
@@ -678,11 +682,39 @@ pub fn spec_hash(spec: &PodSpec) -> String {
 
 /// The hash a live pod was built from, if it carries one.
 pub fn pod_spec_hash(pod: &Pod) -> Option<&str> {
+    annotation(pod, ANNOTATION_SPEC_HASH)
+}
+
+/// A digest of a Secret's values (keys and values, in key order): equal for
+/// the same token and kernel key, different once either changes. Not a
+/// secret itself (a truncated SHA-256 of 256-bit random values).
+pub fn secret_hash(secret: &Secret) -> String {
+    let mut digest = Sha256::new();
+    for (key, value) in secret.data.iter().flatten() {
+        digest.update(key.as_bytes());
+        digest.update([0]);
+        digest.update(&value.0);
+        digest.update([0]);
+    }
+    hex::encode(&digest.finalize()[..8])
+}
+
+/// The session Secret's digest a live pod was started or claimed with, if
+/// it carries one (pods made before this annotation existed do not).
+pub fn pod_secret_hash(pod: &Pod) -> Option<&str> {
+    annotation(pod, ANNOTATION_SECRET_HASH)
+}
+
+/// Marks `pod` as started with the Secret of digest `hash`.
+pub fn set_secret_hash(pod: &mut Pod, hash: &str) {
     pod.metadata
         .annotations
-        .as_ref()?
-        .get(ANNOTATION_SPEC_HASH)
-        .map(String::as_str)
+        .get_or_insert_with(BTreeMap::new)
+        .insert(ANNOTATION_SECRET_HASH.into(), hash.into());
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
 #[cfg(test)]
@@ -998,6 +1030,25 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_secret_hash_follows_the_values_and_is_read_back_from_the_pod() {
+        let session = fixtures::session("session-minimal.yaml");
+        let a = build_secret(&session, "token-a", "key");
+        let b = build_secret(&session, "token-b", "key");
+        let c = build_secret(&session, "token-a", "key-2");
+        assert_eq!(
+            secret_hash(&a),
+            secret_hash(&build_secret(&session, "token-a", "key"))
+        );
+        assert_ne!(secret_hash(&a), secret_hash(&b));
+        assert_ne!(secret_hash(&a), secret_hash(&c));
+        let mut pod = build(&session);
+        assert_eq!(pod_secret_hash(&pod), None);
+        set_secret_hash(&mut pod, &secret_hash(&a));
+        assert_eq!(pod_secret_hash(&pod), Some(secret_hash(&a).as_str()));
+        assert!(!pod_secret_hash(&pod).is_some_and(|h| h.contains("token")));
     }
 
     #[test]

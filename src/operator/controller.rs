@@ -226,7 +226,7 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
 
     // The objects that live as long as the session, written side by side
     // (none needs another); the claim of a warm pod waits for the Secret only.
-    let (token, (), ()) = futures::try_join!(
+    let ((token, secret_hash), (), ()) = futures::try_join!(
         ensure_secret(session, &namespace, ctx),
         ensure_service(session, &namespace, ctx),
         ensure_claim(session, &namespace, ctx),
@@ -302,7 +302,10 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
                 suspended,
                 &pods,
                 pool_found,
-                token.as_deref(),
+                Credentials {
+                    token: token.as_deref(),
+                    secret_hash: &secret_hash,
+                },
                 ctx,
             )
             .await?
@@ -358,12 +361,13 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
 }
 
 /// Creates the Secret once, with fresh values; never rewrites it. Returns the
-/// client token it holds.
+/// client token it holds and the digest of its values (which the pod is
+/// marked with: a Secret recreated or changed under it replaces the pod).
 async fn ensure_secret(
     session: &NotebookSession,
     namespace: &str,
     ctx: &Context,
-) -> Result<Option<String>, Error> {
+) -> Result<(Option<String>, String), Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let name = builders::secret_name(&session.name_any());
     let existing = Caches::get(&ctx.caches.secrets, namespace, &name);
@@ -393,7 +397,7 @@ async fn ensure_secret(
     if builders::secret_value(&secret, KERNEL_KEY_KEY).is_none() {
         tracing::warn!(secret = %name, "the session Secret has no {KERNEL_KEY_KEY} key; the sidecar will not start");
     }
-    Ok(builders::session_token(&secret))
+    Ok((builders::session_token(&secret), builders::secret_hash(&secret)))
 }
 
 /// Applies the session's Service when the cache shows it missing or
@@ -563,12 +567,13 @@ async fn converge_pod(
     suspended: bool,
     pods: &Api<Pod>,
     pool: Option<&NotebookPool>,
-    token: Option<&str>,
+    creds: Credentials<'_>,
     ctx: &Context,
 ) -> Result<(Option<Pod>, Option<SidecarStatus>), Error> {
-    let desired = builders::build_pod(session, valid, &ctx.config.build);
+    let mut desired = builders::build_pod(session, valid, &ctx.config.build);
+    builders::set_secret_hash(&mut desired, creds.secret_hash);
     match (converge::pod_step(pod.as_ref(), &desired, suspended), pod, pool) {
-        (PodStep::Create, _, Some(pool)) => create_from_pool(session, pool, &desired, pods, token, ctx)
+        (PodStep::Create, _, Some(pool)) => create_from_pool(session, pool, &desired, pods, creds, ctx)
             .await
             .map(|(pod, status)| (Some(pod), status)),
         (PodStep::Create, _, None) => Ok((Some(writes::apply(pods, &desired, "create Pod").await?), None)),
@@ -581,6 +586,15 @@ async fn converge_pod(
     }
 }
 
+/// What the session Secret holds, as the pod is started or claimed with it.
+#[derive(Clone, Copy)]
+struct Credentials<'a> {
+    /// The client token (none when the Secret has none).
+    token: Option<&'a str>,
+    /// [`builders::secret_hash`] of the Secret.
+    secret_hash: &'a str,
+}
+
 /// The pod of a session of `pool`: a warm pod claimed from it (with the
 /// status its sidecar answered the claim with), else `desired` (built cold
 /// from its template). Counted by outcome.
@@ -589,7 +603,7 @@ async fn create_from_pool(
     pool: &NotebookPool,
     desired: &Pod,
     pods: &Api<Pod>,
-    token: Option<&str>,
+    creds: Credentials<'_>,
     ctx: &Context,
 ) -> Result<(Pod, Option<SidecarStatus>), Error> {
     let started = Instant::now();
@@ -600,7 +614,7 @@ async fn create_from_pool(
         &pool_secret_name(&pool.name_any()),
     )
     .and_then(|s| builders::session_token(&s));
-    let claimed = match token {
+    let claimed = match creds.token {
         Some(token) => {
             let io = pool_controller::ClaimIo {
                 client: &ctx.client,
@@ -609,7 +623,7 @@ async fn create_from_pool(
                 pods: &ctx.caches.pods,
                 recent: &ctx.recent_claims,
             };
-            pool_controller::claim(session, pool, pool_token.as_deref(), token, io).await?
+            pool_controller::claim(session, pool, pool_token.as_deref(), token, creds.secret_hash, io).await?
         }
         None => Claimed::None,
     };

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
-use super::builders::pod_spec_hash;
+use super::builders::{pod_secret_hash, pod_spec_hash};
 
 /// One step towards the desired pod.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +36,14 @@ fn is_pool_pod(pod: &Pod) -> bool {
         .is_some_and(|l| l.contains_key(super::pools::desired::LABEL_POOL))
 }
 
+/// Whether `existing` was started (or claimed) with other Secret values than
+/// `desired` carries: the Secret was recreated or changed under it, so its
+/// sidecar holds a token nobody else does. A pod without the mark (made
+/// before it existed) is not judged by it.
+fn secret_changed(existing: &Pod, desired: &Pod) -> bool {
+    matches!((pod_secret_hash(existing), pod_secret_hash(desired)), (Some(had), Some(has)) if had != has)
+}
+
 /// The step from `existing` towards `desired`; `suspended` sessions keep no pod.
 pub fn pod_step(existing: Option<&Pod>, desired: &Pod, suspended: bool) -> PodStep {
     let Some(existing) = existing else {
@@ -57,6 +65,11 @@ pub fn pod_step(existing: Option<&Pod>, desired: &Pod, suspended: bool) -> PodSt
         PodStep::Delete {
             reason: "PodFinished",
             note: "the kernel pod stopped; replacing it",
+        }
+    } else if secret_changed(existing, desired) {
+        PodStep::Delete {
+            reason: "SecretChanged",
+            note: "the session Secret was recreated or changed; replacing the kernel pod so it serves the new token",
         }
     } else if !is_pool_pod(existing) && pod_spec_hash(existing) != pod_spec_hash(desired) {
         PodStep::Delete {
@@ -132,6 +145,28 @@ mod tests {
             reason(pod_step(Some(&pod("h2", "Running", false)), &desired, false)),
             "SpecChanged"
         );
+    }
+
+    #[test]
+    fn a_pod_started_with_other_secret_values_is_replaced_and_an_unmarked_one_kept() {
+        let mut desired = pod("h1", "", false);
+        super::super::builders::set_secret_hash(&mut desired, "new");
+        let mut old = pod("h1", "Running", false);
+        super::super::builders::set_secret_hash(&mut old, "old");
+        assert_eq!(reason(pod_step(Some(&old), &desired, false)), "SecretChanged");
+        let mut same = pod("h1", "Running", false);
+        super::super::builders::set_secret_hash(&mut same, "new");
+        assert_eq!(pod_step(Some(&same), &desired, false), PodStep::Keep);
+        assert_eq!(
+            pod_step(Some(&pod("h1", "Running", false)), &desired, false),
+            PodStep::Keep
+        );
+        // A claimed pool pod too: its sidecar was handed the old token.
+        old.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(super::super::pools::desired::LABEL_POOL.into(), "p".into());
+        assert_eq!(reason(pod_step(Some(&old), &desired, false)), "SecretChanged");
     }
 
     #[test]

@@ -277,6 +277,7 @@ pub async fn claim(
     pool: &NotebookPool,
     pool_token: Option<&str>,
     session_token: &str,
+    secret_hash: &str,
     io: ClaimIo<'_>,
 ) -> Result<Claimed, Error> {
     let ClaimIo {
@@ -294,7 +295,7 @@ pub async fn claim(
     let all = pods_cache.state();
     let warm = decide::warm_pods(pool, all.iter().map(Arc::as_ref));
     for candidate in decide::claim_order(&warm, &session.uid().unwrap_or_default()) {
-        let Some(patch) = desired::claim_patch(candidate, session) else {
+        let Some(patch) = desired::claim_patch(candidate, session, secret_hash) else {
             continue;
         };
         match pods

@@ -146,7 +146,9 @@ pub fn build_warm_pod(pool: &NotebookPool, suffix: &str, config: &BuildConfig) -
 /// session's selector labels in place of the warm label, the session as
 /// the only (controller) owner, and the pod's `resourceVersion` as a
 /// precondition, so that of two concurrent claims one gets 409 Conflict.
-pub fn claim_patch(pod: &Pod, session: &NotebookSession) -> Option<serde_json::Value> {
+/// The pod is marked with the digest of the session Secret it is handed
+/// (`secret_hash`), as a cold-built pod is.
+pub fn claim_patch(pod: &Pod, session: &NotebookSession, secret_hash: &str) -> Option<serde_json::Value> {
     let resource_version = pod.metadata.resource_version.clone()?;
     let owner = builders::owner_reference(session)?;
     Some(serde_json::json!({
@@ -158,6 +160,7 @@ pub fn claim_patch(pod: &Pod, session: &NotebookSession) -> Option<serde_json::V
                 LABEL_NAME: LABEL_NAME_VALUE,
                 LABEL_MANAGED_BY: MANAGER,
             },
+            "annotations": {builders::ANNOTATION_SECRET_HASH: secret_hash},
             "ownerReferences": [owner],
         }
     }))
@@ -224,12 +227,16 @@ mod tests {
         session.metadata.namespace = Some("ns".into());
         session.metadata.uid = Some("s-uid".into());
         assert!(
-            claim_patch(&pod, &session).is_none(),
+            claim_patch(&pod, &session, "h").is_none(),
             "no claim without a resourceVersion"
         );
         pod.metadata.resource_version = Some("42".into());
-        let patch = claim_patch(&pod, &session).expect("a patch");
+        let patch = claim_patch(&pod, &session, "h").expect("a patch");
         assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            patch["metadata"]["annotations"][builders::ANNOTATION_SECRET_HASH],
+            "h"
+        );
         assert_eq!(patch["metadata"]["labels"][LABEL_WARM], serde_json::Value::Null);
         assert_eq!(patch["metadata"]["labels"][LABEL_SESSION], "s1");
         let owners = patch["metadata"]["ownerReferences"].as_array().expect("a list");
