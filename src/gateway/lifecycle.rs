@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::ResourceExt;
 
+use super::cap;
 use super::error::GatewayError;
 use super::review::{Access, User};
 use super::sessions::{self, NewSession};
@@ -33,54 +34,33 @@ impl Gateway {
         Api::namespaced(self.kube.clone(), ns)
     }
 
-    /// Refuses (`Limit`) when `user` already has as many live sessions as allowed.
-    pub async fn check_cap(&self, user: &User) -> Result<(), GatewayError> {
-        let cap = self.cfg.max_sessions_per_user;
-        if cap == 0 {
-            return Ok(());
-        }
-        let all: Api<NotebookSession> = Api::all(self.kube.clone());
-        let selector = format!(
-            "{}={}",
-            sessions::REQUESTED_BY,
-            sessions::requested_by_label(&user.username)
-        );
-        let list = all
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(GatewayError::kube("count your sessions"))?;
-        let live = sessions::live_sessions_of(&list.items, &user.username);
-        match sessions::over_cap(live, cap, &user.username) {
-            Some(msg) => Err(GatewayError::Limit(msg)),
-            None => Ok(()),
-        }
-    }
-
     /// Creates the NotebookSession `new` asks for in `ns`, once `user` may
-    /// `create` there and is under the cap (held under the cap lock, so
-    /// concurrent requests of this replica cannot pass it together).
+    /// `create` there and holds a place under the cap (reserved through the
+    /// apiserver, so requests to different replicas cannot pass it together).
     pub async fn create_session(
         &self,
         user: &User,
         ns: &str,
         new: &NewSession,
     ) -> Result<NotebookSession, GatewayError> {
-        let obj = sessions::desired(new, ns, user).map_err(GatewayError::BadRequest)?;
+        let mut obj = sessions::desired(new, ns, user).map_err(GatewayError::BadRequest)?;
         self.reviewer
             .authorize(user, Access::sessions("create", ns, None))
             .await?;
-        let created = {
-            let _guard = if self.cfg.max_sessions_per_user > 0 {
-                Some(self.cap_lock.lock().await)
-            } else {
-                None
-            };
-            self.check_cap(user).await?;
-            self.sessions_api(ns)
-                .create(&PostParams::default(), &obj)
-                .await
-                .map_err(GatewayError::kube("create the NotebookSession"))?
-        };
+        let reservation = self.cap.reserve(user, None).await?;
+        if let Some(r) = &reservation {
+            obj.annotations_mut()
+                .insert(cap::RESERVATION.into(), r.id.clone());
+        }
+        let created = self
+            .sessions_api(ns)
+            .create(&PostParams::default(), &obj)
+            .await
+            .map_err(GatewayError::kube("create the NotebookSession"));
+        if let Some(r) = &reservation {
+            self.cap.release(user, r).await;
+        }
+        let created = created?;
         tracing::info!(session = %format!("{ns}/{}", created.name_any()), user = %user.username,
                        "session created");
         Ok(created)

@@ -11,6 +11,7 @@
 //! sessions as Jupyter kernels.
 
 pub mod auth;
+pub mod cap;
 pub mod client;
 pub mod error;
 pub mod forward;
@@ -54,6 +55,18 @@ pub struct GatewayArgs {
     /// made through the gateway; 0: no cap.
     #[arg(long, env = "GATEWAY_MAX_SESSIONS_PER_USER", default_value_t = 0)]
     pub max_sessions_per_user: usize,
+    /// Namespace of the per-user cap ledgers, shared by every replica: the
+    /// gateway's own namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "notebook-operator-system")]
+    pub cap_namespace: String,
+    /// Name prefix of the cap ledgers: Leases `<prefix>-0` … `<prefix>-15`
+    /// (the chart's Role names each one).
+    #[arg(
+        long,
+        env = "GATEWAY_CAP_LEDGER",
+        default_value = "notebook-operator-gateway-cap"
+    )]
+    pub cap_ledger: String,
     /// How long a TokenReview or SubjectAccessReview answer is reused (0s: never).
     #[arg(long, env = "GATEWAY_REVIEW_TTL", default_value = "10s", value_parser = parse_ttl)]
     pub review_ttl: Duration,
@@ -120,9 +133,8 @@ pub struct Gateway {
     /// Which Host and Origin headers every route takes.
     pub origins: Arc<origin::Policy>,
     pub metrics: Arc<metrics::GatewayMetrics>,
-    /// Held from counting a user's sessions to creating (or resuming) one,
-    /// so that concurrent requests of one replica cannot pass the cap together.
-    pub cap_lock: tokio::sync::Mutex<()>,
+    /// The per-user cap, held by the apiserver across replicas ([`cap`]).
+    pub cap: cap::CapLedger,
 }
 
 impl Gateway {
@@ -144,8 +156,13 @@ impl Gateway {
             upstreams: upstream::Upstreams::new(kube.clone(), args.sidecar_port),
             mcp: mcp_client::McpForwarder::new(http.clone()),
             http,
+            cap: cap::CapLedger::new(
+                kube.clone(),
+                &args.cap_namespace,
+                &args.cap_ledger,
+                args.max_sessions_per_user,
+            ),
             kube,
-            cap_lock: tokio::sync::Mutex::new(()),
             cfg: GatewayConfig {
                 default_namespace: args.default_namespace.clone(),
                 max_sessions_per_user: args.max_sessions_per_user,
@@ -204,7 +221,13 @@ pub fn router(gw: Arc<Gateway>, shutdown: CancellationToken) -> Router {
         .with_state(gw.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get({
+                let kube = gw.kube.clone();
+                move || async move { crate::apiserver_probe::readyz(&kube).await }
+            }),
+        )
         .merge(authenticated)
         .layer(middleware::from_fn_with_state(gw.origins.clone(), origin::check))
         .layer(middleware::from_fn_with_state(gw, count))

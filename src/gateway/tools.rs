@@ -172,11 +172,6 @@ impl GatewayTools {
             .await?)
     }
 
-    /// Refuses when `user` already has as many live sessions as allowed.
-    async fn check_cap(&self, user: &User) -> Result<(), ToolError> {
-        Ok(self.gw.check_cap(user).await?)
-    }
-
     /// The user asking and `(namespace, name)` of a session argument.
     fn target(
         &self,
@@ -212,27 +207,26 @@ impl GatewayTools {
         let (user, ns, name) = self
             .authorized(&ctx, &p.name, p.namespace.as_deref(), "patch")
             .await?;
-        // Resuming one's own suspended session makes it count again.
-        let capped = !suspend && self.gw.cfg.max_sessions_per_user > 0;
-        let _guard = if capped {
-            Some(self.gw.cap_lock.lock().await)
-        } else {
-            None
-        };
-        if capped {
+        // Resuming one's own suspended session makes it count again: it
+        // takes a place under the cap like a create.
+        let mut reservation = None;
+        if !suspend && self.gw.cfg.max_sessions_per_user > 0 {
             if let Ok(Some(s)) = self.api(&ns).get_opt(&name).await {
                 if s.spec.suspend && s.annotations().get(sessions::REQUESTED_BY) == Some(&user.username) {
-                    self.check_cap(&user).await?;
+                    reservation = self.gw.cap.reserve(&user, Some(format!("{ns}/{name}"))).await?;
                 }
             }
         }
         let patch = json!({"spec": {"suspend": suspend}});
-        let s = self
+        let patched = self
             .api(&ns)
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(GatewayError::kube("patch the NotebookSession"))?;
-        Ok(Json(sessions::summary(&s)))
+            .map_err(GatewayError::kube("patch the NotebookSession"));
+        if let Some(r) = &reservation {
+            self.gw.cap.release(&user, r).await;
+        }
+        Ok(Json(sessions::summary(&patched?)))
     }
 
     /// A kernel tool on the session named by the `session` argument: the
