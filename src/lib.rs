@@ -2,6 +2,7 @@
 //! Jupyter kernels to agents and people. See `../shared/DESIGN.md`.
 #![forbid(unsafe_code)]
 
+pub mod apiserver_probe;
 pub mod assets;
 pub mod cli;
 pub mod cmd;

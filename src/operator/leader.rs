@@ -6,7 +6,9 @@
 //! this replica's own clock, so clock skew between replicas does not matter;
 //! every write is a replace with the read resourceVersion, so two candidates
 //! cannot both win; a holder that cannot renew within the renew deadline stops
-//! leading (the process exits and restarts as a candidate).
+//! leading: its controllers stop, and it stands again as a candidate in the
+//! same process (an apiserver outage longer than the renew deadline costs a
+//! term, not a restart).
 
 use std::time::{Duration, Instant};
 
@@ -264,22 +266,24 @@ impl LeaderElector {
         }
     }
 
-    /// Keeps renewing; returns only when leadership is lost.
-    pub async fn hold(&mut self) -> Error {
+    /// Keeps renewing; returns only when leadership is lost: why (the term
+    /// ends, and this replica may stand again), or an error it cannot stand
+    /// again after (the Lease's namespace is gone).
+    pub async fn hold(&mut self) -> Result<String, Error> {
         loop {
             tokio::time::sleep(self.config.retry_period).await;
             match self.try_acquire_or_renew().await {
                 Ok(true) => continue,
-                Ok(false) => return Error::Leader("another replica took the lease".into()),
+                Ok(false) => return Ok("another replica took the lease".into()),
                 Err(err) => match fatal_attempt_error(&err, &self.config.namespace) {
                     // The namespace went, and the Lease with it.
-                    Some(advice) => return Error::Leader(advice),
+                    Some(advice) => return Err(Error::Leader(advice)),
                     None => tracing::warn!(error = %err, "renewing the leader lease failed"),
                 },
             }
             let since = self.last_renewed.map_or(Duration::MAX, |t| t.elapsed());
             if since > self.config.renew_deadline {
-                return Error::Leader(format!("could not renew the lease for {since:?}"));
+                return Ok(format!("could not renew the lease for {since:?}"));
             }
         }
     }

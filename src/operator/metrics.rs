@@ -423,14 +423,19 @@ impl SnapshotSlot {
     }
 }
 
-/// The router: `/healthz` and `/metrics`.
-pub fn router(metrics: Arc<Metrics>, slot: SnapshotSlot) -> Router {
+/// The router: `/healthz` (the process serves), `/readyz` (and the
+/// apiserver answers `client`) and `/metrics`.
+pub fn router(metrics: Arc<Metrics>, slot: SnapshotSlot, client: kube::Client) -> Router {
     let state = ServerState {
         metrics,
         snapshot: slot.0,
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move { crate::apiserver_probe::readyz(&client).await }),
+        )
         .route("/metrics", get(metrics_handler))
         .with_state(state)
 }

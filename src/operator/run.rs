@@ -176,8 +176,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .map_err(|err| Error::Startup(format!("cannot listen on {}: {err}", args.metrics_listen)))?;
-    tracing::info!(address = %args.metrics_listen, "serving /healthz and /metrics");
-    let router = metrics::router(metrics.clone(), slot.clone());
+    tracing::info!(address = %args.metrics_listen, "serving /healthz, /readyz and /metrics");
+    let router = metrics::router(metrics.clone(), slot.clone(), client.clone());
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
             tracing::error!(error = %err, "the metrics server stopped");
@@ -197,16 +197,54 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             ),
         )
     });
-    if let Some(elector) = elector.as_mut() {
-        tracing::info!(identity = %elector.identity(), "waiting to become the leader");
-        tokio::select! {
-            acquired = elector.acquire(&metrics.leader_waits) => acquired?,
-            () = crate::util::shutdown_signal() => return Ok(()),
+    loop {
+        if let Some(elector) = elector.as_mut() {
+            tracing::info!(identity = %elector.identity(), "waiting to become the leader");
+            tokio::select! {
+                acquired = elector.acquire(&metrics.leader_waits) => acquired?,
+                () = crate::util::shutdown_signal() => return Ok(()),
+            }
+            metrics.leader.set(1);
         }
-        metrics.leader.set(1);
+        // One term: the controllers run (with fresh caches) until the term
+        // ends; dropping them stops every reconcile before another replica
+        // may take the Lease (renew deadline < lease duration).
+        let controllers = lead(&args, &client, &metrics, &slot, &identity);
+        let outcome = match elector.as_mut() {
+            Some(elector) => {
+                tokio::select! {
+                    () = controllers => Ok(None),
+                    lost = elector.hold() => lost.map(Some),
+                    () = crate::util::shutdown_signal() => {
+                        elector.release().await;
+                        Ok(None)
+                    }
+                }
+            }
+            None => {
+                tokio::select! {
+                    () = controllers => Ok(None),
+                    () = crate::util::shutdown_signal() => Ok(None),
+                }
+            }
+        };
+        metrics.leader.set(0);
+        match outcome {
+            Ok(None) => return Ok(()),
+            // Lost without a fault of ours (the apiserver was unreachable
+            // past the renew deadline, or another replica holds the Lease):
+            // the process stays up, serves /healthz, and stands again.
+            Ok(Some(reason)) => tracing::warn!(%reason,
+                "stepped down as the leader: the controllers stopped; standing as a candidate again"),
+            Err(fatal) => return Err(fatal),
+        }
     }
+}
 
-    let identity_for_leases = identity.clone();
+/// One term as the leader (or the whole run without leader election): the
+/// session, AssetLease and pool controllers, until they end.
+async fn lead(args: &RunArgs, client: &Client, metrics: &Arc<Metrics>, slot: &SnapshotSlot, identity: &str) {
+    let identity_for_leases = identity.to_string();
     let config = ControllerConfig {
         build: BuildConfig {
             sidecar_image: args.sidecar_image.clone(),
@@ -216,7 +254,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         },
         status_interval: args.status_interval,
         namespace: args.namespace.clone(),
-        instance: Some(identity),
+        instance: Some(identity.to_string()),
     };
     let sidecar = SidecarClient::new(Duration::from_secs(3)).with_port(args.sidecar_port);
 
@@ -225,6 +263,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // have a lease already, and the session controller's caches tell it
     // where each lease's sidecar is.
     let (watches, sidecar_changes) = SidecarWatches::new(sidecar.clone(), sidecar_watch::WAIT);
+    // The term's sidecar long polls end with it.
+    let _stop_follows = watches.stop_all_on_drop();
     let (controller, caches) =
         controller::controller(client.clone(), args.namespace.as_deref(), sidecar_changes);
     let (lease_controller, lease_sync) =
@@ -289,28 +329,5 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
                 Err(err) => tracing::debug!(error = %err, "controller event"),
             }
         });
-    let controllers = async {
-        futures::join!(sessions, leases, pools);
-    };
-
-    let outcome = match elector.as_mut() {
-        Some(elector) => {
-            tokio::select! {
-                () = controllers => Ok(()),
-                lost = elector.hold() => Err(lost),
-                () = crate::util::shutdown_signal() => {
-                    elector.release().await;
-                    Ok(())
-                }
-            }
-        }
-        None => {
-            tokio::select! {
-                () = controllers => Ok(()),
-                () = crate::util::shutdown_signal() => Ok(()),
-            }
-        }
-    };
-    metrics.leader.set(0);
-    outcome
+    futures::join!(sessions, leases, pools);
 }

@@ -109,6 +109,19 @@ impl SidecarWatches {
         }
     }
 
+    /// Stops following every sidecar.
+    pub fn stop_all(&self) {
+        for (_, w) in self.watching().1.drain() {
+            w.task.abort();
+        }
+    }
+
+    /// A guard that stops following every sidecar when dropped (a leader's
+    /// term ending).
+    pub fn stop_all_on_drop(&self) -> StopAll {
+        StopAll(self.clone())
+    }
+
     /// Sessions followed now.
     pub fn len(&self) -> usize {
         self.watching().1.len()
@@ -176,6 +189,15 @@ async fn follow(
         }
     }
     watches.ended(&session, id);
+}
+
+/// See [`SidecarWatches::stop_all_on_drop`].
+pub struct StopAll(SidecarWatches);
+
+impl Drop for StopAll {
+    fn drop(&mut self) {
+        self.0.stop_all();
+    }
 }
 
 #[cfg(test)]
