@@ -265,6 +265,10 @@ pub async fn run(args: GatewayArgs) -> anyhow_like::Result {
             tracing::error!(error = %e, "the metrics server stopped");
         }
     });
+    tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.upstreams.evict_gone().await }
+    });
     let app = router(gw, shutdown.clone());
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -88,6 +88,11 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         self.map.remove(key);
     }
 
+    /// Keeps only the entries `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.map.retain(|k, (_, v)| keep(k, v));
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

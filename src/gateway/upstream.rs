@@ -2,14 +2,20 @@
 //! session's kernel pod (which must be owned by the session) and the bearer
 //! token from the session Secret. Answers are cached briefly and dropped as
 //! soon as the sidecar refuses or cannot be reached, so a replaced pod or a
-//! new token is picked up at once.
+//! new token is picked up at once, and as soon as their session is deleted
+//! (a watch of session metadata, [`Upstreams::evict_gone`]): the cache never
+//! serves a session that is gone, after an apiserver outage too.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 
 use super::error::GatewayError;
@@ -29,6 +35,9 @@ pub struct Upstream {
     pub host: String,
     /// The session's bearer token.
     pub token: String,
+    /// The session object it was resolved for (a session deleted and made
+    /// again under its name is another one).
+    pub session_uid: String,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -95,9 +104,40 @@ impl Upstreams {
             addr: SocketAddr::new(ip, self.port),
             host: service_host(&session),
             token,
+            session_uid: session.uid().unwrap_or_default(),
         };
         self.lock().insert(key, up.clone(), Instant::now());
         Ok(up)
+    }
+
+    /// Drops what is cached of sessions as they are deleted: a watch of
+    /// NotebookSession metadata in every namespace (the gateway may list and
+    /// watch them). When the watch was broken (an apiserver outage) it lists
+    /// again, and entries whose session is gone, or is another object by
+    /// now, are dropped. Runs until the process ends; the watch resumes
+    /// with backoff.
+    pub async fn evict_gone(&self) {
+        let api: Api<PartialObjectMeta<NotebookSession>> = Api::all(self.client.clone());
+        let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let mut events = std::pin::pin!(events);
+        let mut listing: HashMap<(String, String), String> = HashMap::new();
+        while let Some(event) = events.next().await {
+            let key =
+                |m: &PartialObjectMeta<NotebookSession>| (m.namespace().unwrap_or_default(), m.name_any());
+            match event {
+                Ok(watcher::Event::Delete(m)) => self.forget(&key(&m).0, &key(&m).1),
+                Ok(watcher::Event::Init) => listing.clear(),
+                Ok(watcher::Event::InitApply(m)) => {
+                    listing.insert(key(&m), m.uid().unwrap_or_default());
+                }
+                Ok(watcher::Event::InitDone) => {
+                    self.lock().retain(|k, up| still_there(&listing, k, up));
+                    listing.clear();
+                }
+                Ok(watcher::Event::Apply(_)) => {}
+                Err(e) => tracing::warn!(error = %e, "watching sessions for the upstream cache; retrying"),
+            }
+        }
     }
 
     /// Forget what is known of `ns/name` (the sidecar refused or vanished).
@@ -108,6 +148,12 @@ impl Upstreams {
     fn lock(&self) -> std::sync::MutexGuard<'_, TtlCache<(String, String), Upstream>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether a cached upstream still stands for a session in `listing`
+/// (namespace and name to uid, from a fresh list).
+fn still_there(listing: &HashMap<(String, String), String>, key: &(String, String), up: &Upstream) -> bool {
+    listing.get(key) == Some(&up.session_uid)
 }
 
 /// The IP of the kernel pod's sidecar, when the pod belongs to `session`
@@ -167,7 +213,29 @@ mod tests {
             addr: "127.0.0.1:8888".parse().unwrap(),
             host: "s1.ns.svc".into(),
             token: "secret-token".into(),
+            session_uid: "uid-1".into(),
         };
         assert!(!format!("{up:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn after_a_relist_only_upstreams_of_sessions_still_there_are_kept() {
+        let up = Upstream {
+            addr: "127.0.0.1:8888".parse().unwrap(),
+            host: "s1.ns.svc".into(),
+            token: "t".into(),
+            session_uid: "uid-1".into(),
+        };
+        let key = ("ns".to_string(), "s1".to_string());
+        let listed = |uid: &str| HashMap::from([(key.clone(), uid.to_string())]);
+        assert!(still_there(&listed("uid-1"), &key, &up));
+        assert!(
+            !still_there(&listed("uid-2"), &key, &up),
+            "made again under the same name"
+        );
+        assert!(
+            !still_there(&HashMap::new(), &key, &up),
+            "deleted during the outage"
+        );
     }
 }
