@@ -447,10 +447,15 @@ class PodRunner(threading.Thread):
                      + " ".join(f"{c.name}={list(c.state())[0]}{'/ready' if c.ready else ''}"
                                 for c in self.init + self.main))
         except ApiError as e:
-            if e.status in (404, 409):
+            # 404/409: the pod went or moved on. 429/5xx: the apiserver (or
+            # its etcd) is down or starting; as a kubelet does, the status
+            # is written again on the next pass (last_written is unchanged).
+            if e.status in (404, 409, 429) or e.status >= 500:
                 self.log(f"status write: {e}")
             else:
                 raise
+        except requests.RequestException as e:
+            self.log(f"status write (apiserver unreachable, retried): {type(e).__name__}")
 
     # -- life -------------------------------------------------------------------
     def run(self):
@@ -609,6 +614,12 @@ class StandInKubelet:
             self.on_pvc("ADDED", pvc)
         for pod in self.kube.list(path("Pod", namespace), fieldSelector=f"spec.nodeName={self.node}"):
             self.on_pod("ADDED", pod)
+
+    def unmanage(self, namespace: str):
+        """Stops running new pods of `namespace` (they stay Pending, as on a
+        node that is full); deletions are still confirmed."""
+        with self.lock:
+            self.namespaces.discard(namespace)
 
     def managed(self, obj: dict) -> bool:
         with self.lock:

@@ -20,6 +20,7 @@ import threading
 import time
 
 import anyio
+import httpx
 import pytest
 import requests
 import websocket
@@ -29,6 +30,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from conftest import (GATEWAY_ALLOWED_ORIGIN, GATEWAY_FULLNAME, GATEWAY_INGRESS_HOST, GATEWAY_MAX_SESSIONS_PER_USER,
                       OPERATOR_NS, ROOT, make_namespace)
+from affinity_proxy import AffinityProxy
 from harness import sse_event
 from kube import Kube, path
 from sessions import READY_TIMEOUT, SidecarApi, get_session, session_obj, wait_ready
@@ -199,7 +201,10 @@ def test_the_gateway_holds_the_chart_rbac_and_no_more(ns, gateway):
                ("create", "subjectaccessreviews", None, "authorization.k8s.io", ""),
                ("get", "secrets", ns, "", ""), ("get", "pods", ns, "", ""),
                *[(v, "notebooksessions", ns, "notebook.dev", "") for v in SESSION_VERBS],
-               ("list", "notebookpools", ns, "notebook.dev", "")]
+               ("list", "notebookpools", ns, "notebook.dev", ""),
+               ("create", "leases", OPERATOR_NS, "coordination.k8s.io", ""),
+               *[(v, "leases", OPERATOR_NS, "coordination.k8s.io", "", f"{GATEWAY_FULLNAME}-cap-{i}")
+                 for v in ("get", "update") for i in (0, 15)]]
     missing = [a for a in allowed if not gateway_can(gateway, *a)]
     assert not missing, f"the gateway lacks what it needs: {missing}"
     denied = [
@@ -213,6 +218,13 @@ def test_the_gateway_holds_the_chart_rbac_and_no_more(ns, gateway):
         ("create", "serviceaccounts", ns, "", "token"), ("impersonate", "users", None, "", ""),
         ("impersonate", "serviceaccounts", ns, "", ""), ("create", "rolebindings", ns, "rbac.authorization.k8s.io", ""),
         ("list", "nodes", None, "", ""), ("delete", "namespaces", None, "", ""), ("create", "deployments", ns, "apps", ""),
+        # The cap ledgers are 16 named Leases of the gateway's namespace: not
+        # the operator's leader Lease beside them, nor any in other namespaces.
+        ("create", "leases", ns, "coordination.k8s.io", ""), ("update", "leases", ns, "coordination.k8s.io", ""),
+        ("delete", "leases", OPERATOR_NS, "coordination.k8s.io", ""),
+        ("list", "leases", OPERATOR_NS, "coordination.k8s.io", ""),
+        ("update", "leases", OPERATOR_NS, "coordination.k8s.io", "", "notebook-operator-leader"),
+        ("update", "leases", OPERATOR_NS, "coordination.k8s.io", "", f"{GATEWAY_FULLNAME}-cap-16"),
     ]
     extra = [d for d in denied if gateway_can(gateway, *d)]
     assert not extra, f"the gateway may do more than it needs: {extra}"
@@ -883,6 +895,58 @@ def test_concurrent_creates_do_not_pass_the_cap_together(ns, gateway, kube):
             refused(r, str(cap))
     assert len(results) == 2 * cap and len(made) == cap, {n: texts(r) for n, r in results.items()}
     assert sessions_in(kube, ns) == made
+
+
+def test_two_gateway_replicas_behind_one_address_create_exactly_the_cap(ns, gateway, kube, cluster):
+    """Two gateway replicas behind one address (client-IP affinity, as a
+    Service spreads clients): 20 create_session calls of one user at once,
+    each from its own loopback address, spread over both replicas, against a
+    cap of 3: exactly 3 are created. The count is held by the apiserver (a
+    ledger Lease written under its resourceVersion), not by either
+    replica's memory."""
+    cap = GATEWAY_MAX_SESSIONS_PER_USER
+    calls = 20
+    agent = Agent(ns, "pair")
+    second = gateway.replica(cluster.state / "gateway-2.log").start()
+    results: dict[str, object] = {}
+
+    async def one(i: int, url: str):
+        headers = {"Authorization": f"Bearer {agent.token}"}
+        transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{10 + i}")
+        async with httpx.AsyncClient(headers=headers, transport=transport, follow_redirects=True,
+                                     timeout=httpx.Timeout(60, read=300)) as http:
+            async with streamable_http_client(url, http_client=http) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    results[f"p{i}"] = await session.call_tool(
+                        "create_session", {"namespace": str(ns), "name": f"p{i}", "image": NEVER_STARTS})
+
+    try:
+        with AffinityProxy([("127.0.0.1", gateway.port), ("127.0.0.1", second.port)]) as proxy:
+            async def main():
+                with anyio.fail_after(180):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(calls):
+                            tg.start_soon(one, i, proxy.url + "/mcp")
+            anyio.run(main)
+            spread = [list(proxy.assigned.values()).count(b) for b in (0, 1)]
+    finally:
+        second.stop()
+    assert spread == [calls // 2, calls // 2], f"the calls were not spread over both replicas: {spread}"
+    made = sorted(n for n, r in results.items() if not r.is_error)
+    for n, r in results.items():
+        if r.is_error:
+            refused(r, str(cap))
+    assert len(results) == calls and len(made) == cap, {n: texts(r) for n, r in results.items()}
+    assert sessions_in(kube, ns) == made
+    # The ledgers hold no place of this user once the creates are done.
+    ledgers = [lease for lease in kube.list(path("Lease", OPERATOR_NS))
+               if lease["metadata"]["name"].startswith(f"{GATEWAY_FULLNAME}-cap-")]
+    assert ledgers, "no cap ledger was written"
+    places = [r for lease in ledgers
+              for r in json.loads(lease["metadata"].get("annotations", {}).get("notebook.dev/cap-reservations", "[]"))
+              if r["user"] == agent.username]
+    assert places == [], places
 
 
 # -- what the gateway costs -------------------------------------------------------------------------

@@ -185,6 +185,58 @@ def test_a_deleted_pod_is_recreated(ns):
                  what="history and new work counted")
 
 
+def test_a_deleted_secret_is_recreated_and_the_session_serves_its_new_token_and_refuses_the_old(ns):
+    """The session Secret deleted under a Ready session: the operator makes a
+    new one (fresh values) and replaces the pod, whose sidecar held the old
+    token, so the Secret and the sidecar never disagree: within 30 s the
+    session is Ready on a new pod that takes the new token, and the old
+    token is refused there. The queue's history is kept (on the claim)."""
+    kube = ns.kube
+    create_session(kube, ns, "rekey", storage={"size": "1Gi"})
+    wait_ready(kube, ns, "rekey")
+    old = SidecarApi(kube, ns, "rekey")
+    before = old.wait_final(old.submit("'before'")["id"])
+    pod = kube.get(path("Pod", ns, "rekey-kernel"))
+    marked = pod["metadata"]["annotations"]["notebook.dev/secret-hash"]
+    old_secret = kube.get(path("Secret", ns, "rekey-token"))
+
+    t0 = time.monotonic()
+    kube.delete(path("Secret", ns, "rekey-token"))
+    deadline = t0 + 30
+
+    def serving_new_token():
+        secret = kube.get_opt(path("Secret", ns, "rekey-token"))
+        s = get_session(kube, ns, "rekey")
+        if secret is None or secret["metadata"]["uid"] == old_secret["metadata"]["uid"] or phase(s) != "Ready":
+            return None
+        api = SidecarApi(kube, ns, "rekey")
+        if api.pod_uid == old.pod_uid:
+            return None
+        try:
+            return api if api.http.get(f"{api.url}/v1/status", timeout=2).status_code == 200 else None
+        except requests.RequestException:
+            return None
+
+    found = {}
+
+    def served():
+        found["api"] = serving_new_token()
+        return found["api"] is not None
+    wait_until(served, timeout=deadline - time.monotonic(), step=0.1,
+               what="a new Secret and a Ready session serving its token within 30 s")
+    recovered = time.monotonic() - t0
+    new = found["api"]
+    assert new.token != old.token
+    assert kube.get(path("Pod", ns, "rekey-kernel"))["metadata"]["annotations"]["notebook.dev/secret-hash"] != marked
+    refused = requests.get(f"{new.url}/v1/status", headers={"Authorization": f"Bearer {old.token}"}, timeout=5)
+    assert refused.status_code == 401, refused.text
+    assert new.get(before["id"])["state"] == "completed", "the history is kept"
+    assert text_of(new.wait_final(new.submit("'after'")["id"])) == "'after'"
+    events = kube.list(path("Event", ns), fieldSelector="involvedObject.name=rekey")
+    assert any(e["reason"] == "SecretChanged" for e in events), [e["reason"] for e in events]
+    print(f"\n[faults] Secret deleted -> Ready with the new token: {recovered:.2f} s")
+
+
 def test_deleting_the_session_garbage_collects_what_it_owns(ns):
     kube = ns.kube
     create_session(kube, ns, "gone", storage={"size": "1Gi"})

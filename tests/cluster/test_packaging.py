@@ -70,6 +70,7 @@ def test_helm_install_creates_the_operator(bare_ns, kube):
                                   ("ServiceAccount", ns, gw), ("Deployment", ns, gw), ("Service", ns, gw),
                                   ("Service", ns, f"{gw}-metrics"),
                                   ("ClusterRole", None, gw), ("ClusterRoleBinding", None, gw),
+                                  ("Role", ns, f"{gw}-cap"), ("RoleBinding", ns, f"{gw}-cap"),
                                   ("ClusterRole", None, f"{full}-manager"),
                                   ("ClusterRole", None, f"{full}-crd-reader"),
                                   ("ClusterRoleBinding", None, f"{full}-manager"),
@@ -165,6 +166,7 @@ def test_the_gateway_rbac_is_exactly_what_it_needs(k8s_bin):
     docs = render_chart("rel", "sys")
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in gateway_docs(docs))
     assert kinds == sorted([("ServiceAccount", GATEWAY), ("ClusterRole", GATEWAY), ("ClusterRoleBinding", GATEWAY),
+                            ("Role", f"{GATEWAY}-cap"), ("RoleBinding", f"{GATEWAY}-cap"),
                             ("Deployment", GATEWAY), ("Service", GATEWAY), ("Service", f"{GATEWAY}-metrics")]), kinds
     role = rendered(docs, "ClusterRole", GATEWAY)
     assert normalised(role["rules"]) == normalised(GATEWAY_RULES), yaml.safe_dump(role["rules"])
@@ -173,9 +175,22 @@ def test_the_gateway_rbac_is_exactly_what_it_needs(k8s_bin):
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": GATEWAY}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": "sys"}]
     assert rendered(docs, "ServiceAccount", GATEWAY)["metadata"]["namespace"] == "sys"
+    # The per-user cap ledgers: Leases of its own namespace only, and no delete.
+    cap = rendered(docs, "Role", f"{GATEWAY}-cap")
+    assert cap["metadata"]["namespace"] == "sys"
+    ledgers = [f"{GATEWAY}-cap-{i}" for i in range(16)]
+    assert normalised(cap["rules"]) == normalised([
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"],
+         "resourceNames": ledgers}])
+    args = rendered(docs, "Deployment", GATEWAY)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--cap-ledger") + 1] == f"{GATEWAY}-cap", args
+    cap_binding = rendered(docs, "RoleBinding", f"{GATEWAY}-cap")
+    assert cap_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{GATEWAY}-cap"}
+    assert cap_binding["subjects"] == [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": "sys"}]
     # No other binding names the gateway's ServiceAccount.
     for d in docs:
-        if d["kind"] in ("RoleBinding", "ClusterRoleBinding") and d is not binding:
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding") and d is not binding and d is not cap_binding:
             assert all(s.get("name") != GATEWAY for s in d.get("subjects", [])), d
     # The operator's own objects are the same whether the gateway is on or off.
     off = render_chart("rel", "sys", "gateway.enabled=false")

@@ -7,7 +7,9 @@ pods, none handed out twice, each pod answering to its own session's token
 only. A claim is one patch under the pod's resourceVersion, so it holds
 whichever replica made it."""
 import os
+import re
 import threading
+import time
 
 import requests
 
@@ -17,6 +19,11 @@ from test_operator import leader_waits, wait_healthz
 from test_pools import POOL_LABEL, WARM_LABEL, create_pool, pool_token, wait_pool, warm_pods
 
 N = int(os.environ.get("NBO_POOL_BURST_N", "40"))
+
+
+def reconciles(op) -> float:
+    """Session reconciles this replica ran, whatever their result."""
+    return sum(float(v) for v in re.findall(r"^notebook_operator_reconciles_total\{[^}]*\} (\S+)$", op.metrics(), re.M))
 
 
 def claimed_pods(kube, ns, pool) -> list[dict]:
@@ -56,9 +63,13 @@ def test_forty_sessions_at_once_get_forty_different_warm_pods_while_the_leader_i
             t.start()
         # Kill the leader at its first claim: the rest of the burst is the standby's.
         wait_until(lambda: claimed_pods(kube, ns, "big"), timeout=120, what="the first claim")
+        # Never both at once: until the kill, the standby reconciled nothing.
+        assert reconciles(standby) == 0, "the standby reconciled while the leader held the Lease"
         operator.proc.kill()
         operator.proc.wait(timeout=10)
-        at_kill = len(claimed_pods(kube, ns, "big"))
+        killed = time.monotonic()
+        before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in claimed_pods(kube, ns, "big")}
+        at_kill = len(before)
         for t in threads:
             t.join(timeout=120)
         assert not errors, errors
@@ -66,6 +77,11 @@ def test_forty_sessions_at_once_get_forty_different_warm_pods_while_the_leader_i
         assert at_kill < N, "the whole burst was done before the kill: nothing was left for the standby"
 
         standby.wait_leader(timeout=60)
+        took_over = time.monotonic() - killed
+        # The Lease (15 s) is taken over once its record went unchanged that
+        # long on the standby's clock, seen at its 2 s retry period.
+        print(f"[faults] leader SIGKILL under a burst of {N} claims: the standby leads after {took_over:.1f} s")
+        assert took_over <= 15 + 2 + 1, f"the takeover took {took_over:.1f} s, past the lease duration"
         for name in names:
             wait_ready(kube, ns, name, timeout=int(os.environ.get("NBO_POOL_BURST_READY_S", "300")))
         held = {}
@@ -87,6 +103,9 @@ def test_forty_sessions_at_once_get_forty_different_warm_pods_while_the_leader_i
             api.status()  # 200 with the session's own token
             r = requests.get(api.url + "/v1/status", headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert r.status_code == 401, (name, r.status_code)
+        # No pod was replaced by the new leader: those claimed before the kill are the same pods.
+        for pod_name, uid in before.items():
+            assert kube.get(path("Pod", ns, pod_name))["metadata"]["uid"] == uid, f"{pod_name} was replaced"
     finally:
         kube.patch(path("NotebookPool", ns, "big"), {"spec": {"replicas": 0}})
         standby.stop()
