@@ -114,6 +114,11 @@ pub struct Executor {
     conn: Option<Conn>,
     /// The running execution.
     current: Option<Cell>,
+    /// A Jupyter client's cell answered `error` with `stop_on_error`: its
+    /// id and the executions of that client queued when the reply went
+    /// out, the only ones its end aborts (a cell the client sent after it
+    /// saw the error is a new request, not one the error stops).
+    abortable: Option<(String, Vec<String>)>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     last_prune: Option<Instant>,
     /// A warm pod's warmup: run in each kernel connected while it is armed
@@ -162,6 +167,7 @@ impl Executor {
             process,
             conn: None,
             current: None,
+            abortable: None,
             shutdown: None,
             last_prune: None,
             warmup: None,
@@ -789,6 +795,13 @@ impl Executor {
     }
 
     async fn on_kernel_message(&mut self, mut m: KernelMessage) {
+        if m.channel == Channel::Shell
+            && m.msg.msg_type() == "execute_reply"
+            && m.msg.content.get("status").and_then(Value::as_str) == Some("error")
+        {
+            // Before any client can see the error: what it stops.
+            self.abortable = self.queued_behind_error(&m).await;
+        }
         self.deps.channels.publish(&m);
         if m.channel == Channel::Iopub && m.msg.msg_type() == "status" {
             match m.msg.content.get("execution_state").and_then(Value::as_str) {
@@ -883,29 +896,51 @@ impl Executor {
         }
     }
 
+    /// When `reply` (an `error` execute_reply) answers the running cell and
+    /// that cell is a Jupyter client's with `stop_on_error`: the cell's id
+    /// and the ids of that client's executions queued now.
+    async fn queued_behind_error(&self, reply: &KernelMessage) -> Option<(String, Vec<String>)> {
+        let id = self.current.as_ref()?.id().to_string();
+        let failed = self.deps.reader.get(&id).await.ok()??;
+        let request = failed.client_request.as_ref()?;
+        let stops = request
+            .content
+            .get("stop_on_error")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !stops || reply.msg.parent_msg_id() != Some(request.header.msg_id.as_str()) {
+            return None;
+        }
+        let queued = match self.deps.reader.queued().await {
+            Ok(q) => q,
+            Err(e) => {
+                warn!(execution = %id, error = %e, "reading the queue to abort after an error");
+                return None;
+            }
+        };
+        let behind = queued
+            .into_iter()
+            .filter(|e| {
+                e.client_request
+                    .as_ref()
+                    .is_some_and(|r| r.header.session == request.header.session)
+            })
+            .map(|e| e.id)
+            .collect();
+        Some((id, behind))
+    }
+
     /// A Jupyter client's cell that raised with `stop_on_error` (what a
     /// notebook's "run all" sends) aborts the cells that client had queued
-    /// behind it, as the kernel aborts the requests waiting in its own
-    /// queue: each ends `aborted`, and the client hears so as the kernel
-    /// would say it (busy, an `aborted` execute_reply, idle). Other clients'
-    /// work, and HTTP and MCP executions, run on.
+    /// behind it when the error was answered, as the kernel aborts the
+    /// requests waiting in its own queue: each ends `aborted`, and the
+    /// client hears so as the kernel would say it (busy, an `aborted`
+    /// execute_reply, idle). Other clients' work, HTTP and MCP executions,
+    /// and what the client sent after it saw the error run on.
     async fn abort_after_error(&mut self, id: &str) {
-        let failed = match self.deps.reader.get(id).await {
-            Ok(Some(e)) => e,
+        let behind = match self.abortable.take() {
+            Some((failed, behind)) if failed == id => behind,
             _ => return,
-        };
-        let Some(session) = failed
-            .client_request
-            .as_ref()
-            .filter(|r| {
-                r.content
-                    .get("stop_on_error")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false)
-            })
-            .map(|r| r.header.session.clone())
-        else {
-            return;
         };
         let queued = match self.deps.reader.queued().await {
             Ok(q) => q,
@@ -915,11 +950,10 @@ impl Executor {
             }
         };
         for exec in queued {
-            let Some(request) = exec
-                .client_request
-                .clone()
-                .filter(|r| r.header.session == session)
-            else {
+            if !behind.contains(&exec.id) {
+                continue;
+            }
+            let Some(request) = exec.client_request.clone() else {
                 continue;
             };
             info!(execution = %exec.id, after = %id, "aborted: an earlier cell of the same client raised");

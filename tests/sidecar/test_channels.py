@@ -286,3 +286,27 @@ def test_a_raising_cell_with_stop_on_error_aborts_what_its_client_queued_behind_
     finally:
         c.close()
         other.close()
+
+
+def test_a_cell_sent_once_the_error_was_answered_is_not_aborted(shared_sidecar):
+    """stop_on_error aborts what the client had queued when the error was
+    answered, not a cell it sends after it saw the error: jupyter_server
+    runs a notebook so, one cell after the other's reply. A thread of the
+    raising cell prints on after the error, which keeps the kernel's idle
+    (where the sidecar ends the cell) behind the reply: the window in which
+    the next cell arrives before the raising one has ended."""
+    sc = shared_sidecar
+    c = connect(sc)
+    try:
+        for i in range(2):
+            first = c.execute("import sys, threading\n"
+                              "def spam():\n    for _ in range(20): sys.stdout.write('x' * 1_000_000)\n"
+                              "threading.Thread(target=spam).start()\n1/0")
+            c.until(lambda m: m["channel"] == "shell" and m["header"]["msg_type"] == "execute_reply"
+                    and m["parent_header"].get("msg_id") == first["header"]["msg_id"])
+            after = c.execute(f"print('sent after the error {i}')")
+            r, msgs = c.reply_to(after, timeout=60)
+            assert r["content"]["status"] == "ok", (i, r)
+            assert f"sent after the error {i}\n" in stdout(msgs)
+    finally:
+        c.close()
