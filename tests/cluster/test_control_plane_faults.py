@@ -93,7 +93,8 @@ def leader_gauge(op) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def test_the_operator_killed_while_200_sessions_are_created_leaves_one_of_each_and_rewrites_no_secret(ns, operator):
+def test_the_operator_killed_while_200_sessions_are_created_leaves_one_of_each_and_rewrites_no_secret(
+        ns, operator, capsys):
     """SIGKILL of the operator while 200 sessions are being created, then
     the same replica started again (a container restart keeps the pod's
     name, so its identity): every session gets exactly one pod, Service and
@@ -159,8 +160,9 @@ def test_the_operator_killed_while_200_sessions_are_created_leaves_one_of_each_a
         wait_until(lambda: int(rv) >= int(last), timeout=30, step=0.05, what="the Secret watch caught up")
     finally:
         stop.set()
-    print(f"\n[faults] operator SIGKILL with {at_kill}/{n} Secrets made: leading again after {leading:.1f} s, "
-          f"every pod, Service and Secret after {recovered:.1f} s")
+    with capsys.disabled():  # the recovery times belong in the CI log
+        print(f"\n[faults] operator SIGKILL with {at_kill}/{n} Secrets made: leading again after {leading:.1f} s, "
+              f"every pod, Service and Secret after {recovered:.1f} s")
     assert at_kill < n, "the burst was done before the kill: nothing was left for the restarted operator"
 
     sessions = {s["metadata"]["name"]: s["metadata"]["uid"] for s in kube.list(path("NotebookSession", ns))}
@@ -189,7 +191,7 @@ def test_the_operator_killed_while_200_sessions_are_created_leaves_one_of_each_a
 
 
 def test_an_apiserver_outage_and_an_etcd_restart_are_survived_and_leases_are_decided_after_not_early(
-        ns, operator, gateway, cluster):
+        ns, operator, gateway, cluster, capsys):
     """The apiserver stopped for 20 s in the middle of a burst of creates,
     then started again; then etcd restarted once. The operator and the
     gateway keep running (the same processes), say they are not ready while
@@ -309,7 +311,8 @@ def test_an_apiserver_outage_and_an_etcd_restart_are_survived_and_leases_are_dec
     listed = ok(call(gateway, agent.token, "list_sessions", {"namespace": str(ns)}))["sessions"]
     assert {s["name"] for s in listed} >= set(burst), listed
     assert api.wait_final(api.submit("1 + 1")["id"])["state"] == "completed"
-    print(f"\n[faults] apiserver down {OUTAGE_S} s: apiserver back -> operator ready {op_ready:.1f} s, "
-          f"gateway ready {gw_ready:.1f} s, all {len(burst)} burst sessions Ready {all_ready:.1f} s; "
-          f"etcd restart -> apiserver ready {after_etcd:.1f} s; "
-          f"unreferenced asset deleted {gone['at'] - expires[dropped]:+.2f} s from its expiry")
+    with capsys.disabled():
+        print(f"\n[faults] apiserver down {OUTAGE_S} s: apiserver back -> operator ready {op_ready:.1f} s, "
+              f"gateway ready {gw_ready:.1f} s, all {len(burst)} burst sessions Ready {all_ready:.1f} s; "
+              f"etcd restart -> apiserver ready {after_etcd:.1f} s; "
+              f"unreferenced asset deleted {gone['at'] - expires[dropped]:+.2f} s from its expiry")

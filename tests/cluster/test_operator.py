@@ -185,7 +185,7 @@ def test_a_deleted_pod_is_recreated(ns):
                  what="history and new work counted")
 
 
-def test_a_deleted_secret_is_recreated_and_the_session_serves_its_new_token_and_refuses_the_old(ns):
+def test_a_deleted_secret_is_recreated_and_the_session_serves_its_new_token_and_refuses_the_old(ns, capsys):
     """The session Secret deleted under a Ready session: the operator makes a
     new one (fresh values) and replaces the pod, whose sidecar held the old
     token, so the Secret and the sidecar never disagree: within 30 s the
@@ -234,7 +234,8 @@ def test_a_deleted_secret_is_recreated_and_the_session_serves_its_new_token_and_
     assert text_of(new.wait_final(new.submit("'after'")["id"])) == "'after'"
     events = kube.list(path("Event", ns), fieldSelector="involvedObject.name=rekey")
     assert any(e["reason"] == "SecretChanged" for e in events), [e["reason"] for e in events]
-    print(f"\n[faults] Secret deleted -> Ready with the new token: {recovered:.2f} s")
+    with capsys.disabled():
+        print(f"\n[faults] Secret deleted -> Ready with the new token: {recovered:.2f} s")
 
 
 def test_deleting_the_session_garbage_collects_what_it_owns(ns):
