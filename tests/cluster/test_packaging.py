@@ -218,7 +218,10 @@ def test_the_gateway_deployment_runs_the_one_image_under_restricted_pod_security
     assert args[0] == "gateway"
     flags = dict((f, v) for f, v in zip(args[1::2], args[2::2]) if f != "--allowed-host")
     assert flags == {"--listen": "0.0.0.0:8080", "--sidecar-port": "8888", "--max-sessions-per-user": "7",
-                     "--review-ttl": "30s", "--metrics-listen": "0.0.0.0:9090"}, args
+                     "--cap-ledger": f"{GATEWAY}-cap", "--review-ttl": "30s",
+                     "--metrics-listen": "0.0.0.0:9090"}, args
+    # The cap ledgers' namespace is the pod's own, from the downward API.
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"], c["env"]
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
                           {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
