@@ -153,7 +153,10 @@ def test_an_interrupt_on_the_control_channel_stops_the_running_cell(shared_sidec
         took = time.monotonic() - t0
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        assert took < 2, took
+        # The cell sleeps 100 s: KeyboardInterrupt is the witness that the
+        # interrupt stopped it; the bound only says it did so promptly (2.8 s
+        # was seen on a loaded 2-core machine).
+        assert took < 8, took
         ack = [m for m in c.seen if m["parent_header"].get("msg_id") == intr["header"]["msg_id"]]
         assert ack and ack[0]["header"]["msg_type"] == "interrupt_reply"
         assert ack[0]["content"]["status"] == "ok"
