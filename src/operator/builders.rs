@@ -9,9 +9,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-    Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
@@ -63,6 +65,10 @@ pub const CONNECTION_FILE: &str = "/run/notebook/kernel.json";
 pub const SECRET_DIR: &str = "/run/secrets/notebook";
 /// Sidecar state: SQLite queue and outputs.
 pub const STATE_DIR: &str = "/var/lib/notebook";
+/// The kernel's scratch space when its root filesystem is read-only.
+pub const TMP_DIR: &str = "/tmp";
+/// The resource name of local ephemeral storage.
+pub const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 /// Notebooks and assets, shared by sidecar and kernel.
 pub const WORKSPACE_DIR: &str = "/home/jovyan/work";
 /// The user both containers run as (the Jupyter docker-stacks `jovyan`, group `users`).
@@ -81,6 +87,12 @@ pub struct BuildConfig {
     pub default_kernel_image: String,
     /// Pull policy of kernel images; absent: the Kubernetes default.
     pub kernel_image_pull_policy: Option<String>,
+    /// RuntimeClass of pods whose template names none; absent: the node's default.
+    pub default_runtime_class: Option<String>,
+    /// `ephemeral-storage` request of a kernel container whose resources name none.
+    pub kernel_ephemeral_storage_request: Option<String>,
+    /// `ephemeral-storage` limit of a kernel container whose resources name none.
+    pub kernel_ephemeral_storage_limit: Option<String>,
 }
 
 impl Default for BuildConfig {
@@ -90,6 +102,9 @@ impl Default for BuildConfig {
             sidecar_image_pull_policy: None,
             default_kernel_image: "quay.io/jupyter/base-notebook:latest".into(),
             kernel_image_pull_policy: None,
+            default_runtime_class: None,
+            kernel_ephemeral_storage_request: None,
+            kernel_ephemeral_storage_limit: None,
         }
     }
 }
@@ -149,6 +164,9 @@ pub fn validate(session: &NotebookSession, config: &BuildConfig) -> Result<Valid
             std::time::Duration::ZERO
         }
     };
+    if let Some(egress) = spec.network.as_ref().and_then(|n| n.egress.as_deref()) {
+        errors.extend(super::egress::validate_egress("spec.network.egress", egress));
+    }
     if errors.is_empty() {
         Ok(ValidSpec {
             kernel_image,
@@ -303,7 +321,7 @@ pub fn owner_reference(session: &NotebookSession) -> Option<OwnerReference> {
     })
 }
 
-fn owned_meta(session: &NotebookSession, name: String) -> ObjectMeta {
+pub(crate) fn owned_meta(session: &NotebookSession, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: session.namespace(),
@@ -371,7 +389,7 @@ pub fn build_service(session: &NotebookSession) -> Service {
 
 /// The metadata this operator applies is on `existing`: its labels and
 /// owner references.
-fn meta_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
+pub(crate) fn meta_matches(existing: &ObjectMeta, desired: &ObjectMeta) -> bool {
     let labels = existing.labels.as_ref();
     desired
         .labels
@@ -594,16 +612,24 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
         ..Container::default()
     };
 
+    let read_only_root = spec.kernel.read_only_root_filesystem == Some(true);
+    let mut kernel_mounts = vec![mount("runtime", RUNTIME_DIR, None, true), workspace_mount];
+    if read_only_root {
+        kernel_mounts.push(mount("tmp", TMP_DIR, None, false));
+    }
     let kernel = Container {
         name: KERNEL_CONTAINER.into(),
         image: Some(valid.kernel_image.clone()),
         image_pull_policy: config.kernel_image_pull_policy.clone(),
         command: Some(spec.kernel.command.clone().unwrap_or_else(default_kernel_command)),
         env: spec.kernel.env.clone(),
-        resources: spec.kernel.resources.clone(),
+        resources: kernel_resources(spec.kernel.resources.as_ref(), config),
         working_dir: Some(WORKSPACE_DIR.into()),
-        security_context: Some(restricted_security_context()),
-        volume_mounts: Some(vec![mount("runtime", RUNTIME_DIR, None, true), workspace_mount]),
+        security_context: Some(SecurityContext {
+            read_only_root_filesystem: read_only_root.then_some(true),
+            ..restricted_security_context()
+        }),
+        volume_mounts: Some(kernel_mounts),
         // A kernel that exits leaves the tail of its log in
         // lastState.terminated.message (the kubelet's own mechanism), which
         // the status shows beside CrashLoopBackOff; found on the real node
@@ -627,6 +653,9 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
         },
     ];
     volumes.extend(state_volumes);
+    if read_only_root {
+        volumes.push(empty_dir("tmp"));
+    }
 
     let pod_spec = PodSpec {
         automount_service_account_token: Some(false),
@@ -645,6 +674,10 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
         volumes: Some(volumes),
         node_selector: overrides.node_selector.clone(),
         tolerations: overrides.tolerations.clone(),
+        runtime_class_name: overrides
+            .runtime_class_name
+            .clone()
+            .or_else(|| config.default_runtime_class.clone()),
         ..PodSpec::default()
     };
 
@@ -662,6 +695,35 @@ pub fn build_pod(session: &NotebookSession, valid: &ValidSpec, config: &BuildCon
         spec: Some(pod_spec),
         status: None,
     }
+}
+
+/// The kernel container's resources: the session's, with the operator's
+/// `ephemeral-storage` request and limit when the session names neither (a
+/// kernel that writes past its limit gets its pod evicted by the kubelet,
+/// instead of filling the node's disk under the other sessions). A session
+/// that names one of them gets no default for the other: a default request
+/// above its own limit would make the pod invalid.
+fn kernel_resources(
+    own: Option<&ResourceRequirements>,
+    config: &BuildConfig,
+) -> Option<ResourceRequirements> {
+    let mut resources = own.cloned().unwrap_or_default();
+    let names_it = |list: &Option<BTreeMap<String, Quantity>>| {
+        list.as_ref().is_some_and(|l| l.contains_key(EPHEMERAL_STORAGE))
+    };
+    if !names_it(&resources.requests) && !names_it(&resources.limits) {
+        let defaults = [
+            (&mut resources.requests, &config.kernel_ephemeral_storage_request),
+            (&mut resources.limits, &config.kernel_ephemeral_storage_limit),
+        ];
+        for (list, default) in defaults {
+            if let Some(default) = default {
+                list.get_or_insert_with(BTreeMap::new)
+                    .insert(EPHEMERAL_STORAGE.to_string(), Quantity(default.clone()));
+            }
+        }
+    }
+    (resources != ResourceRequirements::default()).then_some(resources)
 }
 
 fn empty_dir(name: &str) -> Volume {
@@ -728,6 +790,7 @@ mod tests {
             sidecar_image_pull_policy: Some("IfNotPresent".into()),
             default_kernel_image: "quay.io/jupyter/base-notebook:2026-01-01".into(),
             kernel_image_pull_policy: Some("IfNotPresent".into()),
+            ..BuildConfig::default()
         }
     }
 
@@ -1078,5 +1141,66 @@ mod tests {
         assert!(!is_dns1035_label("1a"));
         assert!(!is_dns1035_label("a-"));
         assert!(!is_dns1035_label("A"));
+    }
+
+    #[test]
+    fn the_runtime_class_and_ephemeral_storage_defaults_apply_unless_the_session_sets_its_own() {
+        let config = BuildConfig {
+            default_runtime_class: Some("gvisor".into()),
+            kernel_ephemeral_storage_request: Some("256Mi".into()),
+            kernel_ephemeral_storage_limit: Some("10Gi".into()),
+            ..config()
+        };
+        let mut session = fixtures::session("session-minimal.yaml");
+        let valid = validate(&session, &config).expect("valid");
+        let pod = build_pod(&session, &valid, &config);
+        let spec = pod.spec.as_ref().expect("spec");
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("gvisor"));
+        let kernel = container(&pod, KERNEL_CONTAINER);
+        let resources = kernel.resources.as_ref().expect("resources");
+        let get = |l: &Option<BTreeMap<String, Quantity>>| {
+            l.as_ref()
+                .and_then(|l| l.get(EPHEMERAL_STORAGE))
+                .map(|q| q.0.clone())
+        };
+        assert_eq!(get(&resources.requests).as_deref(), Some("256Mi"));
+        assert_eq!(get(&resources.limits).as_deref(), Some("10Gi"));
+        assert!(
+            container(&pod, SIDECAR_CONTAINER).resources.is_none(),
+            "the sidecar's state is not the kernel's to fill"
+        );
+
+        // The session's own class and limit win, and its limit alone gets no default request.
+        session.spec.pod_template = Some(crate::operator::crd::PodTemplateOverrides {
+            runtime_class_name: Some("kata".into()),
+            ..Default::default()
+        });
+        session.spec.kernel.resources = Some(ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                EPHEMERAL_STORAGE.to_string(),
+                Quantity("64Mi".into()),
+            )])),
+            ..Default::default()
+        });
+        session.spec.kernel.read_only_root_filesystem = Some(true);
+        let pod = build_pod(&session, &validate(&session, &config).expect("valid"), &config);
+        assert_eq!(
+            pod.spec.as_ref().and_then(|s| s.runtime_class_name.as_deref()),
+            Some("kata")
+        );
+        let kernel = container(&pod, KERNEL_CONTAINER);
+        let resources = kernel.resources.as_ref().expect("resources");
+        assert_eq!(get(&resources.limits).as_deref(), Some("64Mi"));
+        assert_eq!(get(&resources.requests), None);
+        assert_eq!(
+            kernel
+                .security_context
+                .as_ref()
+                .and_then(|c| c.read_only_root_filesystem),
+            Some(true)
+        );
+        assert!(mounts(kernel)
+            .iter()
+            .any(|(name, path, _)| name == "tmp" && path == TMP_DIR));
     }
 }

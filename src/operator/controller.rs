@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -24,6 +25,7 @@ use super::converge::{self, PodStep};
 use super::crd::{AssetLease, NotebookPool, NotebookSession, NotebookSessionStatus, SessionPhase};
 use super::error::{is_already_exists, is_namespace_terminating, Error};
 use super::metrics::Metrics;
+use super::network::{self, PolicyConfig};
 use super::pools::controller::{self as pool_controller, Claimed};
 use super::pools::desired::{pool_secret_name, templated, LABEL_POOL};
 use super::pools::recent::RecentClaims;
@@ -47,6 +49,8 @@ pub struct ControllerConfig {
     pub namespace: Option<String>,
     /// Reporting instance of Events (pod name).
     pub instance: Option<String>,
+    /// The NetworkPolicies of sessions and pools.
+    pub network: PolicyConfig,
 }
 
 /// Shared state handed to every reconcile.
@@ -226,10 +230,11 @@ async fn reconcile_inner(session: &NotebookSession, ctx: &Context) -> Result<Act
 
     // The objects that live as long as the session, written side by side
     // (none needs another); the claim of a warm pod waits for the Secret only.
-    let ((token, secret_hash), (), ()) = futures::try_join!(
+    let ((token, secret_hash), (), (), ()) = futures::try_join!(
         ensure_secret(session, &namespace, ctx),
         ensure_service(session, &namespace, ctx),
         ensure_claim(session, &namespace, ctx),
+        ensure_network_policy(session, &namespace, ctx),
     )?;
 
     tracing::debug!(session = %name, "owned objects written");
@@ -412,6 +417,30 @@ async fn ensure_service(session: &NotebookSession, namespace: &str, ctx: &Contex
     Ok(())
 }
 
+/// Applies the session's NetworkPolicy (when the operator gives sessions
+/// one) when the cache shows it missing or different. It is written before
+/// the pod, so no kernel runs a moment without it.
+async fn ensure_network_policy(
+    session: &NotebookSession,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<(), Error> {
+    if !ctx.config.network.enabled {
+        return Ok(());
+    }
+    let policy = network::build_session_policy(session, &ctx.config.network);
+    let cached = Caches::get(
+        &ctx.caches.policies,
+        namespace,
+        &network::policy_name(&session.name_any()),
+    );
+    if !cached.is_some_and(|c| network::policy_matches(&c, &policy)) {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+        writes::apply(&policies, &policy, "apply NetworkPolicy").await?;
+    }
+    Ok(())
+}
+
 /// Applies the session's PersistentVolumeClaim (when it asks for storage)
 /// when the cache shows it missing or different.
 async fn ensure_claim(session: &NotebookSession, namespace: &str, ctx: &Context) -> Result<(), Error> {
@@ -579,7 +608,13 @@ async fn converge_pod(
         (PodStep::Create, _, None) => Ok((Some(writes::apply(pods, &desired, "create Pod").await?), None)),
         (PodStep::Keep | PodStep::AwaitDeletion, pod, _) => Ok((pod, None)),
         (PodStep::Delete { reason, note }, Some(existing), _) => {
-            publish(ctx, session, EventType::Normal, reason, note.into());
+            let (type_, reason, note) = match converge::pod_end(&existing) {
+                // Evicted (past its ephemeral-storage limit, say): a
+                // warning that names what the kubelet said.
+                Some(end) => (EventType::Warning, end.reason, format!("{note}: {}", end.message)),
+                None => (EventType::Normal, reason.to_string(), note.to_string()),
+            };
+            publish(ctx, session, type_, &reason, note);
             Ok((writes::delete_exact(pods, &existing, "delete Pod").await?, None))
         }
         (PodStep::Delete { .. }, None, _) => Ok((None, None)),
@@ -738,8 +773,10 @@ pub struct Caches {
     secrets: Store<Secret>,
     services: Store<Service>,
     claims: Store<PersistentVolumeClaim>,
-    /// Each cache's first listing: sessions, pods, Secrets, Services, claims.
-    listed: [Listed; 5],
+    policies: Store<NetworkPolicy>,
+    /// Each cache's first listing: sessions, pods, Secrets, Services,
+    /// claims, NetworkPolicies.
+    listed: [Listed; 6],
 }
 
 impl Caches {
@@ -753,6 +790,11 @@ impl Caches {
             secrets: self.secrets.clone(),
             listed: [sessions, pods, secrets],
         }
+    }
+
+    /// The cache of the NetworkPolicies the operator made (sessions' and pools').
+    pub fn policies(&self) -> (Store<NetworkPolicy>, Listed) {
+        (self.policies.clone(), self.listed[5].clone())
     }
 
     /// Waits until every cache holds its first complete listing.
@@ -801,7 +843,8 @@ pub fn controller(
     let (services, services_listed, service_changes) =
         cached(api::<Service>(&client, namespace), owned.clone());
     let (claims, claims_listed, claim_changes) =
-        cached(api::<PersistentVolumeClaim>(&client, namespace), owned);
+        cached(api::<PersistentVolumeClaim>(&client, namespace), owned.clone());
+    let (policies, policies_listed, policy_changes) = cached(api::<NetworkPolicy>(&client, namespace), owned);
     // A lease deleted by hand leaves its asset without one: the session
     // comes back to give it a new lease (its sidecar's status did not move,
     // so nothing else would bring it back before the fallback read).
@@ -843,6 +886,7 @@ pub fn controller(
         .owns_stream(service_changes)
         .owns_stream(secret_changes)
         .owns_stream(claim_changes)
+        .owns_stream(policy_changes)
         .owns_stream(released_leases)
         .reconcile_on(sidecar_changes);
     (
@@ -853,12 +897,14 @@ pub fn controller(
             secrets,
             services,
             claims,
+            policies,
             listed: [
                 sessions_listed,
                 pods_listed,
                 secrets_listed,
                 services_listed,
                 claims_listed,
+                policies_listed,
             ],
         },
     )

@@ -81,6 +81,29 @@ pub fn pod_step(existing: Option<&Pod>, desired: &Pod, suspended: bool) -> PodSt
     }
 }
 
+/// Why the kubelet ended a pod, when it says: `Evicted` (a kernel past
+/// its ephemeral-storage limit, a node short of memory or disk) with its
+/// message, e.g. "Container kernel exceeded its local ephemeral storage
+/// limit \"64Mi\". ".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodEnd {
+    /// The pod's `status.reason`.
+    pub reason: String,
+    /// The pod's `status.message`, trimmed.
+    pub message: String,
+}
+
+/// The end of a pod that the kubelet failed with a reason.
+pub fn pod_end(pod: &Pod) -> Option<PodEnd> {
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Failed") {
+        return None;
+    }
+    let reason = status.reason.clone().filter(|r| !r.is_empty())?;
+    let message = status.message.as_deref().unwrap_or("").trim().to_string();
+    Some(PodEnd { reason, message })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +206,24 @@ mod tests {
         finished.status.get_or_insert_with(Default::default).phase = Some("Failed".into());
         assert_eq!(reason(pod_step(Some(&finished), &desired, false)), "PodFinished");
         assert_eq!(reason(pod_step(Some(&claimed), &desired, true)), "Suspended");
+    }
+
+    #[test]
+    fn an_evicted_pod_says_why_and_a_running_one_says_nothing() {
+        let mut evicted = pod("h1", "Failed", false);
+        if let Some(status) = evicted.status.as_mut() {
+            status.reason = Some("Evicted".into());
+            status.message =
+                Some("Container kernel exceeded its local ephemeral storage limit \"64Mi\". ".into());
+        }
+        let end = pod_end(&evicted).expect("an end");
+        assert_eq!(end.reason, "Evicted");
+        assert!(end.message.ends_with("limit \"64Mi\"."), "{end:?}");
+        assert_eq!(pod_end(&pod("h1", "Running", false)), None);
+        assert_eq!(
+            pod_end(&pod("h1", "Failed", false)),
+            None,
+            "no reason given: nothing to add"
+        );
     }
 }

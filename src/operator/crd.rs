@@ -71,7 +71,7 @@ const POSITIVE_DURATION: &str = "duration(self) > duration('0s')";
 #[x_kube(validation = kube::core::Rule::new("has(self.storage) == has(oldSelf.storage)")
     .message("storage cannot be added or removed after creation; create a new session instead"))]
 #[x_kube(validation = kube::core::Rule::new(
-    "!has(self.poolRef) || !has(self.kernel) || (!has(self.kernel.image) && !has(self.kernel.command) && !has(self.kernel.env) && !has(self.kernel.resources))"
+    "!has(self.poolRef) || !has(self.kernel) || (!has(self.kernel.image) && !has(self.kernel.command) && !has(self.kernel.env) && !has(self.kernel.resources) && !has(self.kernel.readOnlyRootFilesystem))"
 ).message("spec.kernel cannot be set together with spec.poolRef: the pool's template gives the kernel"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.poolRef) || (!has(self.storage) && !has(self.podTemplate))")
     .message("spec.storage and spec.podTemplate cannot be set together with spec.poolRef: a warm pod is built from the pool's template"))]
@@ -114,6 +114,88 @@ pub struct NotebookSessionSpec {
     /// Overrides applied to the kernel pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
+    /// Where the kernel pod may connect. Absent: the pool's `template.network`
+    /// for a session with `poolRef`, else the operator's default (Helm value
+    /// `networkPolicy.egress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+}
+
+/// The network of a kernel pod: the operator gives every session a
+/// NetworkPolicy that denies the pod's egress except DNS and these peers, and
+/// admits to its sidecar only the operator, the gateway and the namespaces
+/// the operator is told to (Helm value `networkPolicy.ingressFrom`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Peers the pod may connect to, besides DNS (port 53 of any pod). An
+    /// empty list: DNS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub egress: Option<Vec<EgressPeer>>,
+}
+
+/// One peer a kernel pod may connect to: an IP block, or pods (of a
+/// namespace, with labels, or both).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = kube::core::Rule::new("has(self.cidr) != (has(self.namespace) || has(self.podLabels))")
+    .message("an egress peer is either a cidr, or a namespace and/or podLabels"))]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPeer {
+    /// An IP block in CIDR notation, e.g. `10.20.0.0/16` or `2001:db8::/48`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub cidr: Option<String>,
+    /// The pods of this namespace (all of them, or those with `podLabels`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// The pods carrying all these labels, in `namespace` or else in the
+    /// session's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    /// Only these ports of the peer; absent: every port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub ports: Option<Vec<EgressPort>>,
+}
+
+/// A port of an egress peer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressPort {
+    /// The port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// `TCP` (the default), `UDP` or `SCTP`.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// The protocol of an egress port.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+    /// SCTP.
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl PortProtocol {
+    /// The name as NetworkPolicy spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
 }
 
 /// The kernel container of a session.
@@ -133,9 +215,15 @@ pub struct KernelSpec {
     /// Environment of the kernel container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<EnvVar>>,
-    /// Compute resources of the kernel container.
+    /// Compute resources of the kernel container. An `ephemeral-storage`
+    /// request or limit left out comes from the operator's default (Helm
+    /// value `kernelEphemeralStorage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Mount the kernel's root filesystem read-only: the kernel can write
+    /// only to the workspace and to `/tmp` (an emptyDir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root_filesystem: Option<bool>,
 }
 
 /// Persistent storage for a session.
@@ -211,6 +299,12 @@ pub struct PodTemplateOverrides {
     /// Extra annotations on the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// The RuntimeClass the pod runs under, e.g. `gvisor` or `kata` for
+    /// code nobody has read. Absent: the operator's default (Helm value
+    /// `runtimeClassName`), else the node's default runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub runtime_class_name: Option<String>,
 }
 
 /// Lifecycle phase of a session.
@@ -361,6 +455,10 @@ pub struct PoolTemplate {
     /// Overrides applied to every warm pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
+    /// Where the warm pods, and the sessions served unless they set their
+    /// own, may connect. Absent: the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
     /// Idle timeout of the sessions served, unless a session sets its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]

@@ -16,12 +16,15 @@ use super::assets::{self, LeaseContext, LeaseControllerConfig};
 use super::builders::BuildConfig;
 use super::controller::{self, Context, ControllerConfig};
 use super::crd;
+use super::crd::EgressPeer;
 use super::error::{is_not_found, Error};
 use super::leader::{LeaderElector, LeaseConfig};
 use super::metrics::{self, Metrics, SnapshotSlot};
+use super::network::{self, PolicyConfig};
 use super::pools;
 use super::sidecar_client::SidecarClient;
 use super::sidecar_watch::{self, SidecarWatches};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 
 /// Flags of `notebook-operator run`.
 #[derive(Clone, Debug, clap::Args)]
@@ -75,9 +78,82 @@ pub struct RunArgs {
     /// How long a Reclaimed AssetLease stays before it is removed (Go duration; 0s removes it at once).
     #[arg(long, env = "NOTEBOOK_OPERATOR_ASSET_LEASE_GRACE", default_value = "5m", value_parser = parse_grace)]
     pub asset_lease_grace: Duration,
+    /// RuntimeClass of kernel pods whose template names none (e.g. `gvisor`
+    /// to put every kernel in a sandbox); absent: the node's default runtime.
+    #[arg(long, env = "NOTEBOOK_DEFAULT_RUNTIME_CLASS")]
+    pub default_runtime_class: Option<String>,
+    /// `ephemeral-storage` request of kernel containers whose resources name none (e.g. `256Mi`).
+    #[arg(long, value_parser = parse_quantity)]
+    pub kernel_ephemeral_storage_request: Option<String>,
+    /// `ephemeral-storage` limit of kernel containers whose resources name
+    /// none (e.g. `4Gi`): a kernel writing past it gets its pod evicted.
+    #[arg(long, value_parser = parse_quantity)]
+    pub kernel_ephemeral_storage_limit: Option<String>,
+    /// Give every session and pool a NetworkPolicy: the kernel pod's egress
+    /// denied but DNS and its `network.egress`, its sidecar reachable only
+    /// from `--policy-ingress-from` (`--network-policy=false` to turn off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub network_policy: bool,
+    /// Egress peers of sessions and pools that name none, as a JSON list
+    /// (`[{"cidr": "10.20.0.0/16"}, {"namespace": "pypi", "ports": [{"port": 443}]}]`);
+    /// absent: DNS only.
+    #[arg(long, value_parser = parse_egress_flag)]
+    pub default_egress: Option<EgressList>,
+    /// Who may reach the sidecars, as a JSON list of NetworkPolicy peers
+    /// (the chart names the operator, the gateway and `networkPolicy.ingressFrom`);
+    /// absent: every pod of the operator's namespace.
+    #[arg(long, value_parser = parse_peers_flag)]
+    pub policy_ingress_from: Option<PeerList>,
     /// Port the sidecars listen on (tests that run sidecars on the host change it).
     #[arg(long, default_value_t = super::builders::SIDECAR_PORT, hide = true)]
     pub sidecar_port: u16,
+}
+
+/// The egress peers of `--default-egress`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EgressList(pub Vec<EgressPeer>);
+
+/// The peers of `--policy-ingress-from`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerList(pub Vec<NetworkPolicyPeer>);
+
+fn parse_egress_flag(text: &str) -> Result<EgressList, String> {
+    network::parse_egress(text).map(EgressList)
+}
+
+fn parse_peers_flag(text: &str) -> Result<PeerList, String> {
+    network::parse_peers(text).map(PeerList)
+}
+
+/// A Kubernetes quantity as the apiserver takes it for storage: a decimal
+/// number with an optional binary or decimal suffix (`512Mi`, `4Gi`, `1G`).
+fn parse_quantity(text: &str) -> Result<String, String> {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let suffixes = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    if number.is_empty() || number.parse::<f64>().is_err() || !suffixes.contains(&suffix) {
+        return Err(format!("{text:?} is not a quantity such as 512Mi or 4Gi"));
+    }
+    Ok(text.to_string())
+}
+
+impl RunArgs {
+    /// The network settings these flags give.
+    pub fn policy_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            enabled: self.network_policy,
+            default_egress: self.default_egress.clone().map(|l| l.0).unwrap_or_default(),
+            ingress_from: match &self.policy_ingress_from {
+                Some(peers) => peers.0.clone(),
+                None => PolicyConfig::for_namespace(&self.leader_election_namespace).ingress_from,
+            },
+        }
+    }
 }
 
 fn parse_flag_duration(text: &str) -> Result<Duration, String> {
@@ -251,7 +327,11 @@ async fn lead(args: &RunArgs, client: &Client, metrics: &Arc<Metrics>, slot: &Sn
             sidecar_image_pull_policy: args.sidecar_image_pull_policy.clone(),
             kernel_image_pull_policy: args.kernel_image_pull_policy.clone(),
             default_kernel_image: args.default_kernel_image.clone(),
+            default_runtime_class: args.default_runtime_class.clone(),
+            kernel_ephemeral_storage_request: args.kernel_ephemeral_storage_request.clone(),
+            kernel_ephemeral_storage_limit: args.kernel_ephemeral_storage_limit.clone(),
         },
+        network: args.policy_config(),
         status_interval: args.status_interval,
         namespace: args.namespace.clone(),
         instance: Some(identity.to_string()),
@@ -298,13 +378,16 @@ async fn lead(args: &RunArgs, client: &Client, metrics: &Arc<Metrics>, slot: &Sn
     // session controller claims from the pool controller's cache.
     let pool_wired = pools::controller::controller(client.clone(), args.namespace.as_deref());
     let (pool_store, pools_listed) = pool_wired.pools;
-    let pool_context = Arc::new(pools::controller::PoolContext::new(
-        client.clone(),
-        config.build.clone(),
-        metrics.clone(),
-        pool_wired.pods,
-        config.instance.clone(),
-    ));
+    let pool_context = Arc::new(
+        pools::controller::PoolContext::new(
+            client.clone(),
+            config.build.clone(),
+            metrics.clone(),
+            pool_wired.pods,
+            config.instance.clone(),
+        )
+        .with_network(config.network.clone(), caches.policies()),
+    );
     let pools = pools::controller::run(pool_wired.controller, pool_context);
 
     let context = Arc::new(

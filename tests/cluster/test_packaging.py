@@ -2,6 +2,7 @@
 chart (lint, install, uninstall), manifests/install.yaml (server-side dry
 run, and generated from the chart), the gateway's objects as rendered, and
 the example session."""
+import json
 import os
 import subprocess
 import time
@@ -59,8 +60,7 @@ def test_helm_install_creates_the_operator(bare_ns, kube):
     # Standard, as manifests/install.yaml sets it up.
     kube.patch(path("Namespace", None, ns), {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
     release = "nbo-helm"
-    out = run(["helm", "install", release, str(CHART), "--namespace", ns, "--kubeconfig", str(ns.cluster.kubeconfig),
-               "--set", "networkPolicy.enabled=true", "--set", f"networkPolicy.sessionNamespaces={{{ns}}}"],
+    out = run(["helm", "install", release, str(CHART), "--namespace", ns, "--kubeconfig", str(ns.cluster.kubeconfig)],
               timeout=300)
     assert "STATUS: deployed" in out, out
     full = f"{release}-notebook-operator"
@@ -78,7 +78,13 @@ def test_helm_install_creates_the_operator(bare_ns, kube):
                                   ("Role", ns, f"{full}-leader-election"),
                                   ("RoleBinding", ns, f"{full}-leader-election")):
         assert kube.get_opt(path(kind, namespace, name)), f"{kind} {name} missing after helm install"
-    assert kube.list(path("NetworkPolicy", ns)), "the NetworkPolicy asked for"
+    # The chart makes no NetworkPolicy of its own: the operator gives each
+    # session one, with the peers the chart passes it.
+    assert not kube.list(path("NetworkPolicy", ns))
+    dep = kube.get(path("Deployment", ns, full))
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--network-policy=true" in args, args
+    assert any(a.startswith("--policy-ingress-from=[") for a in args), args
     # Each Deployment's pod (operator and gateway) passes admission
     # (restricted Pod Security) and is scheduled; no kubelet pulls the image
     # at this tier, so they stay Pending.
@@ -192,10 +198,19 @@ def test_the_gateway_rbac_is_exactly_what_it_needs(k8s_bin):
     for d in docs:
         if d["kind"] in ("RoleBinding", "ClusterRoleBinding") and d is not binding and d is not cap_binding:
             assert all(s.get("name") != GATEWAY for s in d.get("subjects", [])), d
-    # The operator's own objects are the same whether the gateway is on or off.
+    # The operator's own objects are the same whether the gateway is on or
+    # off, but for the one peer the gateway adds to the sessions'
+    # NetworkPolicies (test_the_sidecar_peers_admit_the_gateway_when_enabled).
     off = render_chart("rel", "sys", "gateway.enabled=false")
     assert not gateway_docs(off), [(d["kind"], d["metadata"]["name"]) for d in gateway_docs(off)]
-    assert [d for d in docs if not is_gateway(d)] == off
+
+    def without_peers(ds):
+        for d in ds:
+            if d["kind"] == "Deployment":
+                for c in d["spec"]["template"]["spec"]["containers"]:
+                    c["args"] = [a for a in c["args"] if not a.startswith("--policy-ingress-from=")]
+        return ds
+    assert without_peers([d for d in docs if not is_gateway(d)]) == without_peers(off)
 
 
 def test_the_gateway_deployment_runs_the_one_image_under_restricted_pod_security(k8s_bin):
@@ -330,11 +345,17 @@ def test_the_gateway_ingress_only_when_enabled(cluster, bare_ns):
         render_chart("rel", "sys", "gateway.ingress.enabled=true", "gateway.ingress.host=")
 
 
-def test_the_network_policy_admits_the_gateway_when_enabled(k8s_bin):
+def test_the_sidecar_peers_admit_the_gateway_when_enabled(k8s_bin):
+    """The operator puts the chart's `--policy-ingress-from` peers in every
+    session's NetworkPolicy: the operator, the gateway (when enabled), the
+    agent namespaces and `networkPolicy.extraFrom`."""
+    def flag(docs, name):
+        args = rendered(docs, "Deployment", "rel-notebook-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+        return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+
     def peers(*sets):
-        docs = render_chart("rel", "sys", "networkPolicy.enabled=true", "networkPolicy.sessionNamespaces={a}", *sets)
-        (np,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
-        return np["spec"]["ingress"][0]["from"]
+        (text,) = flag(render_chart("rel", "sys", *sets), "policy-ingress-from")
+        return json.loads(text)
 
     dep = rendered(render_chart("rel", "sys"), "Deployment", GATEWAY)
     gw_labels = dep["spec"]["template"]["metadata"]["labels"]
@@ -349,3 +370,14 @@ def test_the_network_policy_admits_the_gateway_when_enabled(k8s_bin):
     assert admits_gateway(on), on
     assert not admits_gateway(off), off
     assert len(on) == len(off) + 1
+    assert {"namespaceSelector": {"matchLabels": {"notebook.dev/agents": "true"}}} in on, on
+    extra = peers("networkPolicy.extraFrom[0].ipBlock.cidr=10.1.0.0/16")
+    assert extra[-1] == {"ipBlock": {"cidr": "10.1.0.0/16"}}, extra
+    # Egress defaults and the runtime class reach the operator as flags.
+    docs = render_chart("rel", "sys", "networkPolicy.egress[0].cidr=10.2.0.0/16", "runtimeClassName=gvisor")
+    assert json.loads(flag(docs, "default-egress")[0]) == [{"cidr": "10.2.0.0/16"}]
+    assert flag(docs, "default-runtime-class") == ["gvisor"]
+    assert flag(docs, "kernel-ephemeral-storage-limit") == ["10Gi"]
+    # Off: no policies, no peers.
+    docs = render_chart("rel", "sys", "networkPolicy.enabled=false")
+    assert flag(docs, "network-policy") == ["false"] and not flag(docs, "policy-ingress-from")

@@ -80,3 +80,31 @@ version): that one passes, so a plain `helm template` renders.
 {{- fail (printf "notebook-operator needs Kubernetes %s or newer (each kernel pod runs its sidecar as a native sidecar container); the target is %s. Install on a newer cluster. Rendering offline (helm template, a GitOps tool), --kube-version must name the cluster you deploy to, e.g. --kube-version 1.34.0, or be left out." $min $version) }}
 {{- end }}
 {{- end }}
+
+{{- /* Who may reach the session sidecars (port 8888): the operator, the
+gateway when enabled, the agent namespaces and `networkPolicy.extraFrom`. A
+YAML list of NetworkPolicy peers; the operator gets it as JSON
+(--policy-ingress-from) and puts it in every session's NetworkPolicy. */ -}}
+{{- define "notebook-operator.sidecarPeers" -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Release.Namespace }}
+  podSelector:
+    matchLabels:
+      {{- include "notebook-operator.selectorLabels" . | nindent 6 }}
+{{- if .Values.gateway.enabled }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .Release.Namespace }}
+  podSelector:
+    matchLabels:
+      {{- include "notebook-operator.gateway.selectorLabels" . | nindent 6 }}
+{{- end }}
+{{- with .Values.networkPolicy.agentNamespaceSelector }}
+- namespaceSelector:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- with .Values.networkPolicy.extraFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -24,6 +25,7 @@ use crate::operator::cache::{cached, cached_primary, Listed};
 use crate::operator::crd::{NotebookPool, NotebookSession};
 use crate::operator::error::{is_already_exists, is_namespace_terminating, Error};
 use crate::operator::metrics::Metrics;
+use crate::operator::network::{self, PolicyConfig};
 use crate::operator::sidecar_client::{ClaimRefusal, SidecarClient};
 use crate::operator::writes;
 use crate::sidecar_api::{ClaimRequest, Status};
@@ -50,6 +52,8 @@ pub struct PoolContext {
     /// cache lags the create, and counting them keeps a burst of
     /// reconciles from creating twice as many.
     pending: Mutex<HashMap<ObjectRef<NotebookPool>, Pending>>,
+    /// The warm pods' NetworkPolicy settings, and the cache of the policies made.
+    network: Option<(PolicyConfig, Store<NetworkPolicy>, Listed)>,
 }
 
 impl PoolContext {
@@ -71,7 +75,16 @@ impl PoolContext {
             pods_listed,
             failures: Failures::default(),
             pending: Mutex::new(HashMap::new()),
+            network: None,
         }
+    }
+
+    /// Gives every pool's warm pods a NetworkPolicy, when `config` is enabled.
+    pub fn with_network(mut self, config: PolicyConfig, policies: (Store<NetworkPolicy>, Listed)) -> Self {
+        if config.enabled {
+            self.network = Some((config, policies.0, policies.1));
+        }
+        self
     }
 
     fn pending(&self, pool: &ObjectRef<NotebookPool>, add: &[String]) -> usize {
@@ -167,7 +180,10 @@ async fn reconcile_inner(pool: &NotebookPool, ctx: &PoolContext) -> Result<Actio
     let template = desired::build_warm_pod(pool, "template", &ctx.build);
     let invalid = template.as_ref().err().cloned();
     if let Ok(template) = &template {
-        ensure_pool_secret(pool, &namespace, ctx).await?;
+        futures::try_join!(
+            ensure_pool_secret(pool, &namespace, ctx),
+            ensure_pool_policy(pool, &namespace, ctx),
+        )?;
         let hash = builders::pod_spec_hash(template).unwrap_or_default().to_string();
         let plan = decide::scale(pool.spec.replicas, &warm, ctx.pending(&key, &[]), &hash);
         for victim in &plan.delete {
@@ -215,6 +231,23 @@ async fn reconcile_inner(pool: &NotebookPool, ctx: &PoolContext) -> Result<Actio
     )
     .await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// Applies the NetworkPolicy of the pool's warm pods when the cache shows
+/// it missing or different; before the first warm pod is created.
+async fn ensure_pool_policy(pool: &NotebookPool, namespace: &str, ctx: &PoolContext) -> Result<(), Error> {
+    let Some((config, store, listed)) = &ctx.network else {
+        return Ok(());
+    };
+    listed.wait().await;
+    let policy = network::build_pool_policy(pool, config);
+    let name = network::pool_policy_name(&pool.name_any());
+    let cached = store.get(&ObjectRef::new(&name).within(namespace));
+    if !cached.is_some_and(|c| network::policy_matches(&c, &policy)) {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+        writes::apply(&policies, &policy, "apply warm pods' NetworkPolicy").await?;
+    }
+    Ok(())
 }
 
 /// Creates the pool Secret once with fresh values; never rewrites it.

@@ -32,11 +32,21 @@ pub fn random_suffix() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
-fn pool_labels(pool: &str) -> BTreeMap<String, String> {
+/// Labels on everything a pool owns.
+pub fn pool_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_NAME.to_string(), LABEL_NAME_VALUE.to_string()),
         (LABEL_MANAGED_BY.to_string(), MANAGER.to_string()),
         (LABEL_POOL.to_string(), pool.to_string()),
+    ])
+}
+
+/// The labels of a pool's warm pods, unclaimed: what the pool's
+/// NetworkPolicy selects (a claim takes the warm label away).
+pub fn warm_selector(pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_POOL.to_string(), pool.to_string()),
+        (LABEL_WARM.to_string(), "true".to_string()),
     ])
 }
 
@@ -61,6 +71,9 @@ pub fn templated(session: &NotebookSession, pool: &NotebookPool) -> NotebookSess
         out.spec.idle_timeout = template.idle_timeout.clone();
     }
     out.spec.assets = session.spec.assets.or(&template.assets);
+    if out.spec.network.is_none() {
+        out.spec.network = template.network.clone();
+    }
     out
 }
 
@@ -97,6 +110,7 @@ pub fn build_warm_pod(pool: &NotebookPool, suffix: &str, config: &BuildConfig) -
         NotebookSessionSpec {
             kernel: template.kernel.clone(),
             pod_template: template.pod_template.clone(),
+            network: template.network.clone(),
             idle_timeout: template.idle_timeout.clone(),
             ..NotebookSessionSpec::default()
         },
