@@ -17,7 +17,7 @@ CTRD_SOCK=$STATE/containerd/containerd.sock
 SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
   net.ipv4.conf.all.route_localnet vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
-PROCS=(kube-proxy kubelet containerd)
+PROCS=(kube-router kube-proxy kubelet containerd)
 
 # start NAME CMD...: in the background, detached from our stdout, log to
 # logs/NAME.log, pid to pids/NAME.pid.
