@@ -359,4 +359,47 @@ mod tests {
         );
         assert!(!policy_matches(&a, &b));
     }
+
+    #[test]
+    fn a_pools_policy_selects_its_unclaimed_warm_pods_with_the_pools_egress() {
+        use crate::operator::crd::NotebookPoolSpec;
+        use crate::operator::pools::desired::{LABEL_POOL, LABEL_WARM};
+        let mut pool = NotebookPool::new("warm", NotebookPoolSpec::default());
+        pool.metadata.namespace = Some("agents".into());
+        pool.metadata.uid = Some("pool-uid".into());
+        let policy = build_pool_policy(&pool, &config());
+        assert_eq!(policy.metadata.name.as_deref(), Some("warm-warm"));
+        assert_eq!(
+            policy
+                .metadata
+                .owner_references
+                .as_ref()
+                .map(|o| o[0].uid.as_str()),
+            Some("pool-uid")
+        );
+        let selector = spec(&policy)
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone())
+            .expect("labels");
+        assert_eq!(selector.get(LABEL_POOL).map(String::as_str), Some("warm"));
+        assert_eq!(
+            selector.get(LABEL_WARM).map(String::as_str),
+            Some("true"),
+            "a claimed pod leaves it"
+        );
+        assert_eq!(
+            spec(&policy).egress.as_ref().map(Vec::len),
+            Some(2),
+            "DNS and the default peer"
+        );
+        pool.spec.template.network = Some(NetworkSpec { egress: Some(vec![]) });
+        assert_eq!(
+            spec(&build_pool_policy(&pool, &config()))
+                .egress
+                .as_ref()
+                .map(Vec::len),
+            Some(1)
+        );
+    }
 }

@@ -329,6 +329,7 @@ def test_egress_is_denied_by_default_and_allowed_for_a_named_peer(ns, kube, peer
                                  "securityContext": {"allowPrivilegeEscalation": False,
                                                      "capabilities": {"drop": ["ALL"]}}}]}})
     create(kube, ns, "closed")
+    create(kube, ns, "steady")
     create(kube, ns, "open", {"network": {"egress": [
         {"namespace": peer_ns, "podLabels": {"app": "peer-server"}, "ports": [{"port": 8080}]}]}})
     server = kube.wait_for("Pod", peer_ns, "server", lambda p: p is not None and any(
@@ -339,6 +340,7 @@ def test_egress_is_denied_by_default_and_allowed_for_a_named_peer(ns, kube, peer
     assert requests.get(f"http://{server_ip}:8080/", timeout=5).status_code == 200
     wait_ready(kube, ns, "closed")
     wait_ready(kube, ns, "open")
+    wait_ready(kube, ns, "steady")
     # The operator made one policy per session (and Ready says the operator
     # still reaches each sidecar through it).
     for name in ("closed", "open"):
@@ -357,12 +359,15 @@ def test_egress_is_denied_by_default_and_allowed_for_a_named_peer(ns, kube, peer
              ("closed -> open's sidecar", closed, sidecar_ip["open"], 8888),
              ("open -> closed's sidecar", opened, sidecar_ip["closed"], 8888),
              ("closed -> operator metrics", closed, op_ip, 8080)]
-    for what, api, host, port in cases:
-        got = until(what, lambda: reach(api, host, port), "ConnectionRefusedError")
-        assert got in ("ConnectionRefusedError", "TimeoutError"), (what, got)
-        # And it stays closed.
-        assert reach(api, host, port) in ("ConnectionRefusedError", "TimeoutError"), what
-        log(f"[isolation] {what}: {got}")
+    with Ticker(pod_api(kube, ns, "steady")) as ticker:
+        for what, api, host, port in cases:
+            got = until(what, lambda: reach(api, host, port), "ConnectionRefusedError")
+            assert got in ("ConnectionRefusedError", "TimeoutError"), (what, got)
+            # And it stays closed.
+            assert reach(api, host, port) in ("ConnectionRefusedError", "TimeoutError"), what
+            log(f"[isolation] {what}: {got}")
+        time.sleep(1)
+    ticker.check("the other sessions' connections were refused")
     # The sidecar's ingress: a pod of a namespace the chart does not name is refused...
     kubectl = [str(ns.node.bin / "kubectl"), "--kubeconfig", str(ns.node.kubeconfig), "-n", peer_ns, "exec", "server",
                "--", "python", "-c"]

@@ -347,4 +347,25 @@ mod tests {
         own.spec.idle_timeout = Some("5m".into());
         assert_eq!(templated(&own, &pool()).spec.idle_timeout.as_deref(), Some("5m"));
     }
+
+    #[test]
+    fn a_pooled_session_takes_the_templates_network_unless_it_sets_its_own() {
+        use crate::operator::crd::{EgressPeer, NetworkSpec};
+        let mut with_net = pool();
+        let peer = EgressPeer {
+            cidr: Some("10.3.0.0/16".into()),
+            ..EgressPeer::default()
+        };
+        with_net.spec.template.network = Some(NetworkSpec {
+            egress: Some(vec![peer]),
+        });
+        let session = NotebookSession::new("s1", NotebookSessionSpec::default());
+        assert_eq!(
+            templated(&session, &with_net).spec.network,
+            with_net.spec.template.network
+        );
+        let mut own = session.clone();
+        own.spec.network = Some(NetworkSpec { egress: Some(vec![]) });
+        assert_eq!(templated(&own, &with_net).spec.network, own.spec.network);
+    }
 }
