@@ -59,6 +59,8 @@ PULL_FAILS = "does-not-exist"
 SIDECAR_PORT_DEFAULT = 8888
 KERNEL_PORTS = range(5555, 5560)
 MAX_POD_LIFE_S = 3600.0
+# The pod and claim watches list everything again this often (see watch_loop).
+RELIST_S = 60
 
 
 def now_rfc3339() -> str:
@@ -641,14 +643,19 @@ class StandInKubelet:
             self.threads.append(t)
 
     def watch_loop(self, name, p, params, handler):
-        """List, then watch from that version; relist on 410 or any error."""
+        """List, then watch from that version; relist on 410 or any error,
+        and every RELIST_S anyway: a pod bound while the apiserver and its
+        etcd restarted was once never seen by the watch (the CI run of
+        2026-12-02), and a kubelet that misses a pod leaves it Pending for
+        good. Handlers take an object seen again as a no-op."""
         while not self.stopping.is_set():
             try:
                 listing = self.kube.get(p, **params)
                 for o in listing.get("items", []):
                     handler("ADDED", o)
                 rv = listing["metadata"]["resourceVersion"]
-                while not self.stopping.is_set():
+                relist_at = time.monotonic() + RELIST_S
+                while not self.stopping.is_set() and time.monotonic() < relist_at:
                     for typ, o in self.kube.watch(p, rv, timeout=30, stop=self.stopping,
                                                   on_response=lambda r: self.responses.__setitem__(name, r),
                                                   **params):

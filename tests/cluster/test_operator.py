@@ -49,7 +49,8 @@ def test_session_owns_pod_service_secret_and_claim_with_the_expected_spec(restri
     secret = wait_exists(kube, "Secret", ns, "spec-token")
     pvc = wait_exists(kube, "PersistentVolumeClaim", ns, "spec-state")
     pod = wait_exists(kube, "Pod", ns, "spec-kernel")  # admitted under Pod Security "restricted"
-    for o in (svc, secret, pvc, pod):
+    policy = wait_exists(kube, "NetworkPolicy", ns, "spec")
+    for o in (svc, secret, pvc, pod, policy):
         assert owned_by(o, session), o["metadata"]
         assert o["metadata"]["labels"]["notebook.dev/session"] == "spec"
         assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "notebook-operator"
@@ -62,6 +63,15 @@ def test_session_owns_pod_service_secret_and_claim_with_the_expected_spec(restri
     assert secret["type"] == "Opaque" and sorted(secret["data"]) == ["kernel-key", "token"]
     values = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert all(re.fullmatch("[0-9a-f]{64}", v) for v in values.values()) and len(set(values.values())) == 2
+    # NetworkPolicy (the chart's flags): the session's pod, egress only to
+    # DNS, the sidecar's port only for the chart's peers (operator, gateway,
+    # agent namespaces).
+    pspec = policy["spec"]
+    assert pspec["podSelector"] == {"matchLabels": svc["spec"]["selector"]}
+    assert pspec["policyTypes"] == ["Ingress", "Egress"]
+    assert [p["port"] for r in pspec["egress"] for p in r["ports"]] == [53, 53]
+    (ingress,) = pspec["ingress"]
+    assert ingress["ports"] == [{"port": 8888, "protocol": "TCP"}] and len(ingress["from"]) == 3, ingress
     # Claim: the size asked for.
     assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
@@ -84,7 +94,9 @@ def test_session_owns_pod_service_secret_and_claim_with_the_expected_spec(restri
     assert kernel["name"] == "kernel" and kernel["image"] == "quay.io/jupyter/scipy-notebook:2026-01-01"
     assert kernel["command"] == ["python", "-m", "ipykernel_launcher", "-f", "/run/notebook/kernel.json"]
     assert kernel["env"] == [{"name": "OMP_NUM_THREADS", "value": "2"}]
-    assert kernel["resources"]["limits"] == {"memory": "1Gi"}
+    # The session names no ephemeral storage: the chart's defaults are added.
+    assert kernel["resources"]["limits"] == {"memory": "1Gi", "ephemeral-storage": "10Gi"}
+    assert kernel["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "256Mi"}
     for c in (sidecar, kernel):
         assert {k: c["securityContext"].get(k) for k in RESTRICTED} == RESTRICTED, c["name"]
     volumes = {v["name"]: v for v in spec["volumes"]}
