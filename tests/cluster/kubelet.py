@@ -61,6 +61,8 @@ KERNEL_PORTS = range(5555, 5560)
 MAX_POD_LIFE_S = 3600.0
 # The pod and claim watches list everything again this often (see watch_loop).
 RELIST_S = 60
+# How long a pod waits for its volumes' sources (Secret, claim, volume).
+VOLUME_WAIT_S = 300.0
 
 
 def now_rfc3339() -> str:
@@ -252,6 +254,28 @@ class PodRunner(threading.Thread):
         self.kubelet.log(f"{self.ns}/{self.name} {self.uid[:8]}: {msg}")
 
     # -- volumes and paths ----------------------------------------------------
+    def read(self, p: str) -> dict:
+        """GET p, again while the apiserver is unreachable, starting (5xx,
+        429) or has not got the object yet (404), as a kubelet retries a
+        volume it cannot mount yet; bounded by VOLUME_WAIT_S, or until the pod
+        is deleted. A pod started the moment the apiserver went down once
+        failed here for good and stayed Pending (the CI runs of 2026-12-02)."""
+        deadline = time.monotonic() + VOLUME_WAIT_S
+        while True:
+            try:
+                return self.kube.get(p)
+            except ApiError as e:
+                if not (e.status in (404, 429) or e.status >= 500) or time.monotonic() > deadline:
+                    raise
+                why = f"HTTP {e.status}"
+            except requests.RequestException as e:
+                if time.monotonic() > deadline:
+                    raise
+                why = type(e).__name__
+            self.log(f"volume source {p}: {why}, retried")
+            if self.terminating.wait(0.5):
+                raise RuntimeError(f"deleted while waiting for {p}")
+
     def prepare_volumes(self):
         for vol in self.pod["spec"].get("volumes", []):
             name = vol["name"]
@@ -261,7 +285,7 @@ class PodRunner(threading.Thread):
             elif "secret" in vol:
                 d = self.root / "volumes" / name
                 d.mkdir(parents=True, exist_ok=True)
-                sec = self.kube.get(path("Secret", self.ns, vol["secret"]["secretName"]))
+                sec = self.read(path("Secret", self.ns, vol["secret"]["secretName"]))
                 mode = vol["secret"].get("defaultMode", 0o644)
                 for key, b64 in (sec.get("data") or {}).items():
                     f = d / key
@@ -269,11 +293,17 @@ class PodRunner(threading.Thread):
                     f.chmod(mode | 0o400)
             elif "persistentVolumeClaim" in vol:
                 claim = vol["persistentVolumeClaim"]["claimName"]
-                pvc = self.kube.get(path("PersistentVolumeClaim", self.ns, claim))
-                pv_name = pvc["spec"].get("volumeName")
-                if not pv_name:
-                    raise RuntimeError(f"claim {claim} is not bound")
-                pv = self.kube.get(path("PersistentVolume", None, pv_name))
+                deadline = time.monotonic() + VOLUME_WAIT_S
+                while True:
+                    pvc = self.read(path("PersistentVolumeClaim", self.ns, claim))
+                    pv_name = pvc["spec"].get("volumeName")
+                    if pv_name:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"claim {claim} is not bound")
+                    if self.terminating.wait(0.5):
+                        raise RuntimeError(f"deleted while claim {claim} was not bound")
+                pv = self.read(path("PersistentVolume", None, pv_name))
                 d = pathlib.Path(pv["spec"]["hostPath"]["path"])
                 d.mkdir(parents=True, exist_ok=True)
             else:
