@@ -67,15 +67,7 @@ pub fn namespace_for(asked: Option<&str>, user: &User, default: &str) -> String 
 }
 
 /// A DNS-1123 label, as namespaces and session names are.
-pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
+pub use crate::util::is_dns1123_label as is_dns_label;
 
 /// `(namespace, name)` of `session` (`name` or `namespace/name`), with
 /// `namespace` as a separate, optional argument that must agree.

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use super::crd::EgressPeer;
+use crate::util::is_dns1123_label;
 
 /// What the schema cannot check of a list of peers, as sentences naming
 /// the field (`field` is its path, e.g. `spec.network.egress`).
@@ -25,7 +26,7 @@ pub fn validate_egress(field: &str, peers: &[EgressPeer]) -> Vec<String> {
             )),
             (None, true) => {
                 if let Some(ns) = &peer.namespace {
-                    if !is_dns1035_label(ns) && !is_dns1123_label(ns) {
+                    if !is_dns1123_label(ns) {
                         errors.push(format!("{field}[{i}].namespace {ns:?} is not a namespace name"));
                     }
                 }
@@ -33,16 +34,6 @@ pub fn validate_egress(field: &str, peers: &[EgressPeer]) -> Vec<String> {
         }
     }
     errors
-}
-
-fn is_dns1123_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 /// `a.b.c.d/n` or `x::y/n`, with the address part having no bits past the
@@ -61,10 +52,6 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
         .filter(|p| *p <= max)
         .ok_or_else(|| format!("the prefix of {text:?} must be a number from 0 to {max}"))?;
     Ok((addr, prefix))
-}
-
-fn is_dns1035_label(name: &str) -> bool {
-    is_dns1123_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
 #[cfg(test)]
