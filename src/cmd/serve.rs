@@ -147,6 +147,7 @@ pub async fn run(
         reader: svc.reader.clone(),
         bus: svc.bus.clone(),
         completions: svc.completions.clone(),
+        stages: svc.stages.clone(),
         work: svc.work.clone(),
         activity: svc.activity.clone(),
         output_stats: svc.output_stats.clone(),

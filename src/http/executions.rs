@@ -55,12 +55,33 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
     })
 }
 
-pub async fn submit(State(svc): Svc, body: Bytes) -> Result<Response, ApiError> {
+/// The `wait` query parameter in seconds (absent: zero).
+fn wait_param(q: &HashMap<String, String>) -> Result<Duration, ApiError> {
+    match q.get("wait") {
+        None => Ok(Duration::ZERO),
+        Some(w) => w
+            .parse::<f64>()
+            .map_err(|_| "must be a number of seconds")
+            .and_then(Service::wait_duration)
+            .map_err(|m| ApiError::bad_field("wait", m)),
+    }
+}
+
+/// `POST /v1/executions[?wait=S]`: `202` once the execution is durably
+/// queued; with `wait`, the final execution (`200`) when it ends within S
+/// seconds, else the `202` as without it. A reused key answers `200` with
+/// the first execution and `replayed`.
+pub async fn submit(
+    State(svc): Svc,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let wait = wait_param(&q)?;
     let req = parse_submit(&body)?;
     // In its own task: a client that goes away mid-commit does not cut off
     // what follows the commit (the queued event, waking the executor, the
     // notebook write-back of a cell's execution).
-    let done = tokio::spawn(async move { svc.submit(req).await })
+    let done = tokio::spawn(async move { svc.submit_and_wait(req, wait).await })
         .await
         .map_err(|e| {
             ApiError::new(
@@ -70,7 +91,12 @@ pub async fn submit(State(svc): Svc, body: Bytes) -> Result<Response, ApiError> 
             )
         })??;
     if done.created {
-        return Ok((StatusCode::ACCEPTED, Json(done.execution)).into_response());
+        let status = if done.execution.state.is_final() {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        return Ok((status, Json(done.execution)).into_response());
     }
     // A reused key: the first execution, and a word that it is a replay.
     let mut body = serde_json::to_value(&done.execution).unwrap_or_default();
@@ -86,14 +112,7 @@ pub async fn get(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let wait = match q.get("wait") {
-        None => Duration::ZERO,
-        Some(w) => w
-            .parse::<f64>()
-            .map_err(|_| "must be a number of seconds")
-            .and_then(Service::wait_duration)
-            .map_err(|m| ApiError::bad_field("wait", m))?,
-    };
+    let wait = wait_param(&q)?;
     let exec = svc.wait(&id, wait).await?;
     match exec {
         Some(e) => Ok(Json(e).into_response()),

@@ -96,6 +96,24 @@ pub async fn registry(svc: &Service) -> Registry {
         "Transactions the store committed (concurrent operations share one)",
         svc.writer.commits(),
     );
+    svc.stages.register(&mut r);
+    let batches = svc.writer.batches();
+    r.register(
+        "notebook_store_batch_operations",
+        "Operations per store commit",
+        batches.ops.clone(),
+    );
+    r.register(
+        "notebook_store_batch_enqueues",
+        "Enqueues per store commit, of the commits that carried one",
+        batches.enqueues.clone(),
+    );
+    gauge(
+        &mut r,
+        "notebook_store_largest_batch",
+        "Most operations one store commit has carried",
+        usize::try_from(batches.largest.load(Ordering::Relaxed)).unwrap_or(usize::MAX),
+    );
     if let Ok(counts) = svc.reader.counts().await {
         let by_state = Family::<StateLabel, Gauge>::default();
         for (state, n) in counts {

@@ -215,6 +215,12 @@ impl Tools {
         self.sync.workspace()
     }
 
+    /// The tool result of `e`, waited for since `t0`.
+    fn result_of(&self, e: &Execution, t0: Instant) -> CallToolResult {
+        let waited = (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+        content::execution_result(e, waited, &self.caps)
+    }
+
     async fn wait_result(
         &self,
         id: &str,
@@ -223,10 +229,7 @@ impl Tools {
     ) -> Result<(CallToolResult, Execution), ToolError> {
         let t0 = Instant::now();
         match progress::wait(&self.svc, id, wait, progress).await {
-            Ok(Some(e)) => {
-                let waited = (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
-                Ok((content::execution_result(&e, waited, &self.caps), e))
-            }
+            Ok(Some(e)) => Ok((self.result_of(&e, t0), e)),
             Ok(None) => Err(ToolError::new(format!("no execution {id}"))),
             Err(e) => Err(ToolError::new(format!("reading execution {id}: {e}"))),
         }
@@ -302,16 +305,23 @@ impl Tools {
     ) -> Result<CallToolResponse, ToolError> {
         let wants_task = ctx.client_capabilities().is_some_and(|c| c.supports_tasks());
         let wait = wait_for(p.timeout_s, DEFAULT_WAIT_S, "timeout_s")?;
-        let e = self
-            .submit_code(SubmitRequest {
-                code: p.code,
-                key: p.key,
-                ..Default::default()
-            })
-            .await?;
-        let (result, e) = self
-            .wait_result(&e.id, wait, progress_of(&ctx.meta, ctx.peer.clone()))
-            .await?;
+        let req = SubmitRequest {
+            code: p.code,
+            key: p.key,
+            ..Default::default()
+        };
+        let (result, e) = match progress_of(&ctx.meta, ctx.peer.clone()) {
+            // No progress to send: submit and wait in one step.
+            None => {
+                let t0 = Instant::now();
+                let e = self.svc.submit_and_wait(req, wait).await?.execution;
+                (self.result_of(&e, t0), e)
+            }
+            Some(progress) => {
+                let e = self.submit_code(req).await?;
+                self.wait_result(&e.id, wait, Some(progress)).await?
+            }
+        };
         // Not finished in time, and the client takes tasks: a task handle.
         Ok(if wants_task && !e.state.is_final() {
             tasks::created(&e, self.task_ttl_ms())

@@ -196,6 +196,11 @@ impl Cell {
         &self.id
     }
 
+    /// The `msg_id` of the execute_request the kernel answers.
+    pub fn msg_id(&self) -> &str {
+        &self.msg_id
+    }
+
     /// When [`Cell::on_deadline`] is next due: the timeout, the wait for
     /// the idle status, or the pending stream's flush.
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -22,13 +22,14 @@ use super::cell::{self, Cell, Effect, Finished};
 use super::completion::Completions;
 use super::control::{CancelOutcome, Command, ControlError, KernelState, KernelStatus};
 use super::outputs::Outputs;
+use super::stages::Stage;
 use super::warmup::{self, Warmup, WarmupSlot};
 use super::{Activity, Config, KernelSource, OutputStats};
 use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
 use crate::jupyter::{Channel, ConnectionInfo, KernelClient, KernelMessage};
 use crate::kernel::process::KernelProcess;
-use crate::store::{EndReason, Execution, FinalRecord, Reader, State, Writer};
+use crate::store::{EndReason, Execution, FinalRecord, Reader, State, StoreError, Writer};
 
 /// The settings of the sidecar the kernel actor reads.
 #[derive(Debug, Clone)]
@@ -73,6 +74,8 @@ pub struct Deps {
     pub bus: Arc<Bus>,
     /// Waiters woken after a final state is committed.
     pub completions: Arc<Completions>,
+    /// Where each open execution's time goes.
+    pub stages: Arc<super::stages::Stages>,
     /// Notified after each enqueue commit.
     pub work: Arc<Notify>,
     pub activity: Arc<Activity>,
@@ -132,7 +135,21 @@ pub struct Executor {
     /// last outputs are among these. Handled once recovery has said what
     /// the kernel runs.
     early: Vec<KernelMessage>,
+    /// Asked of the store: the next execution, dispatched as this msg_id.
+    take: Option<(
+        String,
+        oneshot::Receiver<Result<Execution, crate::store::StoreError>>,
+    )>,
+    /// The last take failed: no new one before the next submission.
+    take_failed: bool,
+    /// When the running execution's start, held by the store, is committed.
+    start_flush: Option<Instant>,
 }
+
+/// A running execution's start is committed this long after the kernel
+/// said busy, unless the final commit took it along before: a reader
+/// sees a longer cell running, a short one costs no commit of its own.
+const START_VISIBLE_AFTER: Duration = Duration::from_millis(20);
 
 /// Most messages kept while connecting (an execution that prints without
 /// end while the sidecar reconnects loses what is beyond).
@@ -173,6 +190,9 @@ impl Executor {
             warmup: None,
             warmup_at_start: false,
             early: Vec::new(),
+            take: None,
+            take_failed: false,
+            start_flush: None,
         }
     }
 
@@ -607,6 +627,9 @@ impl Executor {
     async fn main_loop(&mut self) {
         loop {
             if self.conn.is_none() {
+                // Nothing is handed over while the kernel is away: what is
+                // queued stays queued (and runs after a sidecar restart too).
+                self.give_up_take();
                 self.reconnect().await;
                 // A warm pod's kernel that came back is warmed again.
                 self.warm_up_if_armed().await;
@@ -619,8 +642,12 @@ impl Executor {
                     return;
                 }
                 if self.conn.is_some() {
-                    self.start_next().await;
+                    self.want_next().await;
                 }
+            }
+            if self.shutdown.is_some() {
+                // Nothing new starts once the sidecar stops.
+                self.give_up_take();
             }
             let work = self.deps.work.clone();
             let cell_at = self
@@ -631,8 +658,11 @@ impl Executor {
             let shutdown_at = self.shutdown.as_ref().map(|s| s.0);
             let idle = self.current.is_none();
             let process_exit = self.process.as_ref().map(|p| p.exited.clone());
+            let taking = idle && self.take.is_some();
+            let start_flush = self.start_flush;
             tokio::select! {
-                _ = work.notified(), if idle => {}
+                taken = next_taken(&mut self.take), if taking => self.on_taken(taken).await,
+                _ = work.notified(), if idle => self.take_failed = false,
                 cmd = self.commands.recv(), if self.commands_open => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     // Every service handle has gone: stop as on a shutdown
@@ -647,35 +677,57 @@ impl Executor {
                 _ = exited(process_exit) => self.on_kernel_death("the kernel process exited").await,
                 _ = sleep_until(cell_at) => self.on_cell_deadline().await,
                 _ = sleep_until(shutdown_at) => self.on_shutdown_deadline().await,
+                _ = sleep_until(start_flush) => {
+                    self.start_flush = None;
+                    self.deps.writer.flush();
+                }
             }
         }
     }
 
-    async fn start_next(&mut self) {
-        let next = match self.deps.reader.next_queued().await {
-            Ok(n) => n,
-            Err(e) => {
-                warn!(error = %e, "reading the queue");
+    /// Idle and connected: asks the store for the next execution, the
+    /// queue's head or the next one enqueued, dispatched before it comes.
+    async fn want_next(&mut self) {
+        if self.take.is_some() || self.take_failed {
+            return;
+        }
+        self.prune_when_idle().await;
+        let msg_id = uuid::Uuid::new_v4().to_string();
+        self.take = Some((msg_id.clone(), self.deps.writer.take(msg_id)));
+    }
+
+    /// Sends what the store handed over (its dispatch durable already).
+    async fn on_taken(&mut self, taken: Result<Result<Execution, StoreError>, oneshot::error::RecvError>) {
+        let Some((msg_id, _)) = self.take.take() else {
+            return;
+        };
+        let exec = match taken {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                warn!(error = %e, "could not take the next execution; waiting for the next submission");
+                self.take_failed = true;
+                return;
+            }
+            Err(_) => {
+                warn!("the store stopped handing out executions");
+                self.take_failed = true;
                 return;
             }
         };
-        let Some(exec) = next else {
-            self.prune_when_idle().await;
+        let Some(conn) = &self.conn else {
+            // Gone since the take was sent: never sent, so it runs after the reconnect.
+            self.deps.writer.undispatch(exec.id);
             return;
         };
-        let Some(conn) = &self.conn else { return };
-        let req = execute_request(&conn.client, &exec, self.deps.cfg.input_reply.is_some());
-        // Durable before it is sent: a restarted sidecar never sends it again.
-        if let Err(e) = self.deps.writer.dispatch(&exec.id, &req.header.msg_id).await {
-            warn!(execution = %exec.id, error = %e, "could not record the dispatch; not sending");
-            return;
-        }
+        let mut req = execute_request(&conn.client, &exec, self.deps.cfg.input_reply.is_some());
+        req.header.msg_id = exec.request_msg_id(&msg_id).to_string();
         if let Err(e) = conn.client.send(Channel::Shell, &req).await {
             warn!(execution = %exec.id, error = %e, "sending execute_request");
             self.finish_unrun(&exec, State::Failed, EndReason::KernelDied)
                 .await;
             return;
         }
+        self.deps.stages.mark(&exec.id, Stage::Dispatched);
         tracing::debug!(execution = %exec.id, "dispatched");
         let client_input = exec.client_answers_input();
         self.current = Some(
@@ -688,6 +740,18 @@ impl Executor {
             )
             .with_client_input(client_input),
         );
+    }
+
+    /// Gives the outstanding take up: an execution handed to it meanwhile
+    /// is made undispatched again by the store.
+    fn give_up_take(&mut self) {
+        if let Some((_, mut rx)) = self.take.take() {
+            rx.close();
+            // Handed over before the close: never sent, so queued again.
+            if let Ok(Ok(e)) = rx.try_recv() {
+                self.deps.writer.undispatch(e.id);
+            }
+        }
     }
 
     async fn prune_when_idle(&mut self) {
@@ -786,6 +850,8 @@ impl Executor {
                 result: exec.state.to_string(),
             });
         }
+        // It may be on its way to this actor, dispatched for its take.
+        self.give_up_take();
         self.finish_unrun(&exec, State::Cancelled, EndReason::Cancelled)
             .await;
         Ok(CancelOutcome {
@@ -811,6 +877,12 @@ impl Executor {
             }
         }
         let Some(cell) = &self.current else { return };
+        if m.msg.parent_msg_id() == Some(cell.msg_id()) {
+            let state = m.msg.content.get("execution_state").and_then(Value::as_str);
+            if let Some(stage) = Stage::of_message(m.channel, m.msg.msg_type(), state) {
+                self.deps.stages.mark(cell.id(), stage);
+            }
+        }
         if cell.is_rich_output(&m) {
             let content = std::mem::take(&mut m.msg.content);
             m.msg.content = self.offload(content).await;
@@ -842,10 +914,13 @@ impl Executor {
         while let Some(effect) = effects.pop_front() {
             match effect {
                 Effect::Started => {
+                    // Rides along with the final commit of a short cell; a
+                    // longer one has it committed at `START_VISIBLE_AFTER`.
                     self.deps
                         .writer
                         .start_detached(&id, crate::util::now_rfc3339())
                         .await;
+                    self.start_flush = Some(Instant::now() + START_VISIBLE_AFTER);
                     let seq = self.deps.bus.publish("started", Some(&id), json!({}));
                     self.deps.writer.set_last_seq(&id, seq);
                 }
@@ -883,6 +958,7 @@ impl Executor {
                 }
                 Effect::Finish(f) => {
                     self.current = None;
+                    self.start_flush = None;
                     let raised = f.reason == Some(EndReason::Error);
                     self.finish_row(&id, f).await;
                     if raised {
@@ -1042,21 +1118,34 @@ impl Executor {
             finished_at: crate::util::now_rfc3339(),
             truncated,
         };
-        match self.deps.writer.finish(id, record).await {
-            Ok(true) => {
+        let mut committed = None;
+        match self.deps.writer.finish_returning(id, record).await {
+            Ok(Some(row)) => {
+                committed = Some(Arc::new(row));
+                let timeline = self.deps.stages.committed(id);
                 let seq = self.deps.bus.publish(
                     "finished",
                     Some(id),
                     json!({"state": state, "reason": reason, "execution_count": count, "error": error}),
                 );
                 self.deps.writer.set_last_seq(id, seq);
-                info!(execution = %id, %state, reason = reason.map_or("", EndReason::as_str), "finished");
+                let steps_us = timeline
+                    .as_ref()
+                    .map(super::stages::Timeline::describe)
+                    .unwrap_or_default();
+                info!(execution = %id, %state, reason = reason.map_or("", EndReason::as_str), steps_us, "finished");
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => warn!(execution = %id, error = %e, "recording the final state"),
         }
         self.deps.activity.touch();
-        self.deps.completions.finished(id);
+        self.deps.completions.finished(
+            id,
+            super::completion::Done {
+                at: std::time::Instant::now(),
+                execution: committed,
+            },
+        );
     }
 
     async fn on_kernel_death(&mut self, why: &str) {
@@ -1195,6 +1284,20 @@ async fn exited(rx: Option<watch::Receiver<bool>>) {
     }
 }
 
+type Taken = Result<Result<Execution, crate::store::StoreError>, oneshot::error::RecvError>;
+
+async fn next_taken(
+    take: &mut Option<(
+        String,
+        oneshot::Receiver<Result<Execution, crate::store::StoreError>>,
+    )>,
+) -> Taken {
+    match take {
+        Some((_, rx)) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -1227,6 +1330,7 @@ mod tests {
             reader: Reader::new(&db),
             bus: Bus::new(cfg.bus.clone(), 1, Box::new(|_| {})),
             completions: Arc::default(),
+            stages: Arc::default(),
             work: Arc::default(),
             activity: Arc::default(),
             output_stats: Arc::default(),

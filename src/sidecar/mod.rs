@@ -9,6 +9,7 @@ pub mod control;
 pub mod executor;
 pub mod outputs;
 pub mod service;
+pub mod stages;
 pub mod warmup;
 
 use std::path::PathBuf;

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use super::completion::Completions;
+use super::completion::{Completion, Completions};
 use super::control::{CancelOutcome, Command, ControlError, KernelStatus};
+use super::stages::{Stage, Stages, Timeline};
 use super::{Activity, Config, OutputStats};
 use crate::events::Bus;
 use crate::sidecar_api;
@@ -55,6 +56,11 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
+/// A new execution's id.
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Longest wait for an execution to finish, in seconds.
 pub const MAX_WAIT_S: f64 = 3600.0;
 
@@ -64,6 +70,8 @@ pub struct Service {
     pub reader: Reader,
     pub bus: Arc<Bus>,
     pub completions: Arc<Completions>,
+    /// Where each open execution's time goes.
+    pub stages: Arc<Stages>,
     /// Woken after each enqueue commit.
     pub work: Arc<Notify>,
     pub commands: mpsc::Sender<Command>,
@@ -110,6 +118,7 @@ impl Service {
             reader,
             bus,
             completions: Arc::default(),
+            stages: Arc::default(),
             work: Arc::default(),
             commands,
             kernel,
@@ -199,6 +208,50 @@ impl Service {
     /// Enqueues durably. A key used before returns the first execution made
     /// with it, saying so (and whether its code differs from this request's).
     pub async fn submit(&self, req: SubmitRequest) -> Result<Submitted, SubmitError> {
+        self.submit_as(new_id(), req).await
+    }
+
+    /// Submits, then waits up to `wait` for the execution to be final (the
+    /// first execution of a reused key included): one round trip for a
+    /// client that wants the result. The wait is registered before the
+    /// enqueue, so a finish right after the commit is not missed.
+    pub async fn submit_and_wait(
+        &self,
+        req: SubmitRequest,
+        wait: Duration,
+    ) -> Result<Submitted, SubmitError> {
+        if wait.is_zero() {
+            return self.submit(req).await;
+        }
+        let id = new_id();
+        let rx = self.completions.watch(&id);
+        let mut done = match self.submit_as(id.clone(), req).await {
+            Ok(d) => d,
+            Err(e) => {
+                drop(rx);
+                self.completions.forget_unwatched();
+                return Err(e);
+            }
+        };
+        if !done.created {
+            drop(rx);
+            self.completions.forget_unwatched();
+            if !done.execution.state.is_final() {
+                if let Some(e) = self.wait(&done.execution.id, wait).await? {
+                    done.execution = e;
+                }
+            }
+            return Ok(done);
+        }
+        if let Some(e) = self.wait_watched(&id, rx, wait).await? {
+            done.execution = e;
+        }
+        Ok(done)
+    }
+
+    async fn submit_as(&self, id: String, req: SubmitRequest) -> Result<Submitted, SubmitError> {
+        let mut timeline = Timeline::default();
+        timeline.mark(Stage::Accepted, std::time::Instant::now());
         self.validate(&req)?;
         if self.is_shutting_down() {
             return Err(SubmitError::ShuttingDown);
@@ -210,7 +263,7 @@ impl Service {
             .map(|t| t.min(max));
         let code = req.code.clone();
         let new = NewExecution {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id,
             key: req.key,
             code: req.code,
             notebook: req.notebook,
@@ -220,8 +273,11 @@ impl Service {
             client_request: req.client_request,
         };
         self.touch();
-        match self.writer.enqueue(new).await? {
+        let enqueued = self.writer.enqueue_for_handoff(new).await?;
+        match enqueued.outcome {
             EnqueueOutcome::Created(e) => {
+                timeline.mark(Stage::Enqueued, std::time::Instant::now());
+                self.stages.open(&e.id, timeline);
                 let seq = self.bus.publish(
                     "queued",
                     Some(&e.id),
@@ -233,7 +289,12 @@ impl Service {
                     (Some(_), Some(_), Some(hook)) => hook(&e),
                     _ => None,
                 };
-                self.work.notify_one();
+                // Dispatched in its enqueue's commit for the idle kernel
+                // actor: handed over once announced; else the actor is woken.
+                match enqueued.handoff {
+                    Some(h) => h.send(),
+                    None => self.work.notify_one(),
+                }
                 Ok(Submitted {
                     execution: e,
                     created: true,
@@ -272,20 +333,42 @@ impl Service {
 
     /// The execution once final, or as it is after `wait`.
     pub async fn wait(&self, id: &str, wait: Duration) -> Result<Option<Execution>, StoreError> {
-        let mut rx = self.completions.watch(id);
+        let rx = self.completions.watch(id);
         let first = self.reader.get(id).await?;
         match &first {
             None => {
+                drop(rx);
                 self.completions.forget_unwatched();
                 return Ok(None);
             }
             Some(e) if e.state.is_final() || wait.is_zero() => return Ok(first),
             Some(_) => {}
         }
-        let _ = tokio::time::timeout(wait, rx.wait_for(|done| *done)).await;
+        self.wait_watched(id, rx, wait).await
+    }
+
+    /// Waits on a registered completion; the final row it carried, else
+    /// the row as it is then.
+    async fn wait_watched(
+        &self,
+        id: &str,
+        mut rx: Completion,
+        wait: Duration,
+    ) -> Result<Option<Execution>, StoreError> {
+        let done = match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(done)) => done.clone(),
+            _ => None,
+        };
         drop(rx);
         self.completions.forget_unwatched();
-        self.reader.get(id).await
+        let e = match done.as_ref().and_then(|d| d.execution.as_deref()) {
+            Some(e) => Some(e.clone()),
+            None => self.reader.get(id).await?,
+        };
+        if let Some(d) = done {
+            self.stages.answered(d.at);
+        }
+        Ok(e)
     }
 
     /// One page of execution summaries, newest first (HTTP and MCP alike).

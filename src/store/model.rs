@@ -224,6 +224,14 @@ pub struct Execution {
 }
 
 impl Execution {
+    /// The `msg_id` its execute_request goes out with: a Jupyter client's
+    /// own, else `proposed` (the kernel actor's).
+    pub fn request_msg_id<'a>(&'a self, proposed: &'a str) -> &'a str {
+        self.client_request
+            .as_ref()
+            .map_or(proposed, |r| r.header.msg_id.as_str())
+    }
+
     /// A Jupyter client sent it with `allow_stdin` and answers its `input_request`s.
     pub fn client_answers_input(&self) -> bool {
         self.client_request

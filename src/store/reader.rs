@@ -151,12 +151,11 @@ impl Reader {
     pub async fn get(&self, id: &str) -> Result<Option<Execution>, StoreError> {
         let id = id.to_string();
         self.with(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"),
-                [id],
-                row_to_execution,
+            Ok(
+                c.prepare_cached(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"))?
+                    .query_row([id], row_to_execution)
+                    .optional()?,
             )
-            .optional()?)
         })
         .await
     }
@@ -219,14 +218,12 @@ impl Reader {
 
     pub async fn next_queued(&self) -> Result<Option<Execution>, StoreError> {
         self.with(|c| {
-            Ok(c.query_row(
-                &format!(
+            Ok(c
+                .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM executions WHERE state = 'queued' AND msg_id IS NULL ORDER BY n LIMIT 1"
-                ),
-                [],
-                row_to_execution,
-            )
-            .optional()?)
+                ))?
+                .query_row([], row_to_execution)
+                .optional()?)
         })
         .await
     }
@@ -477,5 +474,123 @@ mod tests {
             vec!["a"]
         );
         assert!(rest.next_cursor.is_none());
+    }
+
+    fn flying_ids(flying: &[super::InFlight]) -> Vec<(String, Option<String>)> {
+        flying
+            .iter()
+            .map(|f| (f.execution.id.clone(), f.msg_id.clone()))
+            .collect()
+    }
+
+    /// The idle kernel actor's take: the next execution enqueued is
+    /// dispatched in its own enqueue's commit (one commit, no queue read)
+    /// and handed over by its enqueuer.
+    #[tokio::test]
+    async fn a_waiting_take_gets_the_next_enqueue_dispatched_in_the_same_commit() {
+        let (path, w) = fresh_store("take-wait");
+        let r = Reader::new(&path);
+        let mut rx = w.take("m-1".into());
+        let done = w.enqueue_for_handoff(new_exec("a", None)).await.unwrap();
+        // No other write was sent: the enqueue's own commit dispatched it.
+        assert_eq!(
+            flying_ids(&r.in_flight().await.unwrap()),
+            [("a".into(), Some("m-1".into()))]
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is handed over before its enqueuer says so"
+        );
+        done.handoff.expect("the take waited").send();
+        assert_eq!(rx.await.unwrap().unwrap().id, "a");
+    }
+
+    #[tokio::test]
+    async fn a_take_gets_the_queue_head_in_order_and_a_jupyter_clients_own_msg_id() {
+        let (path, w) = fresh_store("take-head");
+        let r = Reader::new(&path);
+        let request = super::super::model::ClientRequest {
+            header: crate::jupyter::Message::new("execute_request", serde_json::json!({}), "client-1").header,
+            metadata: serde_json::json!({}),
+            content: serde_json::json!({}),
+        };
+        let client_msg_id = request.header.msg_id.clone();
+        let mut a = new_exec("a", None);
+        a.client_request = Some(request);
+        w.enqueue(a).await.unwrap();
+        w.enqueue(new_exec("b", None)).await.unwrap();
+        assert_eq!(w.take("m-1".into()).await.unwrap().unwrap().id, "a");
+        assert_eq!(w.take("m-2".into()).await.unwrap().unwrap().id, "b");
+        assert_eq!(
+            flying_ids(&r.in_flight().await.unwrap()),
+            [
+                ("a".into(), Some(client_msg_id)),
+                ("b".into(), Some("m-2".into()))
+            ]
+        );
+    }
+
+    /// A take given up (the kernel went away) gets nothing, and what was
+    /// handed to it after it went is queued and undispatched again.
+    #[tokio::test]
+    async fn what_a_given_up_take_was_handed_runs_next() {
+        let (path, w) = fresh_store("take-gone");
+        let r = Reader::new(&path);
+        drop(w.take("m-1".into()));
+        let done = w.enqueue_for_handoff(new_exec("a", None)).await.unwrap();
+        assert!(done.handoff.is_none(), "a closed take is not served");
+        assert_eq!(r.next_queued().await.unwrap().unwrap().id, "a");
+
+        assert_eq!(w.take("m-2".into()).await.unwrap().unwrap().id, "a");
+
+        let mut rx = w.take("m-3".into());
+        let done = w.enqueue_for_handoff(new_exec("b", None)).await.unwrap();
+        rx.close();
+        done.handoff.expect("the take was open at the commit").send();
+        // The undo is ordered before the next take, which gets b back.
+        assert_eq!(w.take("m-4".into()).await.unwrap().unwrap().id, "b");
+        assert_eq!(
+            flying_ids(&r.in_flight().await.unwrap()),
+            [("a".into(), Some("m-2".into())), ("b".into(), Some("m-4".into()))]
+        );
+    }
+
+    /// A handoff its enqueuer dropped (a cancelled request) still reaches the
+    /// take: the execution is durable and must run.
+    #[tokio::test]
+    async fn a_dropped_handoff_still_hands_over() {
+        let (_path, w) = fresh_store("take-drop");
+        let rx = w.take("m-1".into());
+        let done = w.enqueue_for_handoff(new_exec("a", None)).await.unwrap();
+        drop(done);
+        assert_eq!(rx.await.unwrap().unwrap().id, "a");
+    }
+
+    #[tokio::test]
+    async fn the_final_commit_answers_with_the_final_row() {
+        let (_path, w) = fresh_store("finish-row");
+        w.enqueue(new_exec("a", None)).await.unwrap();
+        let fin = FinalRecord {
+            state: State::Completed,
+            reason: None,
+            outputs: vec![serde_json::json!({"output_type": "stream", "name": "stdout", "text": "x"})],
+            execution_count: Some(3),
+            error: None,
+            finished_at: crate::util::now_rfc3339(),
+            truncated: None,
+        };
+        let row = w
+            .finish_returning("a", fin.clone())
+            .await
+            .unwrap()
+            .expect("moved");
+        assert_eq!(
+            (row.state, row.execution_count, row.outputs.len()),
+            (State::Completed, Some(3), 1)
+        );
+        assert!(
+            w.finish_returning("a", fin).await.unwrap().is_none(),
+            "final already"
+        );
     }
 }
