@@ -10,7 +10,6 @@ from jupyter_client.manager import KernelManager
 
 from common import pct, start_sidecar
 
-N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 
 
 def sidecar_round(s):
@@ -40,6 +39,7 @@ def raw_round(kc):
 
 
 def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     s = start_sidecar()
     km = KernelManager(kernel_name="python3")
     km.kernel_cmd = None
@@ -52,7 +52,7 @@ def main():
             sidecar_round(s)
             raw_round(kc)
         side, raw = [], []
-        for i in range(N):  # interleaved, so drift hits both alike
+        for i in range(n):  # interleaved, so drift hits both alike
             side.append(sidecar_round(s))
             raw.append(raw_round(kc))
     finally:
@@ -60,7 +60,7 @@ def main():
         km.shutdown_kernel(now=True)
         s.stop()
     ms = lambda v: v * 1000  # noqa: E731
-    print(f"1+1 round trip, N={N}")
+    print(f"1+1 round trip, N={n}")
     print(f"  sidecar POST+GET?wait : p50 {ms(pct(side, 50)):.2f} ms  p99 {ms(pct(side, 99)):.2f} ms")
     print(f"  raw ZeroMQ (jupyter_client): p50 {ms(pct(raw, 50)):.2f} ms  p99 {ms(pct(raw, 99)):.2f} ms")
     print(f"  ratio sidecar/raw      : p50 {pct(side, 50) / pct(raw, 50):.2f}x  p99 {pct(side, 99) / pct(raw, 99):.2f}x")
