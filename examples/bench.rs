@@ -420,7 +420,7 @@ async fn sse(t: &Target, clients: usize, prints: usize, every: f64) -> Result<Va
     }
     let connect_s = started.elapsed().as_secs_f64();
     let code =
-        format!("import time\nfor _ in range({prints}):\n    print(time.time())\n    time.sleep({every})\n");
+        format!("import time\nfor _ in range({prints}):\n    print(time.time(), flush=True)\n    time.sleep({every})\n");
     let (status, e) = t
         .call(Method::POST, "/v1/executions", Some(&json!({ "code": code })))
         .await?;
