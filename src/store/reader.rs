@@ -593,4 +593,49 @@ mod tests {
             "final already"
         );
     }
+
+    /// Waits (bounded) until `f` holds of the writer's counters.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A detached start costs no commit of its own: it is committed with
+    /// the next write, or by a flush; one its caller waits on commits at once.
+    #[tokio::test]
+    async fn a_detached_start_rides_along_until_a_flush_or_the_next_commit() {
+        let (path, w) = fresh_store("ride");
+        let r = Reader::new(&path);
+        w.enqueue(new_exec("a", None)).await.unwrap();
+        w.enqueue(new_exec("b", None)).await.unwrap();
+        // The counter moves just after the answers: both enqueues counted.
+        until("the enqueues' commits to be counted", || w.commits() == 2).await;
+        let (taken, commits) = (w.taken(), w.commits());
+        w.start_detached("a", crate::util::now_rfc3339()).await;
+        until("the writer to take the start", || w.taken() > taken).await;
+        assert_eq!(w.commits(), commits, "no commit for the start alone");
+        assert_eq!(r.get("a").await.unwrap().unwrap().state, State::Queued);
+        w.flush();
+        until("the flush to commit", || w.commits() > commits).await;
+        assert_eq!(r.get("a").await.unwrap().unwrap().state, State::Running);
+
+        w.start_detached("b", crate::util::now_rfc3339()).await;
+        w.set_meta("m", "1".into()).await.unwrap();
+        assert_eq!(
+            r.get("b").await.unwrap().unwrap().state,
+            State::Running,
+            "rode along"
+        );
+        let (path, w) = fresh_store("ride-awaited");
+        let r = Reader::new(&path);
+        w.enqueue(new_exec("c", None)).await.unwrap();
+        assert!(w.start("c", crate::util::now_rfc3339()).await.unwrap());
+        assert_eq!(r.get("c").await.unwrap().unwrap().state, State::Running);
+    }
 }

@@ -154,7 +154,12 @@ impl Op {
     /// `last_seq`, and an unknown one counts as touched), and a start is
     /// covered by the dispatch (recovery follows every dispatched row).
     fn rides_along(&self) -> bool {
-        matches!(self, Op::SetLastSeq { .. } | Op::Start { .. })
+        match self {
+            Op::SetLastSeq { .. } => true,
+            // A detached start; one its caller waits on commits at once.
+            Op::Start { reply, .. } => reply.is_closed(),
+            _ => false,
+        }
     }
 
     fn moves_states(&self) -> bool {
