@@ -21,10 +21,10 @@ import sys
 import threading
 import time
 
-from jupyter_client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 from common import ROOT, pct, start_sidecar
+from events import raw_iopub
 from latency import raw_round
 
 NATIVE = pathlib.Path(os.environ.get("NBO_BENCH_BIN", ROOT / "target" / "release" / "examples" / "bench"))
@@ -111,33 +111,11 @@ def rss_kib(pid):
     return -1
 
 
-def iopub_reference(s, stop, lat):
-    """Print -> arrival on the same kernel's iopub, read straight over ZeroMQ."""
-    kc = BlockingKernelClient(connection_file=str(s.data_dir / "kernel.json"))
-    kc.load_connection_file()
-    kc.start_channels(shell=False, stdin=False, hb=False, control=False)
-    try:
-        while not stop.is_set():
-            try:
-                m = kc.get_iopub_msg(timeout=0.2)
-            except Exception:  # noqa: BLE001 - the queue's Empty
-                continue
-            now = time.time()
-            if m["msg_type"] == "stream":
-                for ts in m["content"]["text"].split():
-                    try:
-                        lat.append(now - float(ts))
-                    except ValueError:
-                        pass
-    finally:
-        kc.stop_channels()
-
-
 def bench_sse(s):
     print("SSE fan-out: print -> client (native subscribers), beside the kernel's own iopub")
     for clients in (1000, 100):
         ref, stop = [], threading.Event()
-        t = threading.Thread(target=iopub_reference, args=(s, stop, ref), daemon=True)
+        t = threading.Thread(target=raw_iopub, args=(s, stop, ref), daemon=True)
         t.start()
         time.sleep(0.5)  # the reference is subscribed before the prints start
         r = native(s, "sse", "--clients", str(clients), "--prints", "200")

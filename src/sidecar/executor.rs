@@ -29,7 +29,7 @@ use crate::events::Bus;
 use crate::jupyter::client::Heartbeat;
 use crate::jupyter::{Channel, ConnectionInfo, KernelClient, KernelMessage};
 use crate::kernel::process::KernelProcess;
-use crate::store::{EndReason, Execution, FinalRecord, Reader, State, StoreError, Writer};
+use crate::store::{EndReason, Execution, FinalRecord, Reader, State, StoreError, Taking, Writer};
 
 /// The settings of the sidecar the kernel actor reads.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ pub struct Deps {
     pub completions: Arc<Completions>,
     /// Where each open execution's time goes.
     pub stages: Arc<super::stages::Stages>,
-    /// Notified after each enqueue commit.
+    /// Notified after each enqueue commit that no take was handed.
     pub work: Arc<Notify>,
     pub activity: Arc<Activity>,
     pub output_stats: Arc<OutputStats>,
@@ -136,10 +136,7 @@ pub struct Executor {
     /// the kernel runs.
     early: Vec<KernelMessage>,
     /// Asked of the store: the next execution, dispatched as this msg_id.
-    take: Option<(
-        String,
-        oneshot::Receiver<Result<Execution, crate::store::StoreError>>,
-    )>,
+    take: Option<(String, Taking)>,
     /// The last take failed: no new one before the next submission.
     take_failed: bool,
     /// When the running execution's start, held by the store, is committed.
@@ -697,7 +694,7 @@ impl Executor {
     }
 
     /// Sends what the store handed over (its dispatch durable already).
-    async fn on_taken(&mut self, taken: Result<Result<Execution, StoreError>, oneshot::error::RecvError>) {
+    async fn on_taken(&mut self, taken: Taken) {
         let Some((msg_id, _)) = self.take.take() else {
             return;
         };
@@ -1284,14 +1281,9 @@ async fn exited(rx: Option<watch::Receiver<bool>>) {
     }
 }
 
-type Taken = Result<Result<Execution, crate::store::StoreError>, oneshot::error::RecvError>;
+type Taken = Result<Result<Execution, StoreError>, oneshot::error::RecvError>;
 
-async fn next_taken(
-    take: &mut Option<(
-        String,
-        oneshot::Receiver<Result<Execution, crate::store::StoreError>>,
-    )>,
-) -> Taken {
+async fn next_taken(take: &mut Option<(String, Taking)>) -> Taken {
     match take {
         Some((_, rx)) => rx.await,
         None => std::future::pending().await,

@@ -72,7 +72,7 @@ pub struct Service {
     pub completions: Arc<Completions>,
     /// Where each open execution's time goes.
     pub stages: Arc<Stages>,
-    /// Woken after each enqueue commit.
+    /// Woken after each enqueue commit that no take was handed.
     pub work: Arc<Notify>,
     pub commands: mpsc::Sender<Command>,
     pub kernel: watch::Receiver<KernelStatus>,
@@ -228,14 +228,12 @@ impl Service {
         let mut done = match self.submit_as(id.clone(), req).await {
             Ok(d) => d,
             Err(e) => {
-                drop(rx);
-                self.completions.forget_unwatched();
+                self.unwatch(rx);
                 return Err(e);
             }
         };
         if !done.created {
-            drop(rx);
-            self.completions.forget_unwatched();
+            self.unwatch(rx);
             if !done.execution.state.is_final() {
                 if let Some(e) = self.wait(&done.execution.id, wait).await? {
                     done.execution = e;
@@ -337,14 +335,19 @@ impl Service {
         let first = self.reader.get(id).await?;
         match &first {
             None => {
-                drop(rx);
-                self.completions.forget_unwatched();
+                self.unwatch(rx);
                 return Ok(None);
             }
             Some(e) if e.state.is_final() || wait.is_zero() => return Ok(first),
             Some(_) => {}
         }
         self.wait_watched(id, rx, wait).await
+    }
+
+    /// Ends a wait: its registration goes once nobody else watches it.
+    fn unwatch(&self, rx: Completion) {
+        drop(rx);
+        self.completions.forget_unwatched();
     }
 
     /// Waits on a registered completion; the final row it carried, else
@@ -359,8 +362,7 @@ impl Service {
             Ok(Ok(done)) => done.clone(),
             _ => None,
         };
-        drop(rx);
-        self.completions.forget_unwatched();
+        self.unwatch(rx);
         let e = match done.as_ref().and_then(|d| d.execution.as_deref()) {
             Some(e) => Some(e.clone()),
             None => self.reader.get(id).await?,

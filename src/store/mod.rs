@@ -8,7 +8,7 @@ pub mod writer;
 
 pub use model::{ClientRequest, EndReason, Execution, FinalRecord, NewExecution, State, Summary, Truncation};
 pub use reader::{ListQuery, Page, Reader};
-pub use writer::{EnqueueOutcome, Writer};
+pub use writer::{EnqueueOutcome, Taking, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -12,6 +12,26 @@ use super::{schema, StoreError};
 
 pub(crate) const COLUMNS: &str = "id, key, state, reason, code, notebook, cell_id, outputs, execution_count, error, timeout_s, created_at, started_at, finished_at, truncated, client_request";
 
+/// Executions queued and not yet dispatched to the kernel.
+pub(crate) const UNDISPATCHED: &str = "state = 'queued' AND msg_id IS NULL";
+
+/// One execution by id, on any connection (the reader's, or the writer's
+/// inside its transaction).
+pub(crate) fn row_by_id(c: &Connection, id: &str) -> rusqlite::Result<Option<Execution>> {
+    c.prepare_cached(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"))?
+        .query_row([id], row_to_execution)
+        .optional()
+}
+
+/// The queue's head: the oldest execution not yet dispatched.
+pub(crate) fn queue_head(c: &Connection) -> rusqlite::Result<Option<Execution>> {
+    c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM executions WHERE {UNDISPATCHED} ORDER BY n LIMIT 1"
+    ))?
+    .query_row([], row_to_execution)
+    .optional()
+}
+
 pub(crate) fn row_to_execution(r: &Row<'_>) -> rusqlite::Result<Execution> {
     let state: String = r.get(2)?;
     let outputs: String = r.get(7)?;
@@ -150,14 +170,7 @@ impl Reader {
 
     pub async fn get(&self, id: &str) -> Result<Option<Execution>, StoreError> {
         let id = id.to_string();
-        self.with(move |c| {
-            Ok(
-                c.prepare_cached(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"))?
-                    .query_row([id], row_to_execution)
-                    .optional()?,
-            )
-        })
-        .await
+        self.with(move |c| Ok(row_by_id(c, &id)?)).await
     }
 
     /// Newest first, as summaries: one page of at most `q.limit` rows and
@@ -217,22 +230,14 @@ impl Reader {
     }
 
     pub async fn next_queued(&self) -> Result<Option<Execution>, StoreError> {
-        self.with(|c| {
-            Ok(c
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM executions WHERE state = 'queued' AND msg_id IS NULL ORDER BY n LIMIT 1"
-                ))?
-                .query_row([], row_to_execution)
-                .optional()?)
-        })
-        .await
+        self.with(|c| Ok(queue_head(c)?)).await
     }
 
     /// Every queued execution not yet sent to the kernel, in order.
     pub async fn queued(&self) -> Result<Vec<Execution>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {COLUMNS} FROM executions WHERE state = 'queued' AND msg_id IS NULL ORDER BY n"
+                "SELECT {COLUMNS} FROM executions WHERE {UNDISPATCHED} ORDER BY n"
             ))?;
             let rows = st.query_map([], row_to_execution)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -389,6 +394,19 @@ mod tests {
         assert_eq!(r.counts().await.unwrap()[&State::Running], 1);
     }
 
+    /// A Jupyter client's execute_request, as the channels route keeps it.
+    fn client_request(
+        session: &str,
+        metadata: serde_json::Value,
+        content: serde_json::Value,
+    ) -> super::super::model::ClientRequest {
+        super::super::model::ClientRequest {
+            header: crate::jupyter::Message::new("execute_request", serde_json::json!({}), session).header,
+            metadata,
+            content,
+        }
+    }
+
     /// What a restarted sidecar follows: the dispatched execution's msg_id
     /// (read by column name: the column list grew twice under it), and a
     /// Jupyter client's request kept whole.
@@ -396,11 +414,11 @@ mod tests {
     async fn in_flight_executions_keep_their_msg_id_and_client_request() {
         let (path, w) = fresh_store("inflight");
         let r = Reader::new(&path);
-        let request = super::super::model::ClientRequest {
-            header: crate::jupyter::Message::new("execute_request", serde_json::json!({}), "client-9").header,
-            metadata: serde_json::json!({"cellId": "c1"}),
-            content: serde_json::json!({"allow_stdin": true}),
-        };
+        let request = client_request(
+            "client-9",
+            serde_json::json!({"cellId": "c1"}),
+            serde_json::json!({"allow_stdin": true}),
+        );
         let mut new = new_exec("a", None);
         new.client_request = Some(request.clone());
         w.enqueue(new).await.unwrap();
@@ -509,11 +527,7 @@ mod tests {
     async fn a_take_gets_the_queue_head_in_order_and_a_jupyter_clients_own_msg_id() {
         let (path, w) = fresh_store("take-head");
         let r = Reader::new(&path);
-        let request = super::super::model::ClientRequest {
-            header: crate::jupyter::Message::new("execute_request", serde_json::json!({}), "client-1").header,
-            metadata: serde_json::json!({}),
-            content: serde_json::json!({}),
-        };
+        let request = client_request("client-1", serde_json::json!({}), serde_json::json!({}));
         let client_msg_id = request.header.msg_id.clone();
         let mut a = new_exec("a", None);
         a.client_request = Some(request);

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::model::{Execution, FinalRecord, NewExecution, State};
-use super::reader::row_to_execution;
+use super::reader::{queue_head, row_by_id, row_to_execution, UNDISPATCHED};
 use super::{schema, StoreError};
 
 /// Most operations committed in one transaction.
@@ -139,6 +139,9 @@ fn undispatch_later(tx: &mpsc::WeakSender<Op>, id: String) {
     }
 }
 
+/// The answer to [`Writer::take`]: the next execution, dispatched.
+pub type Taking = oneshot::Receiver<Result<Execution, StoreError>>;
+
 /// A waiting [`Op::Take`].
 struct Take {
     msg_id: String,
@@ -146,8 +149,6 @@ struct Take {
 }
 
 impl Op {
-    /// Whether the operation moves an execution between states (or removes
-    /// finished ones): what changes the queue counts.
     /// Never worth a commit of its own: held until a batch with other work
     /// (or a [`Op::Flush`]) commits it. A crash loses it, which is safe: an
     /// execution's last event is best effort (the final commit clears
@@ -162,6 +163,8 @@ impl Op {
         }
     }
 
+    /// Whether the operation moves an execution between states (or removes
+    /// finished ones): what changes the queue counts.
     fn moves_states(&self) -> bool {
         matches!(
             self,
@@ -300,7 +303,7 @@ impl Writer {
     /// answer comes once that is committed. Dropping the receiver gives
     /// the request up; an execution handed to a dropped receiver is made
     /// undispatched again (it was never sent), so it runs next.
-    pub fn take(&self, msg_id: String) -> oneshot::Receiver<Result<Execution, StoreError>> {
+    pub fn take(&self, msg_id: String) -> Taking {
         let (reply, rx) = oneshot::channel();
         let op = Op::Take(Take { msg_id, reply });
         match self.tx.try_send(op) {
@@ -613,7 +616,7 @@ fn commit_batch(
 
 /// Whether an execution waits to be dispatched (a read, outside any write).
 fn has_head(conn: &Connection) -> bool {
-    conn.prepare_cached("SELECT 1 FROM executions WHERE state = 'queued' AND msg_id IS NULL LIMIT 1")
+    conn.prepare_cached(&format!("SELECT 1 FROM executions WHERE {UNDISPATCHED} LIMIT 1"))
         .and_then(|mut st| st.exists([]))
         // Unknown: the take goes through the batch, which reports the error.
         .unwrap_or(true)
@@ -625,13 +628,7 @@ fn take_next(conn: &Connection, take: Take, waiting: &mut Option<Take>) -> Optio
     if take.reply.is_closed() {
         return None;
     }
-    let head = conn
-        .prepare_cached(&format!(
-            "SELECT {} FROM executions WHERE state = 'queued' AND msg_id IS NULL ORDER BY n LIMIT 1",
-            super::reader::COLUMNS
-        ))
-        .and_then(|mut st| st.query_row([], row_to_execution).optional());
-    match head {
+    match queue_head(conn) {
         Ok(Some(e)) => match dispatch(conn, &e.id, e.request_msg_id(&take.msg_id)) {
             Ok(()) => Some(Pending::Taken(take.reply, e)),
             Err(err) => {
@@ -689,16 +686,7 @@ fn dispatch(conn: &Connection, id: &str, msg_id: &str) -> Result<(), StoreError>
 
 fn apply(conn: &Connection, op: Op) -> Option<Pending> {
     match op {
-        Op::Dispatch { id, msg_id, reply } => {
-            let r = exec(
-                conn,
-                "UPDATE executions SET msg_id = ?2 WHERE id = ?1 AND state = 'queued'",
-                params![id, msg_id],
-            )
-            .map(drop)
-            .map_err(StoreError::from);
-            Some(Pending::Unit(reply, r))
-        }
+        Op::Dispatch { id, msg_id, reply } => Some(Pending::Unit(reply, dispatch(conn, &id, &msg_id))),
         Op::Start { id, at, reply } => Some(Pending::Bool(
             reply,
             transition(conn, &id, State::Running, |c| {
@@ -751,13 +739,7 @@ fn apply(conn: &Connection, op: Op) -> Option<Pending> {
                 if !moved {
                     return Ok(None);
                 }
-                Ok(conn
-                    .prepare_cached(&format!(
-                        "SELECT {} FROM executions WHERE id = ?1",
-                        super::reader::COLUMNS
-                    ))?
-                    .query_row([&id], row_to_execution)
-                    .optional()?)
+                Ok(row_by_id(conn, &id)?)
             });
             Some(Pending::Row(reply, r))
         }
